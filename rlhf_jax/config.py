@@ -1,0 +1,174 @@
+"""Frozen, validated configuration dataclasses.
+
+Experiment configs are ml_collections ``ConfigDict`` files (``configs/*.py``); where they meet the
+code they become these frozen dataclasses, so a bad value fails at start with a message that names
+the field instead of deep inside a jitted function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+FAMILIES = ("gpt2", "llama", "bert")
+HEADS = ("causal_lm", "masked_lm", "classification", "scalar")
+POOLINGS = ("cls", "last", "none")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the field."""
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config field '{field}': {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One transformer, three families, four heads.
+
+    family: 'gpt2' (learned positions, pre-LayerNorm, GELU MLP), 'llama' (RoPE, RMSNorm, SwiGLU,
+      grouped-query attention) or 'bert' (bidirectional, token types, post-LayerNorm).
+    head: 'causal_lm', 'masked_lm' (BERT transform + decoder tied to the embedding),
+      'classification' (num_labels logits from a pooled state) or 'scalar' (one score: reward/value).
+    pooling: how classification/scalar heads read the sequence: 'cls' (BERT pooler on the first
+      token), 'last' (last non-pad token, for causal trunks) or 'none' (a score per token, e.g.
+      a PPO value head). None picks 'cls' for bert and 'last' otherwise.
+    """
+
+    family: str
+    head: str = "causal_lm"
+    vocab_size: int = 256
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None  # None: same as num_heads (no grouped-query attention)
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    intermediate_size: int = 256
+    max_position_embeddings: int = 512
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    type_vocab_size: int = 2  # bert only
+    hidden_act: str | None = None  # None: the family's own (gelu_new, silu, gelu)
+    attention_bias: bool | None = None  # None: True for gpt2/bert, False for llama
+    num_labels: int = 2
+    pooling: str | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    dtype: str = "float32"  # computation dtype
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        _require(self.family in FAMILIES, "family", f"{self.family!r} is not one of {FAMILIES}")
+        _require(self.head in HEADS, "head", f"{self.head!r} is not one of {HEADS}")
+        if self.head == "causal_lm":
+            _require(self.is_causal, "head", f"'causal_lm' needs a causal family, not {self.family!r}")
+        if self.head == "masked_lm":
+            _require(not self.is_causal, "head", f"'masked_lm' needs the bidirectional 'bert' family, not {self.family!r}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_position_embeddings", "num_labels"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
+        _require(self.head_dim is not None or self.hidden_size % self.num_heads == 0, "num_heads",
+                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        _require(self.num_heads % self.kv_heads == 0, "num_kv_heads",
+                 f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.kv_heads}")
+        _require(self.kv_heads == self.num_heads or self.family == "llama", "num_kv_heads",
+                 "grouped-query attention is only supported for the 'llama' family")
+        _require(self.pooling is None or self.pooling in POOLINGS, "pooling", f"{self.pooling!r} is not one of {POOLINGS}")
+        _require(self.pooled_by != "cls" or self.family == "bert", "pooling", "'cls' pooling needs the 'bert' family")
+        _require(self.dtype in DTYPES, "dtype", f"{self.dtype!r} is not one of {DTYPES}")
+        _require(self.param_dtype in DTYPES, "param_dtype", f"{self.param_dtype!r} is not one of {DTYPES}")
+        _require(self.norm_eps > 0, "norm_eps", f"must be positive, got {self.norm_eps}")
+        _require(self.activation in ("gelu_new", "gelu", "silu", "relu"), "hidden_act",
+                 f"{self.activation!r} is not supported")
+
+    # Derived properties: the family decides the architecture switches.
+    @property
+    def is_causal(self) -> bool:
+        return self.family in ("gpt2", "llama")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def uses_rope(self) -> bool:
+        return self.family == "llama"
+
+    @property
+    def uses_rmsnorm(self) -> bool:
+        return self.family == "llama"
+
+    @property
+    def post_norm(self) -> bool:
+        return self.family == "bert"
+
+    @property
+    def gated_mlp(self) -> bool:
+        return self.family == "llama"
+
+    @property
+    def activation(self) -> str:
+        return self.hidden_act or {"gpt2": "gelu_new", "llama": "silu", "bert": "gelu"}[self.family]
+
+    @property
+    def use_attention_bias(self) -> bool:
+        return self.attention_bias if self.attention_bias is not None else self.family != "llama"
+
+    @property
+    def pooled_by(self) -> str:
+        return self.pooling or ("cls" if self.family == "bert" else "last")
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        _require(not unknown, unknown[0] if unknown else "", f"unknown model config field(s) {unknown}")
+        return cls(**dict(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh shape and the logical-axis rules that map parameter/batch axes onto it.
+
+    shape: sizes of the mesh axes ('data', 'fsdp', 'tensor'); -1 in one place takes the remaining
+      devices. rules: logical axis name -> mesh axis (or a tuple of mesh axes, or None).
+    """
+
+    shape: tuple[tuple[str, int], ...] = (("data", -1), ("fsdp", 1), ("tensor", 1))
+    rules: tuple[tuple[str, Any], ...] = (
+        ("batch", ("data", "fsdp")),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("labels", None),
+        ("positions", None),
+        ("norm", None),
+    )
+
+    def __post_init__(self):
+        axes = [name for name, _ in self.shape]
+        _require(len(set(axes)) == len(axes), "mesh.shape", f"repeated mesh axis in {axes}")
+        _require(sum(size == -1 for _, size in self.shape) <= 1, "mesh.shape", "at most one axis may be -1")
+        for name, size in self.shape:
+            _require(isinstance(size, int) and (size > 0 or size == -1), "mesh.shape",
+                     f"axis {name!r} has size {size!r}; use a positive integer or -1")
+        for logical, mesh_axes in self.rules:
+            targets = mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,)
+            for target in targets:
+                _require(target is None or target in axes, "mesh.rules",
+                         f"logical axis {logical!r} maps to unknown mesh axis {target!r} (mesh axes: {axes})")

@@ -1,0 +1,114 @@
+"""The public entry points for weights: from_pretrained, load_tokenizer, save_pretrained.
+
+A source is a local transformers directory (config.json + *.safetensors + tokenizer files), a
+``.gguf`` file (llama), or the short name of an offline asset (see ``rlhf_jax.assets``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+from safetensors.numpy import save_file
+
+from rlhf_jax import assets
+from rlhf_jax.models import convert
+from rlhf_jax.models.convert import CheckpointError
+from rlhf_jax.models.heads import Model, build_model
+
+log = logging.getLogger(__name__)
+
+
+def resolve_source(name_or_path: str) -> str:
+    """A local path for a path or an asset name (fetching the asset if needed)."""
+    if os.path.exists(name_or_path):
+        return name_or_path
+    if name_or_path in assets.ASSETS:
+        return str(assets.fetch(name_or_path))
+    raise FileNotFoundError(f"{name_or_path!r} is neither an existing path nor an asset name "
+                            f"(assets: {', '.join(sorted(assets.ASSETS))})")
+
+
+def _head_from_architectures(hf: dict) -> str | None:
+    for arch in hf.get("architectures") or []:
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "causal_lm"
+        if arch.endswith("ForMaskedLM"):
+            return "masked_lm"
+        if arch.endswith("ForSequenceClassification"):
+            return "scalar" if hf.get("num_labels") == 1 or len(hf.get("id2label") or {}) == 1 else "classification"
+    return "causal_lm" if hf.get("model_type") in ("gpt2", "llama") else None
+
+
+def read_checkpoint(path: str) -> tuple[dict, dict]:
+    """(transformers config dict, tensors with canonical names) from a directory or a GGUF file."""
+    if path.endswith(".gguf"):
+        return convert.read_gguf(path)
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"{path}: no config.json (expected a transformers directory or a .gguf file)")
+    with open(config_path) as f:
+        try:
+            hf = json.load(f)
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{config_path}: not valid JSON ({error})") from error
+    if hf.get("model_type") not in convert.BASE_PREFIX:
+        raise CheckpointError(f"{config_path}: model_type {hf.get('model_type')!r} is not supported "
+                              f"(supported: {', '.join(convert.BASE_PREFIX)})")
+    return hf, convert.canonical_names(convert.read_safetensors_dir(path), hf["model_type"])
+
+
+def from_pretrained(name_or_path: str, head: str | None = None, seed: int = 0, **overrides) -> Model:
+    """Load pretrained weights into a new Model; ``model.config`` is its ModelConfig.
+
+    head: 'causal_lm', 'masked_lm', 'classification' or 'scalar'; by default the checkpoint's own.
+    A head whose tensors the checkpoint lacks (e.g. an MLM head on a bare BertModel) is freshly
+    initialised from ``seed`` and logged. overrides: ModelConfig fields (dtype, num_labels, pooling...).
+    """
+    path = resolve_source(name_or_path)
+    hf, tensors = read_checkpoint(path)
+    head = head or _head_from_architectures(hf)
+    if head is None:
+        raise CheckpointError(f"{path}: the checkpoint has no head ({hf.get('architectures')}); pass head=...")
+    cfg = convert.model_config_from_hf(hf, head, source=path, **overrides)
+    model = build_model(cfg, seed=seed)
+    new_head = convert.assign_tensors(model, tensors, source=path)
+    if new_head:
+        log.info("%s: initialised a new '%s' head (%s)", path, head, ", ".join(new_head))
+    return model
+
+
+def load_tokenizer(name_or_path: str):
+    """The transformers tokenizer of a directory, a GGUF file or an asset."""
+    import transformers
+
+    path = resolve_source(name_or_path)
+    if path.endswith(".gguf"):
+        return transformers.AutoTokenizer.from_pretrained(os.path.dirname(path) or ".", gguf_file=os.path.basename(path))
+    return transformers.AutoTokenizer.from_pretrained(path)
+
+
+def save_pretrained(model: Model, path: str, tokenizer=None) -> str:
+    """Write a transformers directory (config.json, model.safetensors[, tokenizer]) that transformers loads.
+
+    Written to a temporary directory and moved into place, so a failure never leaves half a checkpoint
+    (an existing directory at ``path`` is replaced only once the new one is complete).
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=parent)
+    try:
+        save_file(convert.extract_tensors(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        convert.hf_config(model.config).save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return path

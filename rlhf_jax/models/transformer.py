@@ -1,0 +1,251 @@
+"""The transformer backbone: one Flax NNX implementation, three families.
+
+Shapes are in tensor names: B batch, T query length, S key length (cache slots), D hidden,
+H query heads, K key/value heads, G = H // K query heads per key/value head, Dh head dim,
+F MLP width.
+
+Family switches (all read from ``ModelConfig``):
+
+=========  ==================  =========  ======  ===========  ==========
+family     positions           norm       order   MLP          attention
+=========  ==================  =========  ======  ===========  ==========
+gpt2       learned             LayerNorm  pre-LN  GELU (tanh)  causal
+llama      rotary (RoPE)       RMSNorm    pre-LN  SwiGLU       causal, GQA
+bert       learned + types     LayerNorm  post-LN GELU (erf)   bidirectional
+=========  ==================  =========  ======  ===========  ==========
+
+Padding: ``attention_mask_BxT`` marks real tokens (1) and pads (0), on the left or the right.
+Positions default to ``cumsum(mask) - 1``, so a left-padded row sees the same positions as the
+unpadded one. Decoding uses a fixed-size ``KVCache`` (jit-friendly: shapes never change).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from rlhf_jax.config import ModelConfig
+
+INIT_STD = 0.02
+
+
+def dense(in_features: int, out_features: int, axes: tuple, cfg: ModelConfig, *, rngs: nnx.Rngs,
+          use_bias: bool = True, kernel_init=None) -> nnx.Linear:
+    """A Linear layer whose kernel and bias carry logical axis names for sharding."""
+    kernel_init = kernel_init or nnx.initializers.normal(INIT_STD)
+    return nnx.Linear(
+        in_features, out_features, use_bias=use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        kernel_init=nnx.with_partitioning(kernel_init, axes),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[-1],)), rngs=rngs)
+
+
+def embedding(num: int, features: int, axes: tuple, cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(num, features, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                     embedding_init=nnx.with_partitioning(nnx.initializers.normal(INIT_STD), axes), rngs=rngs)
+
+
+def norm(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+    """RMSNorm (llama) or LayerNorm (gpt2, bert) over the hidden axis."""
+    ones = nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",))
+    if cfg.uses_rmsnorm:
+        return nnx.RMSNorm(cfg.hidden_size, epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                           use_fast_variance=False, scale_init=ones, rngs=rngs)
+    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                         use_fast_variance=False, scale_init=ones,
+                         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)), rngs=rngs)
+
+
+def activation(name: str):
+    return {"gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+            "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+            "silu": jax.nn.silu, "relu": jax.nn.relu}[name]
+
+
+def default_positions(attention_mask_BxT: jax.Array, offset_B: jax.Array | int = 0) -> jax.Array:
+    """Position of each token counting only real tokens: left padding does not shift positions."""
+    return offset_B + jnp.maximum(jnp.cumsum(attention_mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def apply_rope(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, "rotate half" layout (as in transformers' Llama).
+
+    With inv_freq_i = theta^(-2i/Dh) and angle = p * inv_freq (repeated over both halves),
+    rope(x) = x * cos(angle) + rotate_half(x) * sin(angle), rotate_half([x1, x2]) = [-x2, x1].
+    """
+    head_dim = x_BxTxNxDh.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angle_BxTxHalf = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+    angle_BxTx1xDh = jnp.concatenate([angle_BxTxHalf, angle_BxTxHalf], axis=-1)[:, :, None, :]
+    x = x_BxTxNxDh.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    out = x * jnp.cos(angle_BxTx1xDh) + rotated * jnp.sin(angle_BxTx1xDh)
+    return out.astype(x_BxTxNxDh.dtype)
+
+
+@struct.dataclass
+class KVCache:
+    """Fixed-size key/value cache for decoding.
+
+    keys/values: one [B, S, K, Dh] array per layer. key_mask_BxS: slot holds a real token.
+    end: number of slots written so far (the next write goes to slot ``end``).
+    """
+
+    keys: tuple
+    values: tuple
+    key_mask_BxS: jax.Array
+    end: jax.Array
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
+        shape = (batch, max_len, cfg.kv_heads, cfg.dim_per_head)
+        zeros = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
+        return cls(keys=zeros, values=zeros, key_mask_BxS=jnp.zeros((batch, max_len), bool),
+                   end=jnp.zeros((), jnp.int32))
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with grouped-query heads (K <= H key/value heads)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, h, k, dh = cfg.hidden_size, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+        bias = cfg.use_attention_bias
+        self.q_proj = dense(d, h * dh, ("embed", "heads"), cfg, rngs=rngs, use_bias=bias)
+        self.k_proj = dense(d, k * dh, ("embed", "kv_heads"), cfg, rngs=rngs, use_bias=bias)
+        self.v_proj = dense(d, k * dh, ("embed", "kv_heads"), cfg, rngs=rngs, use_bias=bias)
+        self.o_proj = dense(h * dh, d, ("heads", "embed"), cfg, rngs=rngs, use_bias=bias)
+
+    def __call__(self, x_BxTxD, positions_BxT, allowed_BxTxS, layer_cache=None, cache_end=None):
+        """Returns (out_BxTxD, (keys_BxSxKxDh, values_BxSxKxDh) written into the cache, or None)."""
+        cfg = self.cfg
+        b, t, _ = x_BxTxD.shape
+        h, k, dh = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+        q_BxTxHxDh = self.q_proj(x_BxTxD).reshape(b, t, h, dh)
+        k_BxTxKxDh = self.k_proj(x_BxTxD).reshape(b, t, k, dh)
+        v_BxTxKxDh = self.v_proj(x_BxTxD).reshape(b, t, k, dh)
+        if cfg.uses_rope:
+            q_BxTxHxDh = apply_rope(q_BxTxHxDh, positions_BxT, cfg.rope_theta)
+            k_BxTxKxDh = apply_rope(k_BxTxKxDh, positions_BxT, cfg.rope_theta)
+        new_cache = None
+        if layer_cache is not None:
+            cached_k, cached_v = layer_cache
+            k_BxSxKxDh = jax.lax.dynamic_update_slice(cached_k, k_BxTxKxDh.astype(cached_k.dtype), (0, cache_end, 0, 0))
+            v_BxSxKxDh = jax.lax.dynamic_update_slice(cached_v, v_BxTxKxDh.astype(cached_v.dtype), (0, cache_end, 0, 0))
+            new_cache = (k_BxSxKxDh, v_BxSxKxDh)
+        else:
+            k_BxSxKxDh, v_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
+        q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh)
+        scores_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh,
+                                      preferred_element_type=jnp.float32) / jnp.sqrt(dh).astype(jnp.float32)
+        scores_BxKxGxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min)
+        probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxSxKxDh.dtype)
+        out_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", probs_BxKxGxTxS, v_BxSxKxDh)
+        return self.o_proj(out_BxTxKxGxDh.reshape(b, t, h * dh)), new_cache
+
+
+class MLP(nnx.Module):
+    """GELU MLP (gpt2, bert): down(act(up x)); SwiGLU (llama): down(silu(gate x) * up x)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f, bias = cfg.hidden_size, cfg.intermediate_size, not cfg.gated_mlp
+        self.act = activation(cfg.activation)
+        self.gate_proj = dense(d, f, ("embed", "mlp"), cfg, rngs=rngs, use_bias=False) if cfg.gated_mlp else None
+        self.up_proj = dense(d, f, ("embed", "mlp"), cfg, rngs=rngs, use_bias=bias)
+        self.down_proj = dense(f, d, ("mlp", "embed"), cfg, rngs=rngs, use_bias=bias)
+
+    def __call__(self, x_BxTxD):
+        if self.gate_proj is not None:
+            h_BxTxF = self.act(self.gate_proj(x_BxTxD)) * self.up_proj(x_BxTxD)
+        else:
+            h_BxTxF = self.act(self.up_proj(x_BxTxD))
+        return self.down_proj(h_BxTxF)
+
+
+class Block(nnx.Module):
+    """Pre-LN: x + attn(norm(x)), then x + mlp(norm(x)). Post-LN (bert): norm(x + attn(x)), norm(x + mlp(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.post_norm = cfg.post_norm
+        self.attn_norm = norm(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = norm(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_BxTxD, positions_BxT, allowed_BxTxS, layer_cache=None, cache_end=None):
+        if self.post_norm:
+            attn_BxTxD, new_cache = self.attn(x_BxTxD, positions_BxT, allowed_BxTxS, layer_cache, cache_end)
+            x_BxTxD = self.attn_norm(x_BxTxD + attn_BxTxD)
+            return self.mlp_norm(x_BxTxD + self.mlp(x_BxTxD)), new_cache
+        attn_BxTxD, new_cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, allowed_BxTxS, layer_cache, cache_end)
+        x_BxTxD = x_BxTxD + attn_BxTxD
+        return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), new_cache
+
+
+class Transformer(nnx.Module):
+    """Embeddings, the stack of blocks and (pre-LN families) a final norm. Returns hidden states."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.token_embed = embedding(cfg.vocab_size, d, ("vocab", "embed"), cfg, rngs=rngs)
+        self.position_embed = (None if cfg.uses_rope else
+                               embedding(cfg.max_position_embeddings, d, ("positions", "embed"), cfg, rngs=rngs))
+        is_bert = cfg.family == "bert"
+        self.token_type_embed = embedding(cfg.type_vocab_size, d, (None, "embed"), cfg, rngs=rngs) if is_bert else None
+        self.embed_norm = norm(cfg, rngs=rngs) if cfg.post_norm else None
+        self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = None if cfg.post_norm else norm(cfg, rngs=rngs)
+
+    def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, token_type_ids_BxT=None,
+                 cache: KVCache | None = None):
+        """Hidden states [B, T, D], and the updated cache when one is given.
+
+        Without a cache, token t attends to keys s with mask[s] (and s <= t if causal). With a cache,
+        the T new tokens are written at slots [end, end + T) and attend to every real cached slot
+        up to their own.
+        """
+        cfg = self.cfg
+        mask_BxT = attention_mask_BxT.astype(bool)
+        t = input_ids_BxT.shape[1]
+        if cache is None:
+            key_mask_BxS = mask_BxT
+            query_slot_T = jnp.arange(t)
+            offset_B = 0
+        else:
+            if not cfg.is_causal:
+                raise ValueError("a KV cache is only for causal families (gpt2, llama)")
+            offset_B = cache.key_mask_BxS.sum(-1, dtype=jnp.int32)[:, None]
+            key_mask_BxS = jax.lax.dynamic_update_slice(cache.key_mask_BxS, mask_BxT, (0, cache.end))
+            query_slot_T = cache.end + jnp.arange(t)
+        if positions_BxT is None:
+            positions_BxT = default_positions(mask_BxT, offset_B)
+        allowed_BxTxS = jnp.broadcast_to(key_mask_BxS[:, None, :], (mask_BxT.shape[0], t, key_mask_BxS.shape[1]))
+        if cfg.is_causal:
+            key_slot_S = jnp.arange(key_mask_BxS.shape[1])
+            allowed_BxTxS = allowed_BxTxS & (key_slot_S[None, None, :] <= query_slot_T[None, :, None])
+
+        x_BxTxD = self.token_embed(input_ids_BxT)
+        if self.position_embed is not None:
+            x_BxTxD = x_BxTxD + self.position_embed(positions_BxT)
+        if self.token_type_embed is not None:
+            types_BxT = jnp.zeros_like(input_ids_BxT) if token_type_ids_BxT is None else token_type_ids_BxT
+            x_BxTxD = x_BxTxD + self.token_type_embed(types_BxT)
+        if self.embed_norm is not None:
+            x_BxTxD = self.embed_norm(x_BxTxD)
+
+        new_keys, new_values = [], []
+        for i, block in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+            x_BxTxD, written = block(x_BxTxD, positions_BxT, allowed_BxTxS, layer_cache,
+                                     None if cache is None else cache.end)
+            if written is not None:
+                new_keys.append(written[0])
+                new_values.append(written[1])
+        if self.final_norm is not None:
+            x_BxTxD = self.final_norm(x_BxTxD)
+        if cache is None:
+            return x_BxTxD, None
+        return x_BxTxD, KVCache(keys=tuple(new_keys), values=tuple(new_values), key_mask_BxS=key_mask_BxS,
+                                end=cache.end + t)

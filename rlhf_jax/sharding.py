@@ -1,0 +1,75 @@
+"""Device mesh and logical-axis sharding.
+
+Parameters carry logical axis names ('vocab', 'embed', 'mlp', 'heads', ...) set where the modules
+create them. One rules table (``MeshConfig.rules``) maps each logical name to mesh axes ('data',
+'fsdp', 'tensor'), so switching between data parallel, FSDP and tensor parallel is a config change.
+A dimension that a mesh axis does not divide, or a mesh axis already used by an earlier dimension
+of the same array, stays replicated on that dimension.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rlhf_jax.config import ConfigError, MeshConfig
+
+
+def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
+    """A mesh over ``devices`` (default: all) with the configured axis sizes; -1 takes the rest."""
+    devices = list(jax.devices() if devices is None else devices)
+    names = tuple(name for name, _ in cfg.shape)
+    sizes = [size for _, size in cfg.shape]
+    known = math.prod(size for size in sizes if size != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ConfigError(f"config field 'mesh.shape': {len(devices)} devices do not divide into {cfg.shape}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ConfigError(f"config field 'mesh.shape': {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, "
+                          f"there are {len(devices)}")
+    return Mesh(np.asarray(devices).reshape(sizes), names)
+
+
+def mesh_spec(logical: PartitionSpec | tuple, shape: tuple[int, ...], mesh: Mesh, rules: dict) -> PartitionSpec:
+    """Logical names of one array's dimensions -> a PartitionSpec over the mesh's axes."""
+    used: set[str] = set()
+    out = []
+    logical = tuple(logical) + (None,) * (len(shape) - len(tuple(logical)))
+    for name, size in zip(logical, shape):
+        targets = rules.get(name) if name is not None else None
+        targets = () if targets is None else (targets if isinstance(targets, tuple) else (targets,))
+        targets = tuple(axis for axis in targets if axis not in used and mesh.shape[axis] > 1)
+        if not targets or size % math.prod(mesh.shape[axis] for axis in targets):
+            out.append(None)
+            continue
+        used.update(targets)
+        out.append(targets[0] if len(targets) == 1 else targets)
+    return PartitionSpec(*out)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: dict):
+    """NamedShardings with the same tree structure as ``state`` (abstract or concrete)."""
+    logical = nnx.get_partition_spec(state)
+    return jax.tree.map(lambda spec, leaf: NamedSharding(mesh, mesh_spec(spec, leaf.shape, mesh, rules)),
+                        logical, state, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: dict) -> nnx.Module:
+    """Place the model's arrays on the mesh according to the rules (in place; returns the model)."""
+    state = nnx.state(model)
+    nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
+    return model
+
+
+def batch_sharding(mesh: Mesh, rules: dict, ndim: int = 2) -> NamedSharding:
+    """Batch arrays: the leading axis over the 'batch' rule's mesh axes, the rest replicated."""
+    targets = rules.get("batch")
+    targets = () if targets is None else (targets if isinstance(targets, tuple) else (targets,))
+    targets = tuple(axis for axis in targets if mesh.shape[axis] > 1)
+    lead = None if not targets else (targets[0] if len(targets) == 1 else targets)
+    return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))

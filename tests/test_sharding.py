@@ -1,0 +1,57 @@
+"""On 8 simulated devices, a 2x4 (fsdp x tensor) mesh: parameters are sharded and outputs unchanged."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from rlhf_jax import sharding
+from rlhf_jax.config import ConfigError, MeshConfig, ModelConfig
+from rlhf_jax.models import build_model
+
+MESH = MeshConfig(shape=(("data", 1), ("fsdp", 2), ("tensor", 4)))
+
+
+@pytest.mark.parametrize("family,head", [("llama", "causal_lm"), ("bert", "masked_lm"), ("gpt2", "scalar")])
+def test_sharded_forward_equals_unsharded(family, head):
+    assert jax.device_count() == 8
+    cfg = ModelConfig(family=family, head=head, vocab_size=128, hidden_size=64, num_heads=4,
+                      num_kv_heads=4, intermediate_size=128, max_position_embeddings=32)
+    model = build_model(cfg, seed=1)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 128, size=(4, 12))
+    mask = np.ones_like(ids)
+    mask[0, :3] = 0
+    expected = np.asarray(model(ids, mask))
+
+    mesh, rules = sharding.make_mesh(MESH), dict(MESH.rules)
+    sharding.shard_model(model, mesh, rules)
+    graphdef, state = nnx.split(model)
+    q_kernel = state["backbone"]["layers"][0]["attn"]["q_proj"]["kernel"][...]
+    assert q_kernel.sharding.spec == P("fsdp", "tensor")
+    assert {s.data.shape for s in q_kernel.addressable_shards} == {(32, 16)}
+    embed = state["backbone"]["token_embed"]["embedding"][...]
+    assert embed.sharding.spec == P("tensor", "fsdp")
+    assert len(embed.addressable_shards) == 8 and embed.addressable_shards[0].data.shape == (32, 32)
+
+    forward = jax.jit(lambda s, i, m: nnx.merge(graphdef, s)(i, m))
+    batch = sharding.batch_sharding(mesh, rules)
+    out = forward(state, jax.device_put(ids, batch), jax.device_put(mask, batch))
+    assert np.abs(np.asarray(out) - expected).max() <= 1e-5
+
+
+def test_rules_replicate_dimensions_that_do_not_divide():
+    mesh = sharding.make_mesh(MESH)
+    rules = dict(MESH.rules)
+    assert sharding.mesh_spec(("vocab", "embed"), (130, 64), mesh, rules) == P(None, "fsdp")
+    assert sharding.mesh_spec(("embed", "mlp"), (64, 128), mesh, rules) == P("fsdp", "tensor")
+    # one mesh axis is never used twice in one array
+    assert sharding.mesh_spec(("mlp", "heads"), (128, 128), mesh, rules) == P("tensor", None)
+
+
+def test_bad_mesh_config_names_the_field():
+    with pytest.raises(ConfigError, match="mesh.shape"):
+        sharding.make_mesh(MeshConfig(shape=(("data", 3), ("fsdp", 1), ("tensor", 1))))
+    with pytest.raises(ConfigError, match="mesh.rules"):
+        MeshConfig(rules=(("embed", "model"),))
