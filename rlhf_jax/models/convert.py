@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -124,6 +125,18 @@ def param_table(cfg: ModelConfig) -> dict[tuple, TensorRef]:
     return {**_backbone_refs(cfg), **_head_refs(cfg)}
 
 
+def missing_head_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray]) -> list[str]:
+    """Head tensors that a model with this config has but the checkpoint lacks."""
+    table, params = param_table(cfg), model_param_paths(cfg)
+    return sorted({table[path].name for path in params if table[path].in_head and table[path].name not in tensors})
+
+
+def model_param_paths(cfg: ModelConfig) -> list[tuple]:
+    from rlhf_jax.models.heads import abstract_model
+
+    return [path for path, _ in nnx.to_flat_state(nnx.state(abstract_model(cfg), nnx.Param))]
+
+
 def canonical_names(tensors: dict[str, np.ndarray], model_type: str) -> dict[str, np.ndarray]:
     """Strip the backbone prefix ('transformer.', 'bert.', 'model.') so head and base checkpoints look alike."""
     prefix = BASE_PREFIX[model_type]
@@ -144,7 +157,8 @@ def assign_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: st
     """Copy transformers tensors (canonical names) into the model's parameters, in place.
 
     Backbone tensors are required; missing head tensors leave the freshly initialised head in place
-    (returned, so the caller can say so). Raises CheckpointError naming the tensor on a missing
+    (returned, so the caller can say so). ``model`` may be abstract (``abstract_model``) when the
+    checkpoint has every tensor. Raises CheckpointError naming the tensor on a missing
     backbone tensor or any shape mismatch.
     """
     cfg: ModelConfig = model.config
@@ -163,7 +177,7 @@ def assign_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: st
         if value.shape != expected:
             raise CheckpointError(f"{source}: tensor '{ref.name}' has shape {tuple(value.shape)} but the config "
                                   f"needs {expected} for parameter {'/'.join(map(str, path))}")
-        variable.set_value(np.asarray(value, dtype=variable.get_value().dtype))
+        variable.set_value(jnp.asarray(value, dtype=variable.get_value().dtype))
         used.add(ref.name)
     nnx.update(model, state)
     unused = sorted(k for k in tensors if k not in used and not k.endswith(IGNORED_SUFFIXES))

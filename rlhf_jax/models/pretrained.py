@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 from rlhf_jax import assets
 from rlhf_jax.models import convert
 from rlhf_jax.models.convert import CheckpointError
-from rlhf_jax.models.heads import Model, build_model
+from rlhf_jax.models.heads import Model, abstract_model, build_model
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,10 @@ def from_pretrained(name_or_path: str, head: str | None = None, seed: int = 0, *
     if head is None:
         raise CheckpointError(f"{path}: the checkpoint has no head ({hf.get('architectures')}); pass head=...")
     cfg = convert.model_config_from_hf(hf, head, source=path, **overrides)
-    model = build_model(cfg, seed=seed)
-    new_head = convert.assign_tensors(model, tensors, source=path)
+    new_head = convert.missing_head_tensors(cfg, tensors)
+    # Random initialisation only when something must be initialised; otherwise fill an abstract model.
+    model = build_model(cfg, seed=seed) if new_head else abstract_model(cfg)
+    convert.assign_tensors(model, tensors, source=path)
     if new_head:
         log.info("%s: initialised a new '%s' head (%s)", path, head, ", ".join(new_head))
     return model
@@ -105,9 +107,13 @@ def save_pretrained(model: Model, path: str, tokenizer=None) -> str:
         convert.hf_config(model.config).save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if os.path.exists(path):
-            shutil.rmtree(path)
+        old = None
+        if os.path.exists(path):  # keep the previous checkpoint until the new one is in place
+            old = tempfile.mkdtemp(prefix=".tmp-old-", dir=parent)
+            os.replace(path, os.path.join(old, "previous"))
         os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
