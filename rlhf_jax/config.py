@@ -172,3 +172,178 @@ class MeshConfig:
             for target in targets:
                 _require(target is None or target in axes, "mesh.rules",
                          f"logical axis {logical!r} maps to unknown mesh axis {target!r} (mesh axes: {axes})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiment configs: configs/*.py define get_config() -> ConfigDict; these dataclasses validate it.
+
+TASKS = ("classification", "causal_lm", "masked_lm")
+TASK_HEADS = {"classification": ("classification",), "causal_lm": ("causal_lm",), "masked_lm": ("masked_lm",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Which model to train. source: asset name or transformers directory / .gguf (None: random init
+    from ``config``). tokenizer: asset/path (default: the source). config: ModelConfig fields, as
+    overrides of the pretrained config or the whole config of a random model."""
+
+    source: str | None = None
+    tokenizer: str | None = None
+    head: str = "causal_lm"
+    config: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.head in HEADS, "model.head", f"{self.head!r} is not one of {HEADS}")
+        _require(self.source is not None or self.tokenizer is not None, "model.tokenizer",
+                 "a model without a pretrained source needs a tokenizer (asset name or path)")
+        _require(self.source is not None or "family" in dict(self.config), "model.config",
+                 "a model without a pretrained source needs model.config.family")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """dataset: a builder of rlhf_jax.data.builders; source: asset name or local file(s)."""
+
+    dataset: str = "rotten_tomatoes"
+    source: str | tuple[str, ...] = "rotten-tomatoes"
+    max_length: int = 64
+    text_field: str = "text"
+    label_field: str = "label"
+    prompt_field: str | None = None
+    labels: tuple[int, ...] | None = None  # keep only examples with these labels (e.g. (1,): fresh reviews)
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    root: str | None = None  # where datasets are written (default: $RLHF_JAX_CACHE/datasets)
+
+    def __post_init__(self):
+        _require(self.max_length >= 4, "data.max_length", f"must be >= 4, got {self.max_length}")
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"data.{name}", f"must be positive or None, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping. Schedules: linear warm-up then cosine decay to 0 over ``steps``."""
+
+    task: str = "classification"
+    steps: int = 100
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    warmup_steps: int = 10
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    mlm_probability: float = 0.15
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate at the end only
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        _require(self.task in TASKS, "train.task", f"{self.task!r} is not one of {TASKS}")
+        for name in ("steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"train.{name}", f"must be a positive integer, got {value!r}")
+        _require(self.learning_rate >= 0, "train.learning_rate", f"must be >= 0, got {self.learning_rate}")
+        _require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", f"must be in [0, steps], got {self.warmup_steps}")
+        _require(0 < self.mlm_probability < 1, "train.mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
+        _require(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelSpec
+    data: DataConfig
+    train: TrainConfig
+    mesh: MeshConfig = MeshConfig()
+
+    def __post_init__(self):
+        _require(self.model.head in TASK_HEADS[self.train.task], "model.head",
+                 f"task {self.train.task!r} needs head {TASK_HEADS[self.train.task]}, got {self.model.head!r}")
+
+
+def _tupled(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_tupled(v) for v in value)
+    return value
+
+
+def _section(cls, values: Mapping[str, Any], prefix: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    _require(not unknown, f"{prefix}.{unknown[0]}" if unknown else prefix, f"unknown field (known: {sorted(known)})")
+    return cls(**{k: _tupled(v) for k, v in values.items()})
+
+
+def experiment_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
+    """Validate a (ConfigDict-converted) plain dict into an ExperimentConfig."""
+    values = dict(values)
+    unknown = sorted(set(values) - {"model", "data", "train", "mesh"})
+    _require(not unknown, unknown[0] if unknown else "", "unknown section (sections: model, data, train, mesh)")
+    model = dict(values.get("model", {}))
+    model["config"] = tuple(sorted(dict(model.get("config", {})).items()))
+    mesh = dict(values.get("mesh", {}))
+    if "shape" in mesh:
+        mesh["shape"] = tuple((k, v) for k, v in dict(mesh["shape"]).items())
+    if "rules" in mesh:
+        mesh["rules"] = tuple((k, _tupled(v)) for k, v in dict(mesh["rules"]).items())
+    try:
+        return ExperimentConfig(model=_section(ModelSpec, model, "model"),
+                                data=_section(DataConfig, values.get("data", {}), "data"),
+                                train=_section(TrainConfig, values.get("train", {}), "train"),
+                                mesh=_section(MeshConfig, mesh, "mesh"))
+    except TypeError as error:  # e.g. a wrong argument type inside a dataclass
+        raise ConfigError(f"config: {error}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'--config.train.steps=10' -> ('train.steps', 10); values are Python literals, else strings."""
+    import ast
+
+    body = text[len("--config."):] if text.startswith("--config.") else text
+    _require("=" in body, text, "an override looks like --config.section.field=value")
+    key, raw = body.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key, value
+
+
+def load_config(path: str, overrides: list[str] = ()) -> ExperimentConfig:
+    """Run ``get_config()`` of a configs/*.py file, apply --config.x.y=v overrides, validate."""
+    import importlib.util
+    import os
+
+    _require(os.path.isfile(path), "--config", f"no such file {path!r}")
+    spec = importlib.util.spec_from_file_location(f"_rlhf_jax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _require(hasattr(module, "get_config"), "--config", f"{path} has no get_config()")
+    config = module.get_config()
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    for override in overrides:
+        key, value = parse_override(override)
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            _require(isinstance(node.get(part), dict), key, f"no section {part!r}")
+            node = node[part]
+        node[leaf] = value
+    return experiment_from_dict(config)
+
+
+def to_dict(config) -> dict:
+    """A JSON-friendly dict of any of these dataclasses (for logs and checkpoints)."""
+    return json_ready(dataclasses.asdict(config))
+
+
+def json_ready(value):
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

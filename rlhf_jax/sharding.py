@@ -66,10 +66,10 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: dict) -> nnx.Module:
     return model
 
 
-def batch_sharding(mesh: Mesh, rules: dict, ndim: int = 2) -> NamedSharding:
-    """Batch arrays: the leading axis over the 'batch' rule's mesh axes, the rest replicated."""
+def batch_sharding(mesh: Mesh, rules: dict) -> NamedSharding:
+    """Batch arrays (any rank): the leading axis over the 'batch' rule's mesh axes, the rest replicated."""
     targets = rules.get("batch")
     targets = () if targets is None else (targets if isinstance(targets, tuple) else (targets,))
     targets = tuple(axis for axis in targets if mesh.shape[axis] > 1)
     lead = None if not targets else (targets[0] if len(targets) == 1 else targets)
-    return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))
+    return NamedSharding(mesh, PartitionSpec(lead))

@@ -1,0 +1,23 @@
+"""MiniLM-L6 + a new classification head, fine-tuned on Rotten Tomatoes fresh (1) vs rotten (0)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import base  # noqa: E402
+
+
+def get_config():
+    config = base.get_config()
+    config.model.source = "minilm-l6"
+    config.model.head = "classification"
+    config.model.config = {"num_labels": 2}
+    config.data.max_length = 64
+    config.train.task = "classification"
+    config.train.steps = 600
+    config.train.batch_size = 32
+    config.train.learning_rate = 1e-4
+    config.train.warmup_steps = 60
+    config.train.eval_every = 200
+    config.train.checkpoint_every = 200
+    return config

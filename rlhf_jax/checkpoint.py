@@ -1,0 +1,43 @@
+"""Orbax checkpoints holding everything an exact resume needs: the TrainState (parameters,
+optimizer state, step, PRNG key) plus JSON metadata (data position, the config that made it)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from rlhf_jax.models.convert import CheckpointError
+
+
+class Checkpointer:
+    def __init__(self, directory: str, keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, meta: dict) -> None:
+        """Asynchronous save; orbax finalises a step directory only when it is complete."""
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, step: int, target, shardings):
+        """(state, meta) at ``step``, placed with ``shardings`` (the current mesh: resharding is fine)."""
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                          meta=ocp.args.JsonRestore()))
+        except Exception as error:  # orbax/tensorstore raise many types for a damaged or foreign checkpoint
+            raise CheckpointError(f"{self.directory}/{step}: cannot restore this checkpoint ({type(error).__name__}: "
+                                  f"{str(error)[:500]})") from error
+        return restored.state, restored.meta
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

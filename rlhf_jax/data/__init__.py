@@ -1,0 +1,1 @@
+"""Data: validated records, tfds (array_record) builders, tokenisation and batching."""

@@ -1,0 +1,98 @@
+"""Tokenisation to fixed-length arrays, and deterministic batching whose position is one integer.
+
+Every array has a leading example axis N and, for tokens, a length L = max_length (fixed shapes:
+one compilation). ``Batches(arrays, batch_size, seed)(i)`` is the i-th training batch: epoch
+``i // batches_per_epoch`` is a permutation drawn from (seed, epoch), so the batch stream is a pure
+function of the index, and a checkpoint only needs the index to resume exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from rlhf_jax.data.records import DataError
+
+TASKS = ("classification", "causal_lm", "masked_lm")
+
+
+def tokenize(task: str, examples: list[dict], tokenizer, max_length: int, *, text_field: str = "text",
+             prompt_field: str | None = None, label_field: str = "label") -> dict[str, np.ndarray]:
+    """Examples -> arrays for ``task``.
+
+    classification: input_ids, attention_mask, token_type_ids, labels, weights.
+    causal_lm: input_ids, attention_mask, loss_mask (1 on the text tokens, and on the EOS closing
+      them; 0 on the prompt when ``prompt_field`` is given, and on padding).
+    masked_lm: input_ids, attention_mask, token_type_ids, maskable (real, non-special tokens).
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r} (tasks: {TASKS})")
+    if not examples:
+        raise DataError("no examples to tokenize")
+    for index, example in enumerate(examples):
+        if not isinstance(example.get(text_field), str) or not example[text_field]:
+            raise DataError(f"example {index}: field '{text_field}' is missing or empty")
+    texts = [example[text_field] for example in examples]
+    if task == "causal_lm":
+        return _tokenize_causal(tokenizer, texts, max_length,
+                                [example[prompt_field] for example in examples] if prompt_field else None)
+    enc = tokenizer(texts, max_length=max_length, truncation=True, padding="max_length",
+                    return_special_tokens_mask=True, return_token_type_ids=True, return_tensors="np")
+    arrays = {"input_ids": enc["input_ids"].astype(np.int32), "attention_mask": enc["attention_mask"].astype(np.int32),
+              "token_type_ids": enc["token_type_ids"].astype(np.int32)}
+    if task == "classification":
+        arrays["labels"] = np.asarray([example[label_field] for example in examples], np.int32)
+        arrays["weights"] = np.ones(len(examples), np.float32)
+    else:
+        arrays["maskable"] = (enc["attention_mask"] * (1 - enc["special_tokens_mask"])).astype(np.int32)
+    return arrays
+
+
+def _tokenize_causal(tokenizer, texts, max_length, prompts):
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    n = len(texts)
+    ids = np.full((n, max_length), pad, np.int32)
+    mask = np.zeros((n, max_length), np.int32)
+    loss_mask = np.zeros((n, max_length), np.int32)
+    text_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else [[] for _ in texts]
+    for row, (prompt, text) in enumerate(zip(prompt_ids, text_ids)):
+        target = text + ([eos] if eos is not None else [])
+        sequence = (prompt + target)[:max_length]
+        ids[row, :len(sequence)] = sequence
+        mask[row, :len(sequence)] = 1
+        loss_mask[row, len(prompt):len(sequence)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask}
+
+
+class Batches:
+    """Shuffled fixed-size training batches, a pure function of the batch index."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int):
+        self.arrays = arrays
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_examples = len(next(iter(arrays.values())))
+        if self.num_examples < batch_size:
+            raise DataError(f"{self.num_examples} training examples are fewer than one batch of {batch_size}")
+        self.batches_per_epoch = self.num_examples // batch_size
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        epoch, within = divmod(index, self.batches_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        rows = order[within * self.batch_size:(within + 1) * self.batch_size]
+        return {name: array[rows] for name, array in self.arrays.items()}
+
+
+def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every example once, in order; the last batch is filled with all-zero rows, which carry zero weight
+    (weights / loss_mask / maskable are 0), so they count in no metric."""
+    n = len(next(iter(arrays.values())))
+    for start in range(0, n, batch_size):
+        batch = {name: array[start:start + batch_size] for name, array in arrays.items()}
+        short = batch_size - len(next(iter(batch.values())))
+        if short:
+            batch = {name: np.concatenate([a, np.zeros((short,) + a.shape[1:], a.dtype)]) for name, a in batch.items()}
+        yield batch

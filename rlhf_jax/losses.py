@@ -1,0 +1,100 @@
+"""Losses as pure functions of arrays: ``(arrays...) -> (loss, metrics)``. No model objects inside.
+
+Every metric is returned as a *sum* with its count (``*_sum``, ``count``) next to the mean, so metrics
+of many batches (or many devices) aggregate exactly: mean = sum(loss_sum) / sum(count).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def token_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array):
+    """Mean over weighted tokens of -log softmax(logits)[target].
+
+    loss = sum_{b,t} w_bt * (logsumexp(z_bt) - z_bt[y_bt]) / sum_{b,t} w_bt
+    Returns (loss, metrics) with loss_sum, correct_sum (argmax == target) and count = sum w.
+    """
+    logits = logits_BxTxV.astype(jnp.float32)
+    weights = weights_BxT.astype(jnp.float32)
+    target_logit_BxT = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
+    nll_BxT = jax.nn.logsumexp(logits, axis=-1) - target_logit_BxT
+    count = weights.sum()
+    loss_sum = (nll_BxT * weights).sum()
+    correct_sum = ((jnp.argmax(logits, axis=-1) == targets_BxT) * weights).sum()
+    loss = loss_sum / jnp.maximum(count, 1.0)
+    return loss, {"loss": loss, "loss_sum": loss_sum, "correct_sum": correct_sum, "count": count}
+
+
+def causal_lm_loss(logits_BxTxV: jax.Array, input_ids_BxT: jax.Array, loss_mask_BxT: jax.Array):
+    """Next-token prediction: position t predicts token t+1, counted where loss_mask[t+1] is 1.
+
+    loss_mask is 1 on the tokens to be learned (all real tokens, or only the response tokens when
+    the data has prompts) and 0 on prompts and padding.
+    """
+    return token_cross_entropy(logits_BxTxV[:, :-1], input_ids_BxT[:, 1:], loss_mask_BxT[:, 1:])
+
+
+def masked_lm_loss(logits_BxTxV: jax.Array, labels_BxT: jax.Array, label_mask_BxT: jax.Array):
+    """Cross-entropy on the selected (masked) positions only."""
+    return token_cross_entropy(logits_BxTxV, labels_BxT, label_mask_BxT)
+
+
+def classification_loss(logits_BxC: jax.Array, labels_B: jax.Array, weights_B: jax.Array | None = None):
+    """Softmax cross-entropy, weighted per example (weight 0: padding rows).
+
+    loss = sum_b w_b (logsumexp(z_b) - z_b[y_b]) / sum_b w_b. Metrics also hold the confusion matrix
+    (true x predicted) as weighted counts.
+    """
+    logits = logits_BxC.astype(jnp.float32)
+    weights_B = jnp.ones(labels_B.shape, jnp.float32) if weights_B is None else weights_B.astype(jnp.float32)
+    num_classes = logits.shape[-1]
+    nll_B = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, labels_B[:, None], axis=-1)[:, 0]
+    predicted_B = jnp.argmax(logits, axis=-1)
+    confusion_CxC = jnp.zeros((num_classes, num_classes), jnp.float32).at[labels_B, predicted_B].add(weights_B)
+    count = weights_B.sum()
+    loss_sum = (nll_B * weights_B).sum()
+    loss = loss_sum / jnp.maximum(count, 1.0)
+    return loss, {"loss": loss, "loss_sum": loss_sum, "correct_sum": ((predicted_B == labels_B) * weights_B).sum(),
+                  "count": count, "confusion": confusion_CxC}
+
+
+def mask_tokens(rng: jax.Array, input_ids_BxT: jax.Array, maskable_BxT: jax.Array, *, mask_token_id: int,
+                vocab_size: int, probability: float = 0.15):
+    """BERT's masking: pick each maskable token with ``probability``; of those, 80% become [MASK],
+    10% a random token, 10% stay. Returns (inputs_BxT, labels_BxT, label_mask_BxT)."""
+    select_key, choice_key, random_key = jax.random.split(rng, 3)
+    selected_BxT = (jax.random.uniform(select_key, input_ids_BxT.shape) < probability) & maskable_BxT.astype(bool)
+    choice_BxT = jax.random.uniform(choice_key, input_ids_BxT.shape)
+    random_ids_BxT = jax.random.randint(random_key, input_ids_BxT.shape, 0, vocab_size, dtype=input_ids_BxT.dtype)
+    inputs_BxT = jnp.where(selected_BxT & (choice_BxT < 0.8), mask_token_id, input_ids_BxT)
+    inputs_BxT = jnp.where(selected_BxT & (choice_BxT >= 0.8) & (choice_BxT < 0.9), random_ids_BxT, inputs_BxT)
+    return inputs_BxT, input_ids_BxT, selected_BxT.astype(jnp.float32)
+
+
+def summarize(sums: dict, num_classes: int | None = None) -> dict:
+    """Means from summed metrics: loss, accuracy, perplexity (token tasks) or precision/recall/F1.
+
+    For two classes, precision/recall/F1 are those of the positive class (label 1); for more,
+    their macro average.
+    """
+    import numpy as np
+
+    count = max(float(sums["count"]), 1.0)
+    out = {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct_sum"]) / count,
+           "count": float(sums["count"])}
+    if "confusion" not in sums:
+        out["perplexity"] = float(np.exp(out["loss"]))
+        return out
+    confusion = np.asarray(sums["confusion"], np.float64)
+    true_positive = np.diag(confusion)
+    predicted = confusion.sum(axis=0)
+    actual = confusion.sum(axis=1)
+    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
+    recall = np.divide(true_positive, actual, out=np.zeros_like(true_positive), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(true_positive),
+                   where=(precision + recall) > 0)
+    pick = (lambda v: float(v[1])) if confusion.shape[0] == 2 else (lambda v: float(v.mean()))
+    out.update(precision=pick(precision), recall=pick(recall), f1=pick(f1))
+    return out

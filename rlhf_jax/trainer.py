@@ -1,0 +1,237 @@
+"""The supervised loop: config -> data -> jitted steps -> metrics -> checkpoints, with exact resume.
+
+``train(config, workdir)`` trains to ``config.train.steps`` (resuming from the latest checkpoint in
+``workdir/checkpoints`` if there is one), evaluating on the validation split (at the start, every
+``eval_every`` steps, at the end) and on the test split at the end. The batch stream is a pure
+function of the step, the PRNG key lives in the state, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from rlhf_jax import assets, losses, sharding
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.config import ConfigError, DataConfig, ExperimentConfig, ModelConfig, ModelSpec, to_dict
+from rlhf_jax.data import builders
+from rlhf_jax.data.pipeline import Batches, eval_batches, tokenize
+from rlhf_jax.metrics import MetricsWriter
+from rlhf_jax.models import build_model, from_pretrained, load_tokenizer
+from rlhf_jax.steps import jit_steps, make_optimizer, put_batch, train_state_shardings
+from rlhf_jax.tasks import make_loss_fn
+from rlhf_jax.train_state import TrainState
+
+log = logging.getLogger(__name__)
+# Train fields that may change between a run and its resumption (bookkeeping, not maths).
+RESUMABLE_CHANGES = {"steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"}
+
+
+def load_model(spec: ModelSpec):
+    """(model, tokenizer) for a model spec: pretrained weights, or a random model of the given config."""
+    tokenizer = load_tokenizer(spec.tokenizer or spec.source)
+    overrides = dict(spec.config)
+    if spec.source is not None:
+        model = from_pretrained(spec.source, head=spec.head, seed=spec.seed, **overrides)
+    else:
+        overrides.setdefault("vocab_size", len(tokenizer))
+        overrides.setdefault("pad_token_id", tokenizer.pad_token_id)
+        overrides.setdefault("eos_token_id", tokenizer.eos_token_id)
+        model = build_model(ModelConfig(head=spec.head, **overrides), seed=spec.seed)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ConfigError(f"config field 'model.config.vocab_size': the tokenizer has {len(tokenizer)} tokens, "
+                          f"the model only {model.config.vocab_size}")
+    return model, tokenizer
+
+
+def data_root(data: DataConfig) -> str:
+    return data.root or os.path.join(os.path.dirname(assets.cache_dir()), "datasets")
+
+
+def load_examples(data: DataConfig) -> dict[str, list[dict]]:
+    """Build (or reuse) the tfds dataset and read every split as decoded examples."""
+    source = data.source
+    if isinstance(source, str) and source in assets.ASSETS:
+        source = str(assets.asset_path(source))
+    elif isinstance(source, tuple):
+        source = list(source)
+    sources = builders.build(data.dataset, source, data_root(data))
+    splits = {}
+    for split, rows in sources.items():
+        examples = [builders.decode(rows[i]) for i in range(len(rows))]
+        if data.labels is not None:
+            examples = [e for e in examples if e[data.label_field] in data.labels]
+        limit = data.max_train_examples if split == "train" else data.max_eval_examples
+        splits[split] = examples[:limit] if limit else examples
+    return splits
+
+
+def tokenized_splits(exp: ExperimentConfig, tokenizer) -> dict[str, dict[str, np.ndarray]]:
+    d = exp.data
+    return {split: tokenize(exp.train.task, examples, tokenizer, d.max_length, text_field=d.text_field,
+                            prompt_field=d.prompt_field, label_field=d.label_field)
+            for split, examples in load_examples(d).items()}
+
+
+def evaluate(eval_step, params, arrays: dict, batch_size: int, mesh, rules, seed: int) -> dict:
+    """Summed metrics over the whole split (padding rows weigh 0), then means. Fixed eval PRNG: the
+    same MLM masks at every evaluation."""
+    sums = None
+    key = jax.random.PRNGKey(seed + 1_000_003)
+    for index, batch in enumerate(eval_batches(arrays, batch_size)):
+        out = eval_step(params, put_batch(batch, mesh, rules), jax.random.fold_in(key, index))
+        sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+    return losses.summarize(jax.device_get(sums))
+
+
+def unigram_baseline(train: dict, held_out: dict, batch_size: int, seed: int, mask_token_id: int, vocab_size: int,
+                     probability: float) -> dict:
+    """MLM baseline on exactly the evaluation's masked positions: predict every masked token from
+    train-set unigram frequencies (add-one smoothed)."""
+    counts = np.bincount(train["input_ids"][train["maskable"].astype(bool)], minlength=vocab_size).astype(np.float64) + 1
+    log_probs = np.log(counts / counts.sum())
+    key = jax.random.PRNGKey(seed + 1_000_003)
+    nll, correct, count = 0.0, 0.0, 0.0
+    for index, batch in enumerate(eval_batches(held_out, batch_size)):
+        _, labels, label_mask = losses.mask_tokens(jax.random.fold_in(key, index), batch["input_ids"], batch["maskable"],
+                                                   mask_token_id=mask_token_id, vocab_size=vocab_size,
+                                                   probability=probability)
+        labels, label_mask = np.asarray(labels), np.asarray(label_mask).astype(bool)
+        nll -= log_probs[labels[label_mask]].sum()
+        correct += (labels[label_mask] == np.argmax(counts)).sum()
+        count += label_mask.sum()
+    return {"unigram_loss": nll / count, "unigram_perplexity": float(np.exp(nll / count)),
+            "unigram_accuracy": correct / count}
+
+
+def _check_resumable(saved: dict, current: dict) -> None:
+    for section in ("model", "data", "train"):
+        for field, value in current[section].items():
+            if section == "train" and field in RESUMABLE_CHANGES:
+                continue
+            if saved.get(section, {}).get(field) != value:
+                raise ConfigError(f"config field '{section}.{field}': the checkpoint was made with "
+                                  f"{saved.get(section, {}).get(field)!r}, this run has {value!r}; use a new workdir")
+
+
+def check_mesh(exp: ExperimentConfig, mesh) -> None:
+    batch_axes = sharding.batch_sharding(mesh, dict(exp.mesh.rules)).spec[0]
+    axes = () if batch_axes is None else (batch_axes if isinstance(batch_axes, tuple) else (batch_axes,))
+    parallel = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    for name in ("batch_size", "eval_batch_size"):
+        value = getattr(exp.train, name)
+        if value % parallel:
+            raise ConfigError(f"config field 'train.{name}': {value} is not divisible by the {parallel} "
+                              f"data-parallel devices of mesh axes {axes}")
+
+
+def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progress: bool = True) -> dict:
+    """Train (or resume) to ``exp.train.steps`` (or stop early at ``stop_at``); returns the last metrics."""
+    t = exp.train
+    mesh, rules = sharding.make_mesh(exp.mesh), dict(exp.mesh.rules)
+    check_mesh(exp, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    model, tokenizer = load_model(exp.model)
+    splits = tokenized_splits(exp, tokenizer)
+    for split in ("train", "validation"):
+        if split not in splits:
+            raise ConfigError(f"config field 'data.source': the dataset has no '{split}' split")
+    loss_fn = make_loss_fn(t.task, tokenizer=tokenizer, vocab_size=model.config.vocab_size,
+                           mlm_probability=t.mlm_probability)
+    tx = make_optimizer(t)
+    graphdef, params = nnx.split(model)
+    state = TrainState.create(params, tx, t.seed)
+    state_sharding = train_state_shardings(state, tx, mesh, rules)
+    state = jax.device_put(state, state_sharding)
+    train_step, eval_step = jit_steps(graphdef, tx, loss_fn, state_sharding, mesh, rules)
+
+    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
+    config_dict = to_dict(exp)
+    start = checkpoints.latest_step()
+    if start is not None:
+        state, meta = checkpoints.restore(start, state, state_sharding)
+        _check_resumable(meta["config"], config_dict)
+        if meta["data_position"] != start:
+            raise ConfigError(f"checkpoint {start}: data position {meta['data_position']} does not match its step")
+        log.info("resumed from step %d", start)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config_dict, f, indent=1)
+    writer = MetricsWriter(workdir, resume_step=start)
+    batches = Batches(splits["train"], t.batch_size, t.seed)
+
+    def run_eval(step, split):
+        metrics = evaluate(eval_step, state.params, splits[split], t.eval_batch_size, mesh, rules, t.seed)
+        if t.task == "masked_lm":
+            metrics.update(unigram_baseline(splits["train"], splits[split], t.eval_batch_size, t.seed,
+                                            tokenizer.mask_token_id, model.config.vocab_size, t.mlm_probability))
+        writer.write(step, split, metrics)
+        return metrics
+
+    step = start or 0
+    last_eval = run_eval(0, "validation") if step == 0 else {}
+    end = t.steps if stop_at is None else min(stop_at, t.steps)
+    bar = tqdm(total=end, initial=step, disable=not progress, desc=f"train {t.task}", dynamic_ncols=True)
+    tick = time.perf_counter()
+    while step < end:
+        state, metrics = train_step(state, put_batch(batches(step), mesh, rules))
+        step += 1
+        bar.update(1)
+        if step % t.log_every == 0 or step == end:
+            metrics = jax.device_get(metrics)
+            seconds = (time.perf_counter() - tick) / t.log_every
+            tick = time.perf_counter()
+            row = {"loss": metrics["loss"], "accuracy": metrics["correct_sum"] / max(metrics["count"], 1.0),
+                   "grad_norm": metrics["grad_norm"], "seconds_per_step": seconds}
+            writer.write(step, "train", row)
+            bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+        if t.eval_every and step % t.eval_every == 0 and step != t.steps:
+            last_eval = run_eval(step, "validation")
+        if step % t.checkpoint_every == 0 or step == end:
+            checkpoints.save(step, state, {"data_position": step, "config": config_dict})
+    bar.close()
+    checkpoints.wait()
+    if step == t.steps:
+        last_eval = {"validation": run_eval(step, "validation")}
+        if "test" in splits:
+            last_eval["test"] = run_eval(step, "test")
+    checkpoints.close()
+    writer.close()
+    final_params = state.params
+    return {"step": step, "metrics": last_eval, "params": final_params, "graphdef": graphdef}
+
+
+def evaluate_checkpoint(exp: ExperimentConfig, workdir: str) -> dict:
+    """Validation and test metrics of the latest checkpoint in ``workdir`` (also appended to metrics.jsonl)."""
+    t = exp.train
+    mesh, rules = sharding.make_mesh(exp.mesh), dict(exp.mesh.rules)
+    check_mesh(exp, mesh)
+    model, tokenizer = load_model(exp.model)
+    splits = tokenized_splits(exp, tokenizer)
+    loss_fn = make_loss_fn(t.task, tokenizer=tokenizer, vocab_size=model.config.vocab_size,
+                           mlm_probability=t.mlm_probability)
+    tx = make_optimizer(t)
+    graphdef, params = nnx.split(model)
+    state = TrainState.create(params, tx, t.seed)
+    state_sharding = train_state_shardings(state, tx, mesh, rules)
+    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
+    step = checkpoints.latest_step()
+    if step is None:
+        raise ConfigError(f"--workdir {workdir}: no checkpoint to evaluate")
+    state, _ = checkpoints.restore(step, jax.device_put(state, state_sharding), state_sharding)
+    _, eval_step = jit_steps(graphdef, tx, loss_fn, state_sharding, mesh, rules)
+    writer = MetricsWriter(workdir)
+    results = {}
+    for split in ("validation", "test"):
+        if split in splits:
+            results[split] = evaluate(eval_step, state.params, splits[split], t.eval_batch_size, mesh, rules, t.seed)
+            writer.write(step, split, results[split])
+    writer.close()
+    checkpoints.close()
+    return {"step": step, "metrics": results}
