@@ -1,4 +1,4 @@
-"""The ``rlhf-jax`` command line: assets and generation (training commands join as they land)."""
+"""The ``rlhf-jax`` command line: assets, generation, supervised training and evaluation."""
 
 from __future__ import annotations
 
@@ -45,6 +45,31 @@ def _generate(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from rlhf_jax.config import load_config
+    from rlhf_jax.trainer import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config, args.workdir, stop_at=args.stop_after)
+    _print_metrics(result)
+    return 0
+
+
+def _eval(args) -> int:
+    from rlhf_jax.config import load_config
+    from rlhf_jax.trainer import evaluate_checkpoint
+
+    _print_metrics(evaluate_checkpoint(load_config(args.config, args.overrides), args.workdir))
+    return 0
+
+
+def _print_metrics(result: dict) -> None:
+    for split, metrics in result["metrics"].items():
+        if isinstance(metrics, dict):
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "count")
+            print(f"step {result['step']} {split}: {shown}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -68,18 +93,34 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     gen.set_defaults(run=_generate)
+
+    for name, run, help_text in (("train", _train, "train (or resume) an experiment config"),
+                                 ("eval", _eval, "evaluate the latest checkpoint of a workdir")):
+        cmd = commands.add_parser(name, help=help_text,
+                                  epilog="override any config field with --config.SECTION.FIELD=VALUE")
+        cmd.add_argument("--config", required=True, help="configs/*.py with get_config()")
+        cmd.add_argument("--workdir", required=True)
+        if name == "train":
+            cmd.add_argument("--stop-after", type=int, default=None,
+                             help="stop at this step (checkpointed); running again resumes")
+        cmd.set_defaults(run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    args.overrides = [u for u in unknown if u.startswith("--config.")]
+    rest = [u for u in unknown if not u.startswith("--config.")]
+    if rest or (args.overrides and args.command not in ("train", "eval")):
+        build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
     from rlhf_jax.assets import AssetError
     from rlhf_jax.config import ConfigError
+    from rlhf_jax.data.records import DataError
     from rlhf_jax.models.convert import CheckpointError
 
     try:
         return args.run(args)
-    except (AssetError, ConfigError, CheckpointError, FileNotFoundError) as error:
+    except (AssetError, ConfigError, CheckpointError, DataError, FileNotFoundError) as error:
         print(f"rlhf-jax: error: {error}", file=sys.stderr)
         return 2
 

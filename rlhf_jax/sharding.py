@@ -20,7 +20,8 @@ from rlhf_jax.config import ConfigError, MeshConfig
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
-    """A mesh over ``devices`` (default: all) with the configured axis sizes; -1 takes the rest."""
+    """A mesh over ``devices`` (default: all) with the configured axis sizes; -1 takes the rest.
+    Fixed sizes whose product is below the device count use the first devices only."""
     devices = list(jax.devices() if devices is None else devices)
     names = tuple(name for name, _ in cfg.shape)
     sizes = [size for _, size in cfg.shape]
@@ -29,6 +30,8 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
         if len(devices) % known:
             raise ConfigError(f"config field 'mesh.shape': {len(devices)} devices do not divide into {cfg.shape}")
         sizes[sizes.index(-1)] = len(devices) // known
+    if -1 not in [size for _, size in cfg.shape] and math.prod(sizes) < len(devices):
+        devices = devices[:math.prod(sizes)]  # a smaller mesh than the machine: the first devices
     if math.prod(sizes) != len(devices):
         raise ConfigError(f"config field 'mesh.shape': {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, "
                           f"there are {len(devices)}")

@@ -20,7 +20,8 @@ from rlhf_jax.train_state import TrainState
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     """AdamW with global-norm clipping; linear warm-up to learning_rate, cosine decay to 0 at ``steps``."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(cfg.steps, 2))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
+                                                  max(cfg.steps, cfg.warmup_steps + 1))
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                        optax.adamw(schedule, weight_decay=cfg.weight_decay,
                                    mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)))

@@ -60,8 +60,13 @@ def load_examples(data: DataConfig) -> dict[str, list[dict]]:
     source = data.source
     if isinstance(source, str) and source in assets.ASSETS:
         source = str(assets.asset_path(source))
-    elif isinstance(source, tuple):
-        source = list(source)
+    else:
+        paths = [source] if isinstance(source, str) else list(source)
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise ConfigError(f"config field 'data.source': {missing[0]!r} is neither an asset name "
+                              f"({', '.join(sorted(assets.ASSETS))}) nor an existing file")
+        source = paths[0] if isinstance(source, str) else paths
     sources = builders.build(data.dataset, source, data_root(data))
     splits = {}
     for split, rows in sources.items():

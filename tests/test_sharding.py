@@ -52,6 +52,9 @@ def test_rules_replicate_dimensions_that_do_not_divide():
 
 def test_bad_mesh_config_names_the_field():
     with pytest.raises(ConfigError, match="mesh.shape"):
-        sharding.make_mesh(MeshConfig(shape=(("data", 3), ("fsdp", 1), ("tensor", 1))))
+        sharding.make_mesh(MeshConfig(shape=(("data", 3), ("fsdp", 4), ("tensor", 1))))
+    with pytest.raises(ConfigError, match="mesh.shape"):
+        sharding.make_mesh(MeshConfig(shape=(("data", -1), ("fsdp", 3), ("tensor", 1))))
+    assert sharding.make_mesh(MeshConfig(shape=(("data", 1), ("fsdp", 1), ("tensor", 1)))).devices.size == 1
     with pytest.raises(ConfigError, match="mesh.rules"):
         MeshConfig(rules=(("embed", "model"),))

@@ -1,0 +1,115 @@
+"""Records are validated with file:line errors; tfds builders write array_record and read back without TF."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from rlhf_jax.data import builders, records
+from rlhf_jax.data.pipeline import Batches, eval_batches, tokenize
+
+GOOD = {"id": "a1", "prompt": "The film", "chosen": "is wonderful.", "rejected": "is dull.", "annotator": "sim"}
+
+
+def write_jsonl(path, rows):
+    with open(path, "wb") as f:
+        for row in rows:
+            f.write(row if isinstance(row, bytes) else (json.dumps(row) + "\n").encode())
+    return str(path)
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({k: v for k, v in GOOD.items() if k != "chosen"}, "missing field 'chosen'"),
+    ({**GOOD, "chosen": 3}, "field 'chosen' must be str"),
+    ({**GOOD, "rejected": "  "}, "field 'rejected' is empty"),
+    ({**GOOD, "margin": "big"}, "field 'margin' must be int or float"),
+    ({**GOOD, "colour": "red"}, "unknown field"),
+    (b"\xff\xfe not utf-8\n", "not valid UTF-8"),
+    (b"{not json\n", "not valid JSON"),
+    ({**GOOD, "id": "a0"}, "duplicate id 'a0'"),
+])
+def test_bad_preference_row_names_file_and_line(tmp_path, bad, message):
+    rows = [{**GOOD, "id": "a0"}, {**GOOD, "id": "x"}, bad]
+    path = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    with pytest.raises(records.DataError, match=f"prefs.jsonl:3: .*{message}"):
+        records.read_feedback(path, "preference")
+
+
+def test_bad_row_writes_nothing(tmp_path):
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD, {**GOOD, "id": "b", "chosen": ""}])
+    with pytest.raises(records.DataError, match=":2: field 'chosen' is empty"):
+        builders.build("preferences", path, str(tmp_path / "data"))
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.array_record*"))
+
+
+@pytest.mark.parametrize("kind,dataset,row", [
+    ("preference", "preferences", {"prompt": "p", "chosen": "good", "rejected": "bad", "margin": 1.5}),
+    ("rating", "ratings", {"prompt": "p", "response": "r", "score": 6}),
+    ("language", "language_feedback", {"prompt": "p", "response": "r", "feedback": "too negative"}),
+])
+def test_feedback_builders_round_trip_without_tensorflow(tmp_path, kind, dataset, row):
+    rows = [{"id": f"r{i}", **row} for i in range(40)]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    source = builders.build(dataset, path, str(tmp_path / "data"))
+    read = [builders.decode(source[split][i]) for split in source for i in range(len(source[split]))]
+    assert sorted(r["id"] for r in read) == sorted(r["id"] for r in rows)
+    assert {r["split"] for r in records.read_feedback(path, kind)} == set(source)
+    first = next(r for r in read if r["id"] == "r0")
+    for key, value in row.items():
+        assert first[key] == pytest.approx(value) if isinstance(value, (int, float)) else first[key] == value
+    assert "tensorflow" not in sys.modules
+    # a second build of the same file reuses the dataset
+    again = builders.build(dataset, path, str(tmp_path / "data"))
+    assert {s: len(again[s]) for s in again} == {s: len(source[s]) for s in source}
+
+
+def test_splits_are_a_stable_hash():
+    assert records.hash_split("some review") == records.hash_split("some review")
+    shares = [records.hash_split(f"text {i}") for i in range(5000)]
+    assert abs(shares.count("test") / 5000 - 0.1) < 0.02 and abs(shares.count("validation") / 5000 - 0.1) < 0.02
+
+
+def test_rotten_tomatoes_rows():
+    from rlhf_jax import assets
+
+    rows = records.read_rotten_tomatoes(str(assets.asset_path("rotten-tomatoes")))
+    labels = [r["label"] for r in rows]
+    assert len(rows) == 12808 and labels.count(1) == 7403 and labels.count(0) == 5405
+    assert all(r["text"] for r in rows)
+
+
+def test_text_corpus(tmp_path):
+    (tmp_path / "a.txt").write_text("first document\n\nsecond document\n")
+    rows = records.read_text_corpus(str(tmp_path / "a.txt"))
+    assert [r["text"] for r in rows] == ["first document", "second document"]
+    with pytest.raises(records.DataError, match="no such file"):
+        records.read_text_corpus(str(tmp_path / "missing.txt"))
+
+
+def test_batches_are_a_pure_function_of_the_index():
+    arrays = {"x": np.arange(10)}
+    batches = Batches(arrays, batch_size=3, seed=1)
+    assert batches.batches_per_epoch == 3
+    epoch0 = np.concatenate([batches(i)["x"] for i in range(3)])
+    assert len(set(epoch0)) == 9  # no repeats within an epoch
+    np.testing.assert_array_equal(Batches(arrays, 3, 1)(4)["x"], batches(4)["x"])
+    assert not np.array_equal(batches(0)["x"], batches(3)["x"])  # a new permutation each epoch
+
+
+def test_eval_batches_pad_with_zero_weight():
+    arrays = {"labels": np.arange(5), "weights": np.ones(5, np.float32)}
+    out = list(eval_batches(arrays, 4))
+    assert len(out) == 2 and out[1]["weights"].tolist() == [1, 0, 0, 0]
+
+
+def test_causal_tokenization_masks_the_prompt(smollm2_dir):
+    from rlhf_jax.models import load_tokenizer
+
+    tokenizer = load_tokenizer(smollm2_dir)
+    arrays = tokenize("causal_lm", [{"prompt": "Review:", "text": " great fun"}], tokenizer, 12, prompt_field="prompt")
+    prompt_len = len(tokenizer("Review:", add_special_tokens=False)["input_ids"])
+    text_len = len(tokenizer(" great fun", add_special_tokens=False)["input_ids"]) + 1  # + EOS
+    assert arrays["loss_mask"][0].tolist() == [0] * prompt_len + [1] * text_len + [0] * (12 - prompt_len - text_len)
+    assert arrays["input_ids"][0, prompt_len + text_len - 1] == tokenizer.eos_token_id

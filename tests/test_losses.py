@@ -1,0 +1,100 @@
+"""Losses against plain float64 loops written out here; BERT masking proportions."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax import losses
+
+
+def log_softmax64(row):
+    row = np.asarray(row, np.float64)
+    top = max(row)
+    return [x - top - math.log(sum(math.exp(y - top) for y in row)) for x in row]
+
+
+@pytest.fixture()
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_causal_lm_loss_matches_a_float64_loop(rng):
+    b, t, v = 3, 6, 11
+    logits = rng.normal(size=(b, t, v)).astype(np.float32)
+    ids = rng.integers(0, v, size=(b, t))
+    mask = (rng.random((b, t)) > 0.3).astype(np.int32)
+    total, count, correct = 0.0, 0, 0
+    for i in range(b):
+        for j in range(t - 1):
+            if mask[i, j + 1]:
+                total -= log_softmax64(logits[i, j])[ids[i, j + 1]]
+                count += 1
+                correct += int(np.argmax(logits[i, j]) == ids[i, j + 1])
+    loss, metrics = losses.causal_lm_loss(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(mask))
+    assert abs(float(loss) - total / count) < 1e-5
+    assert float(metrics["count"]) == count and float(metrics["correct_sum"]) == correct
+
+
+def test_masked_lm_loss_counts_only_selected_positions(rng):
+    logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
+    labels = rng.integers(0, 7, size=(2, 5))
+    selected = np.array([[1, 0, 0, 1, 0], [0, 0, 1, 0, 0]], np.float32)
+    expected = -np.mean([log_softmax64(logits[i, j])[labels[i, j]] for i, j in zip(*np.nonzero(selected))])
+    loss, _ = losses.masked_lm_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(selected))
+    assert abs(float(loss) - expected) < 1e-5
+
+
+def test_classification_loss_and_confusion_match_a_loop(rng):
+    logits = rng.normal(size=(9, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=9)
+    weights = np.array([1, 1, 1, 1, 1, 1, 1, 0, 0], np.float32)  # two padding rows
+    nll = [-log_softmax64(logits[i])[labels[i]] for i in range(7)]
+    confusion = np.zeros((3, 3))
+    for i in range(7):
+        confusion[labels[i], np.argmax(logits[i])] += 1
+    loss, metrics = losses.classification_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights))
+    assert abs(float(loss) - np.mean(nll)) < 1e-5
+    np.testing.assert_array_equal(np.asarray(metrics["confusion"]), confusion)
+
+
+def test_gradient_of_classification_loss_is_softmax_minus_onehot(rng):
+    logits = rng.normal(size=(4, 3))
+    labels = np.array([0, 2, 1, 1])
+    grad = jax.grad(lambda z: losses.classification_loss(z, jnp.asarray(labels))[0])(jnp.asarray(logits, jnp.float32))
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    expected = (probs - np.eye(3)[labels]) / 4
+    assert np.abs(np.asarray(grad) - expected).max() < 1e-6
+
+
+def test_precision_recall_f1_from_counts():
+    # true x predicted, binary: tp=30, fn=10, fp=5, tn=55
+    sums = {"loss_sum": 10.0, "correct_sum": 85.0, "count": 100.0, "confusion": np.array([[55, 5], [10, 30]])}
+    out = losses.summarize(sums)
+    assert out["accuracy"] == 0.85
+    assert abs(out["precision"] - 30 / 35) < 1e-12 and abs(out["recall"] - 30 / 40) < 1e-12
+    p, r = 30 / 35, 30 / 40
+    assert abs(out["f1"] - 2 * p * r / (p + r)) < 1e-12
+    assert "perplexity" not in out
+    assert abs(losses.summarize({"loss_sum": 6.0, "correct_sum": 1.0, "count": 3.0})["perplexity"] - math.exp(2)) < 1e-9
+
+
+def test_bert_masking_proportions():
+    n = 200_000
+    ids = jnp.full((1, n), 7, jnp.int32)
+    maskable = jnp.ones((1, n), jnp.int32).at[0, :1000].set(0)
+    inputs, labels, selected = losses.mask_tokens(jax.random.PRNGKey(0), ids, maskable, mask_token_id=3,
+                                                  vocab_size=1000, probability=0.15)
+    inputs, selected = np.asarray(inputs)[0], np.asarray(selected)[0].astype(bool)
+    assert not selected[:1000].any()  # special / padding tokens are never selected
+    share = selected.mean() / (1 - 1000 / n)
+    assert abs(share - 0.15) < 4 * math.sqrt(0.15 * 0.85 / n)
+    k = selected.sum()
+    as_mask = (inputs[selected] == 3).mean()
+    unchanged = (inputs[selected] == 7).mean()  # kept (10%) plus random draws that hit 7 (10% / 1000)
+    assert abs(as_mask - 0.8) < 4 * math.sqrt(0.8 * 0.2 / k)
+    assert abs(unchanged - (0.1 + 0.1 / 1000)) < 4 * math.sqrt(0.1 * 0.9 / k)
+    assert (inputs[~selected] == 7).all()
+    np.testing.assert_array_equal(np.asarray(labels), np.asarray(ids))
