@@ -8,12 +8,14 @@ function of the step, the PRNG key lives in the state, so a resumed run equals a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
@@ -25,6 +27,7 @@ from rlhf_jax.data import builders
 from rlhf_jax.data.pipeline import Batches, eval_batches, tokenize
 from rlhf_jax.metrics import MetricsWriter
 from rlhf_jax.models import build_model, from_pretrained, load_tokenizer
+from rlhf_jax.plots import plot_training
 from rlhf_jax.steps import jit_steps, make_optimizer, put_batch, train_state_shardings
 from rlhf_jax.tasks import make_loss_fn
 from rlhf_jax.train_state import TrainState
@@ -137,12 +140,27 @@ def check_mesh(exp: ExperimentConfig, mesh) -> None:
                               f"data-parallel devices of mesh axes {axes}")
 
 
-def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progress: bool = True) -> dict:
-    """Train (or resume) to ``exp.train.steps`` (or stop early at ``stop_at``); returns the last metrics."""
+@dataclasses.dataclass
+class Setup:
+    """Everything a run needs, built from the config: mesh, data, model, optimizer, compiled steps."""
+
+    mesh: object
+    rules: dict
+    tokenizer: object
+    vocab_size: int
+    splits: dict
+    graphdef: object
+    state: TrainState
+    state_sharding: TrainState
+    train_step: object
+    eval_step: object
+    checkpoints: Checkpointer
+
+
+def prepare(exp: ExperimentConfig, workdir: str) -> Setup:
     t = exp.train
     mesh, rules = sharding.make_mesh(exp.mesh), dict(exp.mesh.rules)
     check_mesh(exp, mesh)
-    os.makedirs(workdir, exist_ok=True)
     model, tokenizer = load_model(exp.model)
     splits = tokenized_splits(exp, tokenizer)
     for split in ("train", "validation"):
@@ -156,12 +174,30 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     state_sharding = train_state_shardings(state, tx, mesh, rules)
     state = jax.device_put(state, state_sharding)
     train_step, eval_step = jit_steps(graphdef, tx, loss_fn, state_sharding, mesh, rules)
-
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
+    return Setup(mesh, rules, tokenizer, model.config.vocab_size, splits, graphdef, state, state_sharding, train_step,
+                 eval_step, checkpoints)
+
+
+def evaluate_split(run: Setup, exp: ExperimentConfig, params, split: str) -> dict:
+    t = exp.train
+    metrics = evaluate(run.eval_step, params, run.splits[split], t.eval_batch_size, run.mesh, run.rules, t.seed)
+    if t.task == "masked_lm":
+        metrics.update(unigram_baseline(run.splits["train"], run.splits[split], t.eval_batch_size, t.seed,
+                                        run.tokenizer.mask_token_id, run.vocab_size, t.mlm_probability))
+    return metrics
+
+
+def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progress: bool = True) -> dict:
+    """Train (or resume) to ``exp.train.steps`` (or stop early at ``stop_at``); returns the last metrics."""
+    t = exp.train
+    os.makedirs(workdir, exist_ok=True)
+    run = prepare(exp, workdir)
+    state = run.state
     config_dict = to_dict(exp)
-    start = checkpoints.latest_step()
+    start = run.checkpoints.latest_step()
     if start is not None:
-        state, meta = checkpoints.restore(start, state, state_sharding)
+        state, meta = run.checkpoints.restore(start, state, run.state_sharding)
         _check_resumable(meta["config"], config_dict)
         if meta["data_position"] != start:
             raise ConfigError(f"checkpoint {start}: data position {meta['data_position']} does not match its step")
@@ -169,74 +205,61 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(config_dict, f, indent=1)
     writer = MetricsWriter(workdir, resume_step=start)
-    batches = Batches(splits["train"], t.batch_size, t.seed)
+    batches = Batches(run.splits["train"], t.batch_size, t.seed)
 
     def run_eval(step, split):
-        metrics = evaluate(eval_step, state.params, splits[split], t.eval_batch_size, mesh, rules, t.seed)
-        if t.task == "masked_lm":
-            metrics.update(unigram_baseline(splits["train"], splits[split], t.eval_batch_size, t.seed,
-                                            tokenizer.mask_token_id, model.config.vocab_size, t.mlm_probability))
+        metrics = evaluate_split(run, exp, state.params, split)
         writer.write(step, split, metrics)
         return metrics
 
     step = start or 0
-    last_eval = run_eval(0, "validation") if step == 0 else {}
+    last_eval = {"validation": run_eval(0, "validation")} if step == 0 else {}
     end = t.steps if stop_at is None else min(stop_at, t.steps)
     bar = tqdm(total=end, initial=step, disable=not progress, desc=f"train {t.task}", dynamic_ncols=True)
-    tick = time.perf_counter()
+    tick, window, window_steps = time.perf_counter(), None, 0
     while step < end:
-        state, metrics = train_step(state, put_batch(batches(step), mesh, rules))
-        step += 1
+        state, metrics = run.train_step(state, put_batch(batches(step), run.mesh, run.rules))
+        # Sum metrics over the logging window on device: no host sync until the window is logged.
+        window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
+        step, window_steps = step + 1, window_steps + 1
         bar.update(1)
         if step % t.log_every == 0 or step == end:
-            metrics = jax.device_get(metrics)
-            seconds = (time.perf_counter() - tick) / t.log_every
-            tick = time.perf_counter()
-            row = {"loss": metrics["loss"], "accuracy": metrics["correct_sum"] / max(metrics["count"], 1.0),
-                   "grad_norm": metrics["grad_norm"], "seconds_per_step": seconds}
+            sums = jax.device_get(window)
+            seconds = (time.perf_counter() - tick) / window_steps
+            row = {"loss": sums["loss_sum"] / max(sums["count"], 1.0),
+                   "accuracy": sums["correct_sum"] / max(sums["count"], 1.0),
+                   "grad_norm": sums["grad_norm"] / window_steps, "seconds_per_step": seconds}
             writer.write(step, "train", row)
-            bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            tick, window, window_steps = time.perf_counter(), None, 0
         if t.eval_every and step % t.eval_every == 0 and step != t.steps:
-            last_eval = run_eval(step, "validation")
+            last_eval = {"validation": run_eval(step, "validation")}
         if step % t.checkpoint_every == 0 or step == end:
-            checkpoints.save(step, state, {"data_position": step, "config": config_dict})
+            run.checkpoints.save(step, state, {"data_position": step, "config": config_dict})
     bar.close()
-    checkpoints.wait()
+    run.checkpoints.wait()
     if step == t.steps:
-        last_eval = {"validation": run_eval(step, "validation")}
-        if "test" in splits:
-            last_eval["test"] = run_eval(step, "test")
-    checkpoints.close()
+        last_eval = {split: run_eval(step, split) for split in ("validation", "test") if split in run.splits}
+    run.checkpoints.close()
     writer.close()
-    final_params = state.params
-    return {"step": step, "metrics": last_eval, "params": final_params, "graphdef": graphdef}
+    plot_training(workdir)
+    return {"step": step, "metrics": last_eval, "params": state.params, "graphdef": run.graphdef}
 
 
 def evaluate_checkpoint(exp: ExperimentConfig, workdir: str) -> dict:
     """Validation and test metrics of the latest checkpoint in ``workdir`` (also appended to metrics.jsonl)."""
-    t = exp.train
-    mesh, rules = sharding.make_mesh(exp.mesh), dict(exp.mesh.rules)
-    check_mesh(exp, mesh)
-    model, tokenizer = load_model(exp.model)
-    splits = tokenized_splits(exp, tokenizer)
-    loss_fn = make_loss_fn(t.task, tokenizer=tokenizer, vocab_size=model.config.vocab_size,
-                           mlm_probability=t.mlm_probability)
-    tx = make_optimizer(t)
-    graphdef, params = nnx.split(model)
-    state = TrainState.create(params, tx, t.seed)
-    state_sharding = train_state_shardings(state, tx, mesh, rules)
-    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
-    step = checkpoints.latest_step()
+    run = prepare(exp, workdir)
+    step = run.checkpoints.latest_step()
     if step is None:
         raise ConfigError(f"--workdir {workdir}: no checkpoint to evaluate")
-    state, _ = checkpoints.restore(step, jax.device_put(state, state_sharding), state_sharding)
-    _, eval_step = jit_steps(graphdef, tx, loss_fn, state_sharding, mesh, rules)
+    state, meta = run.checkpoints.restore(step, run.state, run.state_sharding)
+    _check_resumable(meta["config"], to_dict(exp))
     writer = MetricsWriter(workdir)
     results = {}
     for split in ("validation", "test"):
-        if split in splits:
-            results[split] = evaluate(eval_step, state.params, splits[split], t.eval_batch_size, mesh, rules, t.seed)
+        if split in run.splits:
+            results[split] = evaluate_split(run, exp, state.params, split)
             writer.write(step, split, results[split])
     writer.close()
-    checkpoints.close()
+    run.checkpoints.close()
     return {"step": step, "metrics": results}

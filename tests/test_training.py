@@ -87,6 +87,7 @@ def test_cli_train_then_eval(tmp_path):
     rows = read_metrics(workdir)
     assert {"precision", "recall", "f1", "accuracy"} <= set(rows[-1])
     assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert os.path.getsize(os.path.join(workdir, "training.png")) > 1000
     evaluated = subprocess.run(base + ["eval", "--config", os.path.join(CONFIGS, "tiny_cls.py"), "--workdir", workdir,
                                        "--config.train.steps=4"], capture_output=True, text=True)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
