@@ -14,10 +14,10 @@ def get_config():
     config.model.config = {"num_labels": 2}
     config.data.max_length = 64
     config.train.task = "classification"
-    config.train.steps = 600
+    config.train.steps = 480
     config.train.batch_size = 32
     config.train.learning_rate = 1e-4
-    config.train.warmup_steps = 60
-    config.train.eval_every = 200
-    config.train.checkpoint_every = 200
+    config.train.warmup_steps = 48
+    config.train.eval_every = 160
+    config.train.checkpoint_every = 160
     return config

@@ -177,8 +177,9 @@ class MeshConfig:
 # ----------------------------------------------------------------------------------------------
 # Experiment configs: configs/*.py define get_config() -> ConfigDict; these dataclasses validate it.
 
-TASKS = ("classification", "causal_lm", "masked_lm")
-TASK_HEADS = {"classification": ("classification",), "causal_lm": ("causal_lm",), "masked_lm": ("masked_lm",)}
+TASKS = ("classification", "causal_lm", "masked_lm", "reward_pairwise", "reward_best_of_n", "reward_regression")
+TASK_HEADS = {"classification": ("classification",), "causal_lm": ("causal_lm",), "masked_lm": ("masked_lm",),
+              "reward_pairwise": ("scalar",), "reward_best_of_n": ("scalar",), "reward_regression": ("scalar",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,11 +255,43 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FeedbackConfig:
+    """Collecting simulated feedback on policy samples (the first stage of ``rlhf-jax run``).
+
+    policy: asset/path of the model whose continuations are compared. labeler: 'vader' gold scorer
+    under a simulated human with preference ``temperature`` (P(A > B) = sigmoid((g(A) - g(B)) / T)).
+    prompts: how many prompts (each gives one pair); prompt_tokens: the first tokens of a Rotten
+    Tomatoes snippet; response_tokens: continuation length.
+    """
+
+    policy: str = "smollm2-135m-instruct"
+    labeler: str = "vader"
+    temperature: float = 0.1
+    tie_margin: float = 0.0
+    prompts: int = 512
+    prompt_tokens: int = 8
+    response_tokens: int = 24
+    sampling_temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.labeler in ("vader",), "feedback.labeler", f"{self.labeler!r} is not one of ('vader',)")
+        _require(self.temperature >= 0, "feedback.temperature", f"must be >= 0, got {self.temperature}")
+        for name in ("prompts", "prompt_tokens", "response_tokens", "batch_size"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"feedback.{name}", f"must be a positive integer, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     model: ModelSpec
     data: DataConfig
     train: TrainConfig
     mesh: MeshConfig = MeshConfig()
+    feedback: FeedbackConfig | None = None
 
     def __post_init__(self):
         _require(self.model.head in TASK_HEADS[self.train.task], "model.head",
@@ -281,8 +314,8 @@ def _section(cls, values: Mapping[str, Any], prefix: str):
 def experiment_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
     """Validate a (ConfigDict-converted) plain dict into an ExperimentConfig."""
     values = dict(values)
-    unknown = sorted(set(values) - {"model", "data", "train", "mesh"})
-    _require(not unknown, unknown[0] if unknown else "", "unknown section (sections: model, data, train, mesh)")
+    unknown = sorted(set(values) - {"model", "data", "train", "mesh", "feedback"})
+    _require(not unknown, unknown[0] if unknown else "", "unknown section (sections: model, data, train, mesh, feedback)")
     model = dict(values.get("model", {}))
     model["config"] = tuple(sorted(dict(model.get("config", {})).items()))
     mesh = dict(values.get("mesh", {}))
@@ -294,7 +327,9 @@ def experiment_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
         return ExperimentConfig(model=_section(ModelSpec, model, "model"),
                                 data=_section(DataConfig, values.get("data", {}), "data"),
                                 train=_section(TrainConfig, values.get("train", {}), "train"),
-                                mesh=_section(MeshConfig, mesh, "mesh"))
+                                mesh=_section(MeshConfig, mesh, "mesh"),
+                                feedback=_section(FeedbackConfig, values["feedback"], "feedback")
+                                if values.get("feedback") is not None else None)
     except TypeError as error:  # e.g. a wrong argument type inside a dataclass
         raise ConfigError(f"config: {error}") from None
 

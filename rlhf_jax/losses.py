@@ -73,8 +73,9 @@ def mask_tokens(rng: jax.Array, input_ids_BxT: jax.Array, maskable_BxT: jax.Arra
     return inputs_BxT, input_ids_BxT, selected_BxT.astype(jnp.float32)
 
 
-def summarize(sums: dict, num_classes: int | None = None) -> dict:
-    """Means from summed metrics: loss, accuracy, perplexity (token tasks) or precision/recall/F1.
+def summarize(sums: dict, perplexity: bool = True) -> dict:
+    """Means from summed metrics: loss, accuracy, and perplexity (token tasks, if asked) or
+    precision/recall/F1 (when a confusion matrix is present).
 
     For two classes, precision/recall/F1 are those of the positive class (label 1); for more,
     their macro average.
@@ -85,7 +86,8 @@ def summarize(sums: dict, num_classes: int | None = None) -> dict:
     out = {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct_sum"]) / count,
            "count": float(sums["count"])}
     if "confusion" not in sums:
-        out["perplexity"] = float(np.exp(out["loss"]))
+        if perplexity:
+            out["perplexity"] = float(np.exp(out["loss"]))
         return out
     confusion = np.asarray(sums["confusion"], np.float64)
     true_positive = np.diag(confusion)
@@ -98,3 +100,47 @@ def summarize(sums: dict, num_classes: int | None = None) -> dict:
     pick = (lambda v: float(v[1])) if confusion.shape[0] == 2 else (lambda v: float(v.mean()))
     out.update(precision=pick(precision), recall=pick(recall), f1=pick(f1))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Reward-model losses. r: scalar rewards from the reward model.
+
+def pairwise_loss(rewards_chosen_B: jax.Array, rewards_rejected_B: jax.Array, margin_B: jax.Array | None = None,
+                  weights_B: jax.Array | None = None):
+    """Bradley-Terry: P(chosen > rejected) = sigmoid(r_c - r_r); loss = -log sigmoid(r_c - r_r - m).
+
+    The optional margin m asks for a larger gap where annotators were more certain.
+    """
+    diff_B = (rewards_chosen_B - rewards_rejected_B).astype(jnp.float32)
+    if margin_B is not None:
+        diff_B = diff_B - margin_B
+    weights_B = jnp.ones_like(diff_B) if weights_B is None else weights_B.astype(jnp.float32)
+    nll_B = -jax.nn.log_sigmoid(diff_B)
+    count = weights_B.sum()
+    loss_sum = (nll_B * weights_B).sum()
+    loss = loss_sum / jnp.maximum(count, 1.0)
+    correct = ((rewards_chosen_B > rewards_rejected_B) * weights_B).sum()
+    return loss, {"loss": loss, "loss_sum": loss_sum, "correct_sum": correct, "count": count}
+
+
+def best_of_n_loss(rewards_BxN: jax.Array, chosen_B: jax.Array, weights_B: jax.Array | None = None):
+    """Best-of-n (Ziegler et al. 2019): softmax over the n candidates' rewards, cross-entropy on the
+    one the labeler chose: loss = logsumexp_j r_j - r_chosen. With n = 2 this is the pairwise loss."""
+    rewards = rewards_BxN.astype(jnp.float32)
+    weights_B = jnp.ones(chosen_B.shape, jnp.float32) if weights_B is None else weights_B.astype(jnp.float32)
+    nll_B = jax.nn.logsumexp(rewards, axis=-1) - jnp.take_along_axis(rewards, chosen_B[:, None], axis=-1)[:, 0]
+    count = weights_B.sum()
+    loss_sum = (nll_B * weights_B).sum()
+    loss = loss_sum / jnp.maximum(count, 1.0)
+    correct = ((jnp.argmax(rewards, axis=-1) == chosen_B) * weights_B).sum()
+    return loss, {"loss": loss, "loss_sum": loss_sum, "correct_sum": correct, "count": count}
+
+
+def regression_loss(predictions_B: jax.Array, targets_B: jax.Array, weights_B: jax.Array | None = None):
+    """Scalar ratings: mean squared error (p - y)^2."""
+    error_B = predictions_B.astype(jnp.float32) - targets_B.astype(jnp.float32)
+    weights_B = jnp.ones_like(error_B) if weights_B is None else weights_B.astype(jnp.float32)
+    count = weights_B.sum()
+    loss_sum = (error_B ** 2 * weights_B).sum()
+    loss = loss_sum / jnp.maximum(count, 1.0)
+    return loss, {"loss": loss, "loss_sum": loss_sum, "correct_sum": jnp.zeros(()), "count": count}

@@ -42,4 +42,8 @@ def make_loss_fn(task: str, *, tokenizer=None, vocab_size: int | None = None, ml
         if tokenizer is None or tokenizer.mask_token_id is None:
             raise ValueError("masked_lm needs a tokenizer with a mask token")
         return make_masked_lm(tokenizer.mask_token_id, vocab_size, mlm_probability)
+    if task.startswith("reward_"):
+        from rlhf_jax.reward import LOSSES
+
+        return LOSSES[task]
     raise ValueError(f"unknown task {task!r}")

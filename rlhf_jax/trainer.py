@@ -88,7 +88,7 @@ def tokenized_splits(exp: ExperimentConfig, tokenizer) -> dict[str, dict[str, np
             for split, examples in load_examples(d).items()}
 
 
-def evaluate(eval_step, params, arrays: dict, batch_size: int, mesh, rules, seed: int) -> dict:
+def evaluate(eval_step, params, arrays: dict, batch_size: int, mesh, rules, seed: int, perplexity: bool = True) -> dict:
     """Summed metrics over the whole split (padding rows weigh 0), then means. Fixed eval PRNG: the
     same MLM masks at every evaluation."""
     sums = None
@@ -96,7 +96,7 @@ def evaluate(eval_step, params, arrays: dict, batch_size: int, mesh, rules, seed
     for index, batch in enumerate(eval_batches(arrays, batch_size)):
         out = eval_step(params, put_batch(batch, mesh, rules), jax.random.fold_in(key, index))
         sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
-    return losses.summarize(jax.device_get(sums))
+    return losses.summarize(jax.device_get(sums), perplexity=perplexity)
 
 
 def unigram_baseline(train: dict, held_out: dict, batch_size: int, seed: int, mask_token_id: int, vocab_size: int,
@@ -181,7 +181,8 @@ def prepare(exp: ExperimentConfig, workdir: str) -> Setup:
 
 def evaluate_split(run: Setup, exp: ExperimentConfig, params, split: str) -> dict:
     t = exp.train
-    metrics = evaluate(run.eval_step, params, run.splits[split], t.eval_batch_size, run.mesh, run.rules, t.seed)
+    metrics = evaluate(run.eval_step, params, run.splits[split], t.eval_batch_size, run.mesh, run.rules, t.seed,
+                       perplexity=t.task in ("causal_lm", "masked_lm"))
     if t.task == "masked_lm":
         metrics.update(unigram_baseline(run.splits["train"], run.splits[split], t.eval_batch_size, t.seed,
                                         run.tokenizer.mask_token_id, run.vocab_size, t.mlm_probability))
@@ -246,20 +247,26 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     return {"step": step, "metrics": last_eval, "params": state.params, "graphdef": run.graphdef}
 
 
-def evaluate_checkpoint(exp: ExperimentConfig, workdir: str) -> dict:
-    """Validation and test metrics of the latest checkpoint in ``workdir`` (also appended to metrics.jsonl)."""
+def restore_trained(exp: ExperimentConfig, workdir: str):
+    """(setup, parameters, step) of the latest checkpoint in ``workdir``, made by this config."""
     run = prepare(exp, workdir)
     step = run.checkpoints.latest_step()
     if step is None:
-        raise ConfigError(f"--workdir {workdir}: no checkpoint to evaluate")
+        raise ConfigError(f"--workdir {workdir}: no checkpoint")
     state, meta = run.checkpoints.restore(step, run.state, run.state_sharding)
     _check_resumable(meta["config"], to_dict(exp))
+    run.checkpoints.close()
+    return run, state.params, step
+
+
+def evaluate_checkpoint(exp: ExperimentConfig, workdir: str) -> dict:
+    """Validation and test metrics of the latest checkpoint in ``workdir`` (also appended to metrics.jsonl)."""
+    run, params, step = restore_trained(exp, workdir)
     writer = MetricsWriter(workdir)
     results = {}
     for split in ("validation", "test"):
         if split in run.splits:
-            results[split] = evaluate_split(run, exp, state.params, split)
+            results[split] = evaluate_split(run, exp, params, split)
             writer.write(step, split, results[split])
     writer.close()
-    run.checkpoints.close()
     return {"step": step, "metrics": results}

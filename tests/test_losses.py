@@ -98,3 +98,49 @@ def test_bert_masking_proportions():
     assert abs(unchanged - (0.1 + 0.1 / 1000)) < 4 * math.sqrt(0.1 * 0.9 / k)
     assert (inputs[~selected] == 7).all()
     np.testing.assert_array_equal(np.asarray(labels), np.asarray(ids))
+
+
+def test_pairwise_loss_matches_a_float64_loop(rng):
+    chosen, rejected, margin = rng.normal(size=7), rng.normal(size=7), rng.random(7)
+    expected = np.mean([math.log1p(math.exp(-(c - r - m))) for c, r, m in zip(chosen, rejected, margin)])
+    loss, metrics = losses.pairwise_loss(jnp.asarray(chosen, jnp.float32), jnp.asarray(rejected, jnp.float32),
+                                         jnp.asarray(margin, jnp.float32))
+    assert abs(float(loss) - expected) < 1e-6
+    assert float(metrics["correct_sum"]) == float(np.sum(chosen > rejected))
+
+
+def test_best_of_n_matches_a_float64_loop_and_equals_pairwise_for_two(rng):
+    rewards, chosen = rng.normal(size=(6, 4)), rng.integers(0, 4, size=6)
+    expected = np.mean([-log_softmax64(rewards[i])[chosen[i]] for i in range(6)])
+    loss, _ = losses.best_of_n_loss(jnp.asarray(rewards, jnp.float32), jnp.asarray(chosen))
+    assert abs(float(loss) - expected) < 1e-6
+    pair = rng.normal(size=(5, 2)).astype(np.float32)
+    as_best_of_2, _ = losses.best_of_n_loss(jnp.asarray(pair), jnp.zeros(5, jnp.int32))
+    as_pairwise, _ = losses.pairwise_loss(jnp.asarray(pair[:, 0]), jnp.asarray(pair[:, 1]))
+    assert abs(float(as_best_of_2) - float(as_pairwise)) < 1e-6
+
+
+def test_regression_loss_matches_a_float64_loop(rng):
+    predictions, targets = rng.normal(size=9), rng.normal(size=9) * 3
+    loss, _ = losses.regression_loss(jnp.asarray(predictions, jnp.float32), jnp.asarray(targets, jnp.float32))
+    assert abs(float(loss) - np.mean((predictions - targets) ** 2)) < 1e-5
+
+
+def test_reward_loss_gradients_match_finite_differences(rng):
+    chosen, rejected = rng.normal(size=4), rng.normal(size=4)
+
+    def f64(c, r):
+        return np.mean([math.log1p(math.exp(-(a - b))) for a, b in zip(c, r)])
+
+    grad_c, grad_r = jax.grad(lambda c, r: losses.pairwise_loss(c, r)[0], argnums=(0, 1))(
+        jnp.asarray(chosen, jnp.float32), jnp.asarray(rejected, jnp.float32))
+    eps = 1e-6
+    for i in range(4):
+        bump = np.eye(4)[i] * eps
+        numeric = (f64(chosen + bump, rejected) - f64(chosen - bump, rejected)) / (2 * eps)
+        assert abs(float(grad_c[i]) - numeric) < 1e-5
+        assert abs(float(grad_r[i]) + numeric) < 1e-5  # d/dr = -d/dc
+    rewards = rng.normal(size=(3, 3))
+    grad = jax.grad(lambda z: losses.best_of_n_loss(z, jnp.asarray([0, 2, 1]))[0])(jnp.asarray(rewards, jnp.float32))
+    probs = np.exp(rewards) / np.exp(rewards).sum(-1, keepdims=True)
+    assert np.abs(np.asarray(grad) - (probs - np.eye(3)[[0, 2, 1]]) / 3).max() < 1e-6

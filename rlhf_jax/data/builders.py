@@ -66,7 +66,7 @@ class TextCorpus(_RowsBuilder):
 
 class Preferences(_RowsBuilder):
     FEATURES = {"id": _text, "prompt": _text, "chosen": _text, "rejected": _text, "margin": _float,
-                "annotator": _text, "source": _text}
+                "annotator": _text, "source": _text, "gold_chosen": _float, "gold_rejected": _float}
 
 
 class Ratings(_RowsBuilder):

@@ -14,7 +14,7 @@ import numpy as np
 
 from rlhf_jax.data.records import DataError
 
-TASKS = ("classification", "causal_lm", "masked_lm")
+TASKS = ("classification", "causal_lm", "masked_lm", "reward_pairwise", "reward_best_of_n", "reward_regression")
 
 
 def tokenize(task: str, examples: list[dict], tokenizer, max_length: int, *, text_field: str = "text",
@@ -25,11 +25,16 @@ def tokenize(task: str, examples: list[dict], tokenizer, max_length: int, *, tex
     causal_lm: input_ids, attention_mask, loss_mask (1 on the text tokens, and on the EOS closing
       them; 0 on the prompt when ``prompt_field`` is given, and on padding).
     masked_lm: input_ids, attention_mask, token_type_ids, maskable (real, non-special tokens).
+    reward_*: see ``rlhf_jax.reward.tokenize_feedback``.
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r} (tasks: {TASKS})")
     if not examples:
         raise DataError("no examples to tokenize")
+    if task.startswith("reward_"):
+        from rlhf_jax.reward import tokenize_feedback
+
+        return tokenize_feedback(task, examples, tokenizer, max_length)
     for index, example in enumerate(examples):
         if not isinstance(example.get(text_field), str) or not example[text_field]:
             raise DataError(f"example {index}: field '{text_field}' is missing or empty")

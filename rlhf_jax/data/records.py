@@ -6,7 +6,8 @@ Feedback rows are JSONL, one object per line:
 kind               fields (``id`` unique; texts are non-empty strings unless noted)
 =================  ======================================================================
 preference         id, prompt (string, may be empty), chosen, rejected; margin (number),
-                   annotator, source (optional)
+                   annotator, source, gold_chosen / gold_rejected (numbers, simulated
+                   labels only) (optional)
 rating             id, prompt, response, score (number); annotator, source (optional)
 language           id, prompt, response, feedback; annotator, source (optional)
 =================  ======================================================================
@@ -49,7 +50,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool, bool]]] = {
     "preference": {"id": ((str,), True, True), "prompt": ((str,), True, False), "chosen": ((str,), True, True),
                    "rejected": ((str,), True, True), "margin": ((int, float), False, False),
                    "annotator": ((str,), False, False), "source": ((str,), False, False),
-                   "split": ((str,), False, True)},
+                   "split": ((str,), False, True),
+                   "gold_chosen": ((int, float), False, False), "gold_rejected": ((int, float), False, False)},
     "rating": {"id": ((str,), True, True), "prompt": ((str,), True, False), "response": ((str,), True, True),
                "score": ((int, float), True, False), "annotator": ((str,), False, False),
                "source": ((str,), False, False), "split": ((str,), False, True)},
@@ -57,7 +59,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool, bool]]] = {
                  "feedback": ((str,), True, True), "annotator": ((str,), False, False),
                  "source": ((str,), False, False), "split": ((str,), False, True)},
 }
-DEFAULTS = {"margin": 0.0, "annotator": "", "source": ""}
+DEFAULTS = {"margin": 0.0, "annotator": "", "source": "", "gold_chosen": math.nan, "gold_rejected": math.nan}
 
 
 def _lines(path: str) -> Iterable[tuple[int, str]]:

@@ -1,0 +1,1 @@
+"""Feedback: gold scorers, simulated humans, and (later) the human labeling store and app."""

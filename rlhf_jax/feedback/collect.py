@@ -1,0 +1,79 @@
+"""Collect feedback on policy samples: prompts -> n continuations each (jitted KV-cache sampler) ->
+labels from a labeler -> preference JSONL that the tfds ``preferences`` builder reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from rlhf_jax import assets
+from rlhf_jax.data import records
+from rlhf_jax.sampling import SamplingConfig, generate
+
+
+def sentiment_prompts(count: int, prompt_tokens: int, tokenizer, split: str = "train", seed: int = 0) -> list[str]:
+    """The first ``prompt_tokens`` tokens of Rotten Tomatoes snippets (of one split), as text."""
+    rows = [r for r in records.read_rotten_tomatoes(str(assets.asset_path("rotten-tomatoes"))) if r["split"] == split]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    prompts = []
+    for index in order:
+        ids = tokenizer(rows[index]["text"], add_special_tokens=False)["input_ids"]
+        if len(ids) > prompt_tokens:  # something left to continue
+            prompts.append(tokenizer.decode(ids[:prompt_tokens]))
+        if len(prompts) == count:
+            return prompts
+    raise ValueError(f"only {len(prompts)} {split} snippets are longer than {prompt_tokens} tokens")
+
+
+def sample_continuations(policy, tokenizer, prompts: Sequence[str], config: SamplingConfig, rng: jax.Array,
+                         batch_size: int = 32, progress: bool = True) -> list[str]:
+    """One continuation per prompt (repeat a prompt to get several); fixed-shape batches, left padding."""
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(ids) for ids in encoded)
+    pad = config.pad_token_id
+    texts = []
+    for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="sampling"):
+        chunk = encoded[start:start + batch_size]
+        chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # keep one compiled shape
+        ids = np.full((batch_size, width), pad, np.int32)
+        mask = np.zeros((batch_size, width), np.int32)
+        for row, prompt_ids in enumerate(chunk):
+            ids[row, width - len(prompt_ids):] = prompt_ids
+            mask[row, width - len(prompt_ids):] = 1
+        out = generate(policy, ids, mask, jax.random.fold_in(rng, start), config)
+        tokens, live = np.asarray(out.tokens_BxN), np.asarray(out.response_mask_BxN).astype(bool)
+        for row in range(min(batch_size, len(prompts) - start)):
+            texts.append(tokenizer.decode(tokens[row][live[row]], skip_special_tokens=True))
+    return texts
+
+
+def label_pairs(prompts, responses_a, responses_b, labeler, annotator: str, source: str, id_prefix: str) -> list[dict]:
+    """Preference rows (ties dropped) with the gold scores kept for evaluation."""
+    out = labeler.prefer(prompts, responses_a, responses_b)
+    rows = []
+    for i, (prompt, a, b) in enumerate(zip(prompts, responses_a, responses_b)):
+        label = int(out["labels"][i])
+        if label == -1 or not a.strip() or not b.strip():
+            continue
+        chosen, rejected = (a, b) if label == 0 else (b, a)
+        gold_chosen, gold_rejected = (out["gold_a"][i], out["gold_b"][i]) if label == 0 else (out["gold_b"][i], out["gold_a"][i])
+        rows.append({"id": f"{id_prefix}{i}", "prompt": prompt, "chosen": chosen, "rejected": rejected,
+                     "annotator": annotator, "source": source, "gold_chosen": float(gold_chosen),
+                     "gold_rejected": float(gold_rejected)})
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: str) -> str:
+    """Write atomically: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+    return path

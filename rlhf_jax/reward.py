@@ -1,0 +1,166 @@
+"""Reward models on preference / rating feedback: data, losses by name, normalisation, evaluation.
+
+A reward model is a ``scalar`` head on a trunk (MiniLM: the pooled [CLS]; a causal trunk: the last
+real token). It scores the text ``prompt + response``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlhf_jax import losses
+from rlhf_jax.data.records import DataError
+
+REWARD_TASKS = ("reward_pairwise", "reward_best_of_n", "reward_regression")
+
+
+def _encode(tokenizer, texts, max_length):
+    enc = tokenizer(texts, max_length=max_length, truncation=True, padding="max_length", return_tensors="np")
+    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+
+def tokenize_feedback(task: str, examples: list[dict], tokenizer, max_length: int) -> dict[str, np.ndarray]:
+    """Pairs -> chosen_* and rejected_* arrays (+ margin, gold scores when present); ratings -> ids + score."""
+    if not examples:
+        raise DataError("no feedback examples to tokenize")
+    n = len(examples)
+    arrays = {"weights": np.ones(n, np.float32)}
+    if task == "reward_regression":
+        arrays["input_ids"], arrays["attention_mask"] = _encode(
+            tokenizer, [e["prompt"] + e["response"] for e in examples], max_length)
+        arrays["score"] = np.asarray([e["score"] for e in examples], np.float32)
+        return arrays
+    for side in ("chosen", "rejected"):
+        arrays[f"{side}_ids"], arrays[f"{side}_mask"] = _encode(
+            tokenizer, [e["prompt"] + e[side] for e in examples], max_length)
+        arrays[f"gold_{side}"] = np.asarray([e.get(f"gold_{side}", np.nan) for e in examples], np.float32)
+    arrays["margin"] = np.asarray([e.get("margin", 0.0) for e in examples], np.float32)
+    return arrays
+
+
+def _pair_rewards(model, batch):
+    """Score chosen and rejected in one call of batch 2B (one compiled program)."""
+    import jax.numpy as jnp
+
+    ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
+    mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+    rewards_2B = model(ids, mask)
+    half = batch["chosen_ids"].shape[0]
+    return rewards_2B[:half], rewards_2B[half:]
+
+
+def pairwise(model, batch, rng):
+    chosen, rejected = _pair_rewards(model, batch)
+    return losses.pairwise_loss(chosen, rejected, batch["margin"], batch["weights"])
+
+
+def best_of_n(model, batch, rng):
+    """Best-of-n on pairs (n = 2): the chosen response is candidate 0."""
+    import jax.numpy as jnp
+
+    chosen, rejected = _pair_rewards(model, batch)
+    return losses.best_of_n_loss(jnp.stack([chosen, rejected], axis=-1),
+                                 jnp.zeros(chosen.shape, jnp.int32), batch["weights"])
+
+
+def regression(model, batch, rng):
+    return losses.regression_loss(model(batch["input_ids"], batch["attention_mask"]), batch["score"], batch["weights"])
+
+
+LOSSES = {"reward_pairwise": pairwise, "reward_best_of_n": best_of_n, "reward_regression": regression}
+
+
+def rank(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank."""
+    values = np.asarray(values, np.float64)
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), np.float64)
+    sorted_values = values[order]
+    start = 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or sorted_values[end] != sorted_values[start]:
+            ranks[order[start:end]] = (start + end + 1) / 2.0
+            start = end
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho: the Pearson correlation of the (average) ranks."""
+    ra, rb = rank(a), rank(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    return float((ra * rb).sum() / denominator) if denominator > 0 else 0.0
+
+
+def pair_metrics(reward_chosen: np.ndarray, reward_rejected: np.ndarray, gold_chosen: np.ndarray,
+                 gold_rejected: np.ndarray) -> dict:
+    """Held-out pair metrics.
+
+    label_accuracy: r(chosen) > r(rejected) (agreement with the noisy labels).
+    gold_accuracy: the reward model orders the pair as the gold scores do, on pairs whose gold scores differ.
+    spearman: between reward and gold score over every scored response.
+    precision / recall / F1: the thresholded view, "response A is better than B" as the positive class,
+    predicted by r(A) > r(B), against the gold order, over both orientations of each pair.
+    """
+    reward_chosen, reward_rejected = np.asarray(reward_chosen, np.float64), np.asarray(reward_rejected, np.float64)
+    gold_chosen, gold_rejected = np.asarray(gold_chosen, np.float64), np.asarray(gold_rejected, np.float64)
+    out = {"label_accuracy": float(np.mean(reward_chosen > reward_rejected)), "count": float(len(reward_chosen))}
+    known = np.isfinite(gold_chosen) & np.isfinite(gold_rejected) & (gold_chosen != gold_rejected)
+    if known.any():
+        rc, rr, gc, gr = reward_chosen[known], reward_rejected[known], gold_chosen[known], gold_rejected[known]
+        out["gold_accuracy"] = float(np.mean((rc > rr) == (gc > gr)))
+        out["gold_pairs"] = float(known.sum())
+        out["label_gold_agreement"] = float(np.mean(gc > gr))  # how often the noisy label matched the gold order
+        out["spearman"] = spearman(np.concatenate([rc, rr]), np.concatenate([gc, gr]))
+        predicted = np.concatenate([rc > rr, rr > rc])
+        actual = np.concatenate([gc > gr, gr > gc])
+        tp = float(np.sum(predicted & actual))
+        precision = tp / max(float(predicted.sum()), 1.0)
+        recall = tp / max(float(actual.sum()), 1.0)
+        out.update(precision=precision, recall=recall,
+                   f1=2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0)
+    return out
+
+
+def normalization(rewards: np.ndarray) -> dict:
+    """Gain and bias such that gain * r + bias has mean 0 and std 1 on these (reference-policy) rewards."""
+    rewards = np.asarray(rewards, np.float64)
+    std = float(rewards.std())
+    if std == 0:
+        raise ValueError("rewards have zero spread: cannot normalise")
+    return {"gain": 1.0 / std, "bias": -float(rewards.mean()) / std}
+
+
+def calibration(p_chosen: np.ndarray, bins: int = 10) -> list[dict]:
+    """Reliability table: predicted P(A > B) binned, against how often A really was preferred.
+
+    Both orientations of each pair are used (p and 1 - p with outcomes 1 and 0), so the table is symmetric.
+    """
+    p = np.concatenate([p_chosen, 1 - np.asarray(p_chosen)])
+    outcome = np.concatenate([np.ones(len(p_chosen)), np.zeros(len(p_chosen))])
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
+    return [{"predicted": float(p[index == b].mean()), "observed": float(outcome[index == b].mean()),
+             "count": int((index == b).sum())} for b in range(bins) if (index == b).any()]
+
+
+def plot_calibration(table: list[dict], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4, 4))
+    axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect")
+    axis.plot([r["predicted"] for r in table], [r["observed"] for r in table], "o-", label="reward model")
+    for row in table:
+        axis.annotate(str(row["count"]), (row["predicted"], row["observed"]), fontsize=6, xytext=(3, -8),
+                      textcoords="offset points")
+    axis.set_xlabel("predicted P(A preferred)")
+    axis.set_ylabel("observed rate")
+    axis.set_title("reward model calibration")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

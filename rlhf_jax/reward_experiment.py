@@ -1,0 +1,151 @@
+"""``rlhf-jax run`` for reward models: collect simulated preferences -> train the reward model ->
+evaluate it against the gold labeler. Each stage whose valid output is already in the workdir is
+skipped, so an interrupted run picks up where it stopped.
+
+    WORKDIR/feedback/preferences.jsonl   stage 1: pairs of policy samples, labelled
+    WORKDIR/feedback/summary.json        (written last: marks stage 1 complete)
+    WORKDIR/reward_model/                stage 2: trainer workdir (checkpoints, metrics.jsonl, curves)
+    WORKDIR/reward_model/evaluation.json stage 3: gold accuracy, Spearman, P/R/F1, calibration,
+                                         normalisation (gain, bias); also a metrics.jsonl row
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from rlhf_jax import reward
+from rlhf_jax.config import ConfigError, ExperimentConfig
+from rlhf_jax.data import records
+from rlhf_jax.feedback import collect
+from rlhf_jax.feedback.labelers import SimulatedHuman, VaderScorer
+from rlhf_jax.metrics import MetricsWriter, read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def gold_scorer(name: str):
+    if name == "vader":
+        return VaderScorer()
+    raise ConfigError(f"config field 'feedback.labeler': unknown labeler {name!r}")
+
+
+def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) -> str:
+    """Sample two continuations per prompt from the policy, label them with the simulated human."""
+    from rlhf_jax.models import from_pretrained, load_tokenizer
+    from rlhf_jax.sampling import SamplingConfig
+
+    fb = exp.feedback
+    path, summary_path = os.path.join(directory, "preferences.jsonl"), os.path.join(directory, "summary.json")
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            summary = json.load(f)
+        try:
+            if len(records.read_feedback(path, "preference")) == summary["rows"] and summary["feedback"] == dataclasses.asdict(fb):
+                log.info("stage collect: reusing %s", path)
+                return path
+        except records.DataError as error:
+            log.warning("stage collect: %s is not valid (%s); collecting again", path, error)
+    policy = from_pretrained(fb.policy, head="causal_lm")
+    tokenizer = load_tokenizer(fb.policy)
+    prompts = collect.sentiment_prompts(fb.prompts, fb.prompt_tokens, tokenizer, split="train", seed=fb.seed)
+    eos = tokenizer.eos_token_id
+    sampling = SamplingConfig(max_new_tokens=fb.response_tokens, temperature=fb.sampling_temperature, top_k=fb.top_k,
+                              top_p=fb.top_p, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos or 0)
+    responses = collect.sample_continuations(policy, tokenizer, prompts + prompts, sampling,
+                                             jax.random.PRNGKey(fb.seed), fb.batch_size, progress)
+    human = SimulatedHuman(gold_scorer(fb.labeler), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)
+    rows = collect.label_pairs(prompts, responses[:len(prompts)], responses[len(prompts):], human,
+                               annotator=f"simulated-{fb.labeler}-T{fb.temperature}", source=fb.policy,
+                               id_prefix=f"s{fb.seed}-")
+    os.makedirs(directory, exist_ok=True)
+    collect.write_jsonl(rows, path)
+    gold_c = np.asarray([r["gold_chosen"] for r in rows])
+    gold_r = np.asarray([r["gold_rejected"] for r in rows])
+    differ = gold_c != gold_r
+    summary = {"rows": len(rows), "prompts": len(prompts), "feedback": dataclasses.asdict(fb),
+               "gold_differs": int(differ.sum()),
+               "label_disagrees_with_gold": float(np.mean(gold_c[differ] < gold_r[differ])) if differ.any() else None}
+    with open(summary_path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(summary_path + ".tmp", summary_path)
+    log.info("stage collect: %s", summary)
+    return path
+
+
+def score_texts(graphdef, params, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    """Reward of each text (one compiled shape: the last batch is padded)."""
+    forward = jax.jit(lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask))
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
+        enc = tokenizer(chunk, max_length=max_length, truncation=True, padding="max_length", return_tensors="np")
+        out.append(np.asarray(forward(params, enc["input_ids"], enc["attention_mask"]))[:len(texts) - start])
+    return np.concatenate(out)
+
+
+def evaluate_stage(exp: ExperimentConfig, rm_dir: str) -> dict:
+    """Held-out pair metrics against labels and gold; calibration plot; normalisation on policy samples."""
+    from rlhf_jax.trainer import load_examples, restore_trained
+
+    run, params, step = restore_trained(exp, rm_dir)
+    examples = load_examples(exp.data)
+    length = exp.data.max_length
+
+    def scores(split):
+        rows = examples[split]
+        chosen = score_texts(run.graphdef, params, run.tokenizer, [r["prompt"] + r["chosen"] for r in rows], length)
+        rejected = score_texts(run.graphdef, params, run.tokenizer, [r["prompt"] + r["rejected"] for r in rows], length)
+        gold = np.asarray([[r["gold_chosen"], r["gold_rejected"]] for r in rows], np.float64)
+        return chosen, rejected, gold
+
+    results = {}
+    writer = MetricsWriter(rm_dir)
+    for split in ("validation", "test"):
+        if split not in examples:
+            continue
+        chosen, rejected, gold = scores(split)
+        metrics = reward.pair_metrics(chosen, rejected, gold[:, 0], gold[:, 1])
+        results[split] = metrics
+        writer.write(step, split, metrics)
+        if split == "test":
+            table = reward.calibration(1 / (1 + np.exp(-(chosen - rejected))))
+            results["calibration"] = table
+            reward.plot_calibration(table, os.path.join(rm_dir, "calibration.png"))
+    writer.close()
+    train_chosen, train_rejected, _ = scores("train")  # both are samples of the reference policy
+    results["normalization"] = reward.normalization(np.concatenate([train_chosen, train_rejected]))
+    results["step"] = step
+    with open(os.path.join(rm_dir, "evaluation.json.tmp"), "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(os.path.join(rm_dir, "evaluation.json.tmp"), os.path.join(rm_dir, "evaluation.json"))
+    return results
+
+
+def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
+    from rlhf_jax.trainer import train
+
+    if exp.feedback is None:
+        raise ConfigError("config field 'feedback': a reward-model run needs a feedback section")
+    if not exp.train.task.startswith("reward_"):
+        raise ConfigError(f"config field 'train.task': a reward-model run needs a reward task, got {exp.train.task!r}")
+    preferences = collect_stage(exp, os.path.join(workdir, "feedback"), progress)
+    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset="preferences", source=preferences))
+    rm_dir = os.path.join(workdir, "reward_model")
+    finished = any(r["split"] == "test" and r["step"] == exp.train.steps for r in read_metrics(rm_dir))
+    if not finished:
+        train(exp, rm_dir, progress=progress)
+    evaluation = os.path.join(rm_dir, "evaluation.json")
+    if os.path.exists(evaluation):
+        with open(evaluation) as f:
+            results = json.load(f)
+        if results.get("step") == exp.train.steps:
+            return results
+    return evaluate_stage(exp, rm_dir)
