@@ -63,6 +63,33 @@ def _eval(args) -> int:
     return 0
 
 
+def _collect(args) -> int:
+    from rlhf_jax.config import FeedbackConfig
+    from rlhf_jax.feedback.collect import collect_preferences
+
+    if args.prompts != "rotten-tomatoes":
+        raise FileNotFoundError(f"--prompts {args.prompts!r}: only 'rotten-tomatoes' prompts are supported so far")
+    fb = FeedbackConfig(policy=args.policy, labeler=args.labeler, temperature=args.temperature, prompts=args.pairs,
+                        prompt_tokens=args.prompt_tokens, response_tokens=args.response_tokens, seed=args.seed,
+                        batch_size=args.batch_size)
+    summary = collect_preferences(fb, args.out)
+    print(f"{summary['rows']} preference pairs in {args.out} (label disagrees with gold on "
+          f"{summary['label_disagrees_with_gold']} of {summary['gold_differs']} pairs whose gold scores differ)")
+    return 0
+
+
+def _run(args) -> int:
+    from rlhf_jax.config import load_config
+    from rlhf_jax.reward_experiment import run
+
+    results = run(load_config(args.config, args.overrides), args.workdir)
+    for split in ("validation", "test"):
+        if split in results:
+            print(f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in results[split].items()))
+    print(f"normalization: {results['normalization']}")
+    return 0
+
+
 def _print_metrics(result: dict) -> None:
     for split, metrics in result["metrics"].items():
         if isinstance(metrics, dict):
@@ -94,8 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     gen.set_defaults(run=_generate)
 
+    col = commands.add_parser("collect", help="sample pairs from a policy and label them (simulated human)")
+    col.add_argument("--policy", required=True, help="asset name, transformers directory or .gguf")
+    col.add_argument("--prompts", default="rotten-tomatoes", help="prompt source (Rotten Tomatoes snippet openings)")
+    col.add_argument("--labeler", default="vader", choices=["vader"])
+    col.add_argument("--temperature", type=float, default=0.28, help="simulated human's preference noise")
+    col.add_argument("--pairs", type=int, required=True, help="number of prompts (one pair each; ties dropped)")
+    col.add_argument("--prompt-tokens", type=int, default=8)
+    col.add_argument("--response-tokens", type=int, default=24)
+    col.add_argument("--batch-size", type=int, default=32)
+    col.add_argument("--seed", type=int, default=0)
+    col.add_argument("--out", required=True, help="preference JSONL to write")
+    col.set_defaults(run=_collect)
+
     for name, run, help_text in (("train", _train, "train (or resume) an experiment config"),
-                                 ("eval", _eval, "evaluate the latest checkpoint of a workdir")):
+                                 ("eval", _eval, "evaluate the latest checkpoint of a workdir"),
+                                 ("run", _run, "run an experiment's stages (collect -> reward model -> evaluate)")):
         cmd = commands.add_parser(name, help=help_text,
                                   epilog="override any config field with --config.SECTION.FIELD=VALUE")
         cmd.add_argument("--config", required=True, help="configs/*.py with get_config()")
@@ -111,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     args.overrides = [u for u in unknown if u.startswith("--config.")]
     rest = [u for u in unknown if not u.startswith("--config.")]
-    if rest or (args.overrides and args.command not in ("train", "eval")):
+    if rest or (args.overrides and args.command not in ("train", "eval", "run")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
     from rlhf_jax.assets import AssetError
     from rlhf_jax.config import ConfigError

@@ -25,6 +25,13 @@ def _require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"config field '{field}': {message}")
 
 
+def _require_positive_ints(config, names: tuple[str, ...], prefix: str = "") -> None:
+    for name in names:
+        value = getattr(config, name)
+        _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, prefix + name,
+                 f"must be a positive integer, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """One transformer, three families, four heads.
@@ -69,10 +76,8 @@ class ModelConfig:
             _require(self.is_causal, "head", f"'causal_lm' needs a causal family, not {self.family!r}")
         if self.head == "masked_lm":
             _require(not self.is_causal, "head", f"'masked_lm' needs the bidirectional 'bert' family, not {self.family!r}")
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings", "num_labels"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
+        _require_positive_ints(self, ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                                      "max_position_embeddings", "num_labels"))
         _require(self.head_dim is not None or self.hidden_size % self.num_heads == 0, "num_heads",
                  f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         _require(self.num_heads % self.kv_heads == 0, "num_kv_heads",
@@ -245,9 +250,8 @@ class TrainConfig:
 
     def __post_init__(self):
         _require(self.task in TASKS, "train.task", f"{self.task!r} is not one of {TASKS}")
-        for name in ("steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and value > 0, f"train.{name}", f"must be a positive integer, got {value!r}")
+        _require_positive_ints(self, ("steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
+                                      "keep_checkpoints"), "train.")
         _require(self.learning_rate >= 0, "train.learning_rate", f"must be >= 0, got {self.learning_rate}")
         _require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", f"must be in [0, steps], got {self.warmup_steps}")
         _require(0 < self.mlm_probability < 1, "train.mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
@@ -258,8 +262,9 @@ class TrainConfig:
 class FeedbackConfig:
     """Collecting simulated feedback on policy samples (the first stage of ``rlhf-jax run``).
 
-    policy: asset/path of the model whose continuations are compared. labeler: 'vader' gold scorer
-    under a simulated human with preference ``temperature`` (P(A > B) = sigmoid((g(A) - g(B)) / T)).
+    policy: asset/path of the model whose continuations are compared. labeler: the gold scorer, 'vader'
+    or 'classifier' (a trained sentiment classifier), under a simulated human with preference
+    ``temperature``: P(A > B) = sigmoid((g(A) - g(B)) / T).
     prompts: how many prompts (each gives one pair); prompt_tokens: the first tokens of a Rotten
     Tomatoes snippet; response_tokens: continuation length.
     """
@@ -276,13 +281,16 @@ class FeedbackConfig:
     top_p: float = 1.0
     batch_size: int = 32
     seed: int = 0
+    classifier_config: str | None = None  # labeler 'classifier': the classifier's config and training workdir
+    classifier_workdir: str | None = None
 
     def __post_init__(self):
-        _require(self.labeler in ("vader",), "feedback.labeler", f"{self.labeler!r} is not one of ('vader',)")
+        _require(self.labeler in ("vader", "classifier"), "feedback.labeler",
+                 f"{self.labeler!r} is not one of ('vader', 'classifier')")
+        _require(self.labeler != "classifier" or (self.classifier_config and self.classifier_workdir),
+                 "feedback.classifier_workdir", "the 'classifier' labeler needs classifier_config and classifier_workdir")
         _require(self.temperature >= 0, "feedback.temperature", f"must be >= 0, got {self.temperature}")
-        for name in ("prompts", "prompt_tokens", "response_tokens", "batch_size"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and value > 0, f"feedback.{name}", f"must be a positive integer, got {value!r}")
+        _require_positive_ints(self, ("prompts", "prompt_tokens", "response_tokens", "batch_size"), "feedback.")
 
 
 @dataclasses.dataclass(frozen=True)

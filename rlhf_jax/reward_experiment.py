@@ -24,23 +24,13 @@ from rlhf_jax import reward
 from rlhf_jax.config import ConfigError, ExperimentConfig
 from rlhf_jax.data import records
 from rlhf_jax.feedback import collect
-from rlhf_jax.feedback.labelers import SimulatedHuman, VaderScorer
 from rlhf_jax.metrics import MetricsWriter, read_metrics
 
 log = logging.getLogger(__name__)
 
 
-def gold_scorer(name: str):
-    if name == "vader":
-        return VaderScorer()
-    raise ConfigError(f"config field 'feedback.labeler': unknown labeler {name!r}")
-
-
 def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) -> str:
     """Sample two continuations per prompt from the policy, label them with the simulated human."""
-    from rlhf_jax.models import from_pretrained, load_tokenizer
-    from rlhf_jax.sampling import SamplingConfig
-
     fb = exp.feedback
     path, summary_path = os.path.join(directory, "preferences.jsonl"), os.path.join(directory, "summary.json")
     if os.path.exists(summary_path):
@@ -52,29 +42,10 @@ def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) 
                 return path
         except records.DataError as error:
             log.warning("stage collect: %s is not valid (%s); collecting again", path, error)
-    policy = from_pretrained(fb.policy, head="causal_lm")
-    tokenizer = load_tokenizer(fb.policy)
-    prompts = collect.sentiment_prompts(fb.prompts, fb.prompt_tokens, tokenizer, split="train", seed=fb.seed)
-    eos = tokenizer.eos_token_id
-    sampling = SamplingConfig(max_new_tokens=fb.response_tokens, temperature=fb.sampling_temperature, top_k=fb.top_k,
-                              top_p=fb.top_p, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos or 0)
-    responses = collect.sample_continuations(policy, tokenizer, prompts + prompts, sampling,
-                                             jax.random.PRNGKey(fb.seed), fb.batch_size, progress)
-    human = SimulatedHuman(gold_scorer(fb.labeler), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)
-    rows = collect.label_pairs(prompts, responses[:len(prompts)], responses[len(prompts):], human,
-                               annotator=f"simulated-{fb.labeler}-T{fb.temperature}", source=fb.policy,
-                               id_prefix=f"s{fb.seed}-")
-    os.makedirs(directory, exist_ok=True)
-    collect.write_jsonl(rows, path)
-    gold_c = np.asarray([r["gold_chosen"] for r in rows])
-    gold_r = np.asarray([r["gold_rejected"] for r in rows])
-    differ = gold_c != gold_r
-    summary = {"rows": len(rows), "prompts": len(prompts), "feedback": dataclasses.asdict(fb),
-               "gold_differs": int(differ.sum()),
-               "label_disagrees_with_gold": float(np.mean(gold_c[differ] < gold_r[differ])) if differ.any() else None}
+    summary = collect.collect_preferences(fb, path, progress)
     with open(summary_path + ".tmp", "w") as f:
         json.dump(summary, f, indent=1)
-    os.replace(summary_path + ".tmp", summary_path)
+    os.replace(summary_path + ".tmp", summary_path)  # written last: marks the stage complete
     log.info("stage collect: %s", summary)
     return path
 

@@ -157,14 +157,14 @@ class Setup:
     checkpoints: Checkpointer
 
 
-def prepare(exp: ExperimentConfig, workdir: str) -> Setup:
+def prepare(exp: ExperimentConfig, workdir: str, with_data: bool = True) -> Setup:
     t = exp.train
     mesh, rules = sharding.make_mesh(exp.mesh), dict(exp.mesh.rules)
     check_mesh(exp, mesh)
     model, tokenizer = load_model(exp.model)
-    splits = tokenized_splits(exp, tokenizer)
+    splits = tokenized_splits(exp, tokenizer) if with_data else {}
     for split in ("train", "validation"):
-        if split not in splits:
+        if with_data and split not in splits:
             raise ConfigError(f"config field 'data.source': the dataset has no '{split}' split")
     loss_fn = make_loss_fn(t.task, tokenizer=tokenizer, vocab_size=model.config.vocab_size,
                            mlm_probability=t.mlm_probability)
@@ -247,9 +247,9 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     return {"step": step, "metrics": last_eval, "params": state.params, "graphdef": run.graphdef}
 
 
-def restore_trained(exp: ExperimentConfig, workdir: str):
+def restore_trained(exp: ExperimentConfig, workdir: str, with_data: bool = True):
     """(setup, parameters, step) of the latest checkpoint in ``workdir``, made by this config."""
-    run = prepare(exp, workdir)
+    run = prepare(exp, workdir, with_data)
     step = run.checkpoints.latest_step()
     if step is None:
         raise ConfigError(f"--workdir {workdir}: no checkpoint")

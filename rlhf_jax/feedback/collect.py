@@ -3,6 +3,7 @@ labels from a labeler -> preference JSONL that the tfds ``preferences`` builder 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Sequence
@@ -12,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rlhf_jax import assets
+from rlhf_jax.config import ConfigError, FeedbackConfig
 from rlhf_jax.data import records
 from rlhf_jax.sampling import SamplingConfig, generate
 
@@ -77,3 +79,40 @@ def write_jsonl(rows: list[dict], path: str) -> str:
             f.write(json.dumps(row) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def gold_scorer(fb: FeedbackConfig):
+    from rlhf_jax.feedback.labelers import ClassifierScorer, VaderScorer
+
+    if fb.labeler == "vader":
+        return VaderScorer()
+    if fb.labeler == "classifier":
+        return ClassifierScorer(fb.classifier_config, fb.classifier_workdir)
+    raise ConfigError(f"config field 'feedback.labeler': unknown labeler {fb.labeler!r}")
+
+
+def collect_preferences(fb: FeedbackConfig, path: str, progress: bool = True) -> dict:
+    """Sample two continuations per prompt from ``fb.policy``, label them with the simulated human,
+    write the preference JSONL atomically; returns a summary (rows, measured label noise)."""
+    from rlhf_jax.feedback.labelers import SimulatedHuman
+    from rlhf_jax.models import from_pretrained, load_tokenizer
+
+    policy = from_pretrained(fb.policy, head="causal_lm")
+    tokenizer = load_tokenizer(fb.policy)
+    prompts = sentiment_prompts(fb.prompts, fb.prompt_tokens, tokenizer, split="train", seed=fb.seed)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+    sampling = SamplingConfig(max_new_tokens=fb.response_tokens, temperature=fb.sampling_temperature, top_k=fb.top_k,
+                              top_p=fb.top_p, eos_token_id=eos, pad_token_id=pad)
+    responses = sample_continuations(policy, tokenizer, prompts + prompts, sampling, jax.random.PRNGKey(fb.seed),
+                                     fb.batch_size, progress)
+    human = SimulatedHuman(gold_scorer(fb), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)
+    rows = label_pairs(prompts, responses[:len(prompts)], responses[len(prompts):], human,
+                       annotator=f"simulated-{fb.labeler}-T{fb.temperature}", source=fb.policy, id_prefix=f"s{fb.seed}-")
+    write_jsonl(rows, path)
+    gold_chosen = np.asarray([r["gold_chosen"] for r in rows])
+    gold_rejected = np.asarray([r["gold_rejected"] for r in rows])
+    differ = gold_chosen != gold_rejected
+    return {"rows": len(rows), "prompts": len(prompts), "feedback": dataclasses.asdict(fb),
+            "gold_differs": int(differ.sum()),
+            "label_disagrees_with_gold": float(np.mean(gold_chosen[differ] < gold_rejected[differ])) if differ.any() else None}

@@ -39,6 +39,36 @@ class VaderScorer:
         return np.asarray([self.analyzer.polarity_scores(r)["compound"] for r in responses], np.float64)
 
 
+class ClassifierScorer:
+    """A trained sentiment classifier as gold: 2 P(label 1) - 1 in [-1, 1] (e.g. P(fresh) of the MiniLM
+    classifier of configs/cls_minilm_rt.py), restored from its training workdir's latest checkpoint."""
+
+    name = "classifier"
+
+    def __init__(self, config_path: str, workdir: str, batch_size: int = 64):
+        from rlhf_jax.config import load_config
+        from rlhf_jax.trainer import restore_trained
+
+        self.exp = load_config(config_path)
+        run, self.params, self.step = restore_trained(self.exp, workdir, with_data=False)
+        self.graphdef, self.tokenizer, self.batch_size = run.graphdef, run.tokenizer, batch_size
+
+    def score(self, prompts, responses):
+        import jax
+        from flax import nnx
+
+        forward = jax.jit(lambda p, ids, mask: jax.nn.softmax(nnx.merge(self.graphdef, p)(ids, mask))[:, 1])
+        out = []
+        for start in range(0, len(responses), self.batch_size):
+            chunk = list(responses[start:start + self.batch_size])
+            n = len(chunk)
+            chunk += [chunk[-1]] * (self.batch_size - n)
+            enc = self.tokenizer(chunk, max_length=self.exp.data.max_length, truncation=True, padding="max_length",
+                                 return_tensors="np")
+            out.append(np.asarray(forward(self.params, enc["input_ids"], enc["attention_mask"]))[:n])
+        return 2.0 * np.concatenate(out).astype(np.float64) - 1.0
+
+
 def _item_rng(seed: int, *texts: str) -> np.random.Generator:
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).digest()
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
