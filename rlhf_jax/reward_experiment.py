@@ -16,15 +16,14 @@ import json
 import logging
 import os
 
-import jax
 import numpy as np
-from flax import nnx
 
 from rlhf_jax import reward
 from rlhf_jax.config import ConfigError, ExperimentConfig
 from rlhf_jax.data import records
 from rlhf_jax.feedback import collect
 from rlhf_jax.metrics import MetricsWriter, read_metrics
+from rlhf_jax.scoring import score_texts
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +49,11 @@ def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) 
     return path
 
 
-def score_texts(graphdef, params, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
-    """Reward of each text (one compiled shape: the last batch is padded)."""
-    forward = jax.jit(lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask))
-    out = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
-        enc = tokenizer(chunk, max_length=max_length, truncation=True, padding="max_length", return_tensors="np")
-        out.append(np.asarray(forward(params, enc["input_ids"], enc["attention_mask"]))[:len(texts) - start])
-    return np.concatenate(out)
-
-
 def evaluate_stage(exp: ExperimentConfig, rm_dir: str) -> dict:
     """Held-out pair metrics against labels and gold; calibration plot; normalisation on policy samples."""
     from rlhf_jax.trainer import load_examples, restore_trained
 
-    run, params, step = restore_trained(exp, rm_dir)
+    run, params, step = restore_trained(exp, rm_dir, with_data=False)  # scores raw examples, below
     examples = load_examples(exp.data)
     length = exp.data.max_length
 

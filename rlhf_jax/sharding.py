@@ -38,15 +38,25 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(sizes), names)
 
 
+def mesh_axes(rules: dict, logical: str | None, mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes (of size > 1) that a logical axis maps to under the rules."""
+    targets = rules.get(logical) if logical is not None else None
+    targets = () if targets is None else (targets if isinstance(targets, tuple) else (targets,))
+    return tuple(axis for axis in targets if mesh.shape[axis] > 1)
+
+
+def data_parallel_size(mesh: Mesh, rules: dict) -> int:
+    """How many ways the batch axis is split."""
+    return math.prod(mesh.shape[axis] for axis in mesh_axes(rules, "batch", mesh))
+
+
 def mesh_spec(logical: PartitionSpec | tuple, shape: tuple[int, ...], mesh: Mesh, rules: dict) -> PartitionSpec:
     """Logical names of one array's dimensions -> a PartitionSpec over the mesh's axes."""
     used: set[str] = set()
     out = []
     logical = tuple(logical) + (None,) * (len(shape) - len(tuple(logical)))
     for name, size in zip(logical, shape):
-        targets = rules.get(name) if name is not None else None
-        targets = () if targets is None else (targets if isinstance(targets, tuple) else (targets,))
-        targets = tuple(axis for axis in targets if axis not in used and mesh.shape[axis] > 1)
+        targets = tuple(axis for axis in mesh_axes(rules, name, mesh) if axis not in used)
         if not targets or size % math.prod(mesh.shape[axis] for axis in targets):
             out.append(None)
             continue
@@ -71,8 +81,6 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: dict) -> nnx.Module:
 
 def batch_sharding(mesh: Mesh, rules: dict) -> NamedSharding:
     """Batch arrays (any rank): the leading axis over the 'batch' rule's mesh axes, the rest replicated."""
-    targets = rules.get("batch")
-    targets = () if targets is None else (targets if isinstance(targets, tuple) else (targets,))
-    targets = tuple(axis for axis in targets if mesh.shape[axis] > 1)
+    targets = mesh_axes(rules, "batch", mesh)
     lead = None if not targets else (targets[0] if len(targets) == 1 else targets)
     return NamedSharding(mesh, PartitionSpec(lead))

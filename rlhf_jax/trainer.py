@@ -130,14 +130,13 @@ def _check_resumable(saved: dict, current: dict) -> None:
 
 
 def check_mesh(exp: ExperimentConfig, mesh) -> None:
-    batch_axes = sharding.batch_sharding(mesh, dict(exp.mesh.rules)).spec[0]
-    axes = () if batch_axes is None else (batch_axes if isinstance(batch_axes, tuple) else (batch_axes,))
-    parallel = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    rules = dict(exp.mesh.rules)
+    parallel = sharding.data_parallel_size(mesh, rules)
     for name in ("batch_size", "eval_batch_size"):
         value = getattr(exp.train, name)
         if value % parallel:
             raise ConfigError(f"config field 'train.{name}': {value} is not divisible by the {parallel} "
-                              f"data-parallel devices of mesh axes {axes}")
+                              f"data-parallel devices of mesh axes {sharding.mesh_axes(rules, 'batch', mesh)}")
 
 
 @dataclasses.dataclass

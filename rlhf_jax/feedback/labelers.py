@@ -54,19 +54,11 @@ class ClassifierScorer:
         self.graphdef, self.tokenizer, self.batch_size = run.graphdef, run.tokenizer, batch_size
 
     def score(self, prompts, responses):
-        import jax
-        from flax import nnx
+        from rlhf_jax.scoring import score_texts
 
-        forward = jax.jit(lambda p, ids, mask: jax.nn.softmax(nnx.merge(self.graphdef, p)(ids, mask))[:, 1])
-        out = []
-        for start in range(0, len(responses), self.batch_size):
-            chunk = list(responses[start:start + self.batch_size])
-            n = len(chunk)
-            chunk += [chunk[-1]] * (self.batch_size - n)
-            enc = self.tokenizer(chunk, max_length=self.exp.data.max_length, truncation=True, padding="max_length",
-                                 return_tensors="np")
-            out.append(np.asarray(forward(self.params, enc["input_ids"], enc["attention_mask"]))[:n])
-        return 2.0 * np.concatenate(out).astype(np.float64) - 1.0
+        p_positive = score_texts(self.graphdef, self.params, self.tokenizer, list(responses), self.exp.data.max_length,
+                                 self.batch_size, positive_class=1)
+        return 2.0 * p_positive.astype(np.float64) - 1.0
 
 
 def _item_rng(seed: int, *texts: str) -> np.random.Generator:
