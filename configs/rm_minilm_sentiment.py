@@ -19,15 +19,16 @@ def get_config():
     config.data.source = ""  # set by the run: WORKDIR/feedback/preferences.jsonl
     config.data.max_length = 48
     config.train.task = "reward_pairwise"  # or reward_best_of_n
-    config.train.steps = 600
-    config.train.batch_size = 16  # pairs
+    config.train.steps = 900
+    config.train.batch_size = 32  # pairs
     config.train.eval_batch_size = 64
-    config.train.learning_rate = 5e-5
+    config.train.learning_rate = 3e-5
     config.train.warmup_steps = 60
-    config.train.checkpoint_every = 200
-    config.train.eval_every = 200
+    config.train.checkpoint_every = 150
+    config.train.eval_every = 150
+    # 4 continuations per prompt, all 6 pairs labelled: 15k pairs for the sampling cost of 5k.
     # Simulated human over VADER: T = 0.28 makes ~15-20% of labels disagree with the gold order on these samples.
     config.feedback = {"policy": "smollm2-135m-instruct", "labeler": "vader", "temperature": 0.28, "tie_margin": 0.0,
-                       "prompts": 3000, "prompt_tokens": 8, "response_tokens": 24, "sampling_temperature": 1.0,
+                       "prompts": 2500, "samples_per_prompt": 4, "prompt_tokens": 8, "response_tokens": 24, "sampling_temperature": 1.0,
                        "top_k": 0, "top_p": 1.0, "batch_size": 64, "seed": 0}
     return config

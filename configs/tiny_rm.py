@@ -23,7 +23,7 @@ def get_config():
     config.train.log_every = 2
     config.train.eval_every = 0
     config.train.checkpoint_every = 4
-    config.feedback.prompts = 160
+    config.feedback.prompts = 80
     config.feedback.response_tokens = 8
     config.feedback.batch_size = 32
     return config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -29,14 +30,14 @@ def _generate(args) -> int:
     import jax
     import numpy as np
 
-    from rlhf_jax.models import from_pretrained, load_tokenizer
+    from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
     from rlhf_jax.sampling import SamplingConfig, generate
 
     model = from_pretrained(args.model, head="causal_lm", dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)
     encoded = tokenizer(args.prompt, return_tensors="np", add_special_tokens=False)
     eos = model.config.eos_token_id if model.config.eos_token_id is not None else tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+    pad = pad_token_id(tokenizer)
     config = SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, eos_token_id=eos, pad_token_id=pad)
     out = generate(model, encoded["input_ids"], encoded["attention_mask"], jax.random.key(args.seed), config)
@@ -79,10 +80,17 @@ def _collect(args) -> int:
 
 
 def _run(args) -> int:
+    from rlhf_jax import reward_experiment, rlhf_experiment
     from rlhf_jax.config import load_config
-    from rlhf_jax.reward_experiment import run
 
-    results = run(load_config(args.config, args.overrides), args.workdir)
+    exp = load_config(args.config, args.overrides)
+    workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    if exp.ppo is not None:
+        results = rlhf_experiment.run(exp, workdir)
+        print("eval: " + ", ".join(f"{k}={v:.4f}" for k, v in results["ppo"].items()))
+        print(f"report: {results['report']}")
+        return 0
+    results = reward_experiment.run(exp, workdir)
     for split in ("validation", "test"):
         if split in results:
             print(f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in results[split].items()))
@@ -136,11 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, run, help_text in (("train", _train, "train (or resume) an experiment config"),
                                  ("eval", _eval, "evaluate the latest checkpoint of a workdir"),
-                                 ("run", _run, "run an experiment's stages (collect -> reward model -> evaluate)")):
+                                 ("run", _run, "run an experiment's stages (collect -> reward model -> PPO -> "
+                                               "evaluate -> report), reusing finished stages")):
         cmd = commands.add_parser(name, help=help_text,
                                   epilog="override any config field with --config.SECTION.FIELD=VALUE")
         cmd.add_argument("--config", required=True, help="configs/*.py with get_config()")
-        cmd.add_argument("--workdir", required=True)
+        if name == "run":
+            cmd.add_argument("--workdir", default=None, help="default: runs/<config name>")
+        else:
+            cmd.add_argument("--workdir", required=True)
         if name == "train":
             cmd.add_argument("--stop-after", type=int, default=None,
                              help="stop at this step (checkpointed); running again resumes")

@@ -265,8 +265,9 @@ class FeedbackConfig:
     policy: asset/path of the model whose continuations are compared. labeler: the gold scorer, 'vader'
     or 'classifier' (a trained sentiment classifier), under a simulated human with preference
     ``temperature``: P(A > B) = sigmoid((g(A) - g(B)) / T).
-    prompts: how many prompts (each gives one pair); prompt_tokens: the first tokens of a Rotten
-    Tomatoes snippet; response_tokens: continuation length.
+    prompts: how many prompts; samples_per_prompt: n continuations of each, and every one of their
+    n (n - 1) / 2 pairs is labelled (all pairs of a prompt land in one split); prompt_tokens: the first
+    tokens of a Rotten Tomatoes snippet; response_tokens: continuation length.
     """
 
     policy: str = "smollm2-135m-instruct"
@@ -274,6 +275,7 @@ class FeedbackConfig:
     temperature: float = 0.1
     tie_margin: float = 0.0
     prompts: int = 512
+    samples_per_prompt: int = 2
     prompt_tokens: int = 8
     response_tokens: int = 24
     sampling_temperature: float = 1.0
@@ -291,6 +293,57 @@ class FeedbackConfig:
                  "feedback.classifier_workdir", "the 'classifier' labeler needs classifier_config and classifier_workdir")
         _require(self.temperature >= 0, "feedback.temperature", f"must be >= 0, got {self.temperature}")
         _require_positive_ints(self, ("prompts", "prompt_tokens", "response_tokens", "batch_size"), "feedback.")
+        _require(self.samples_per_prompt >= 2, "feedback.samples_per_prompt", f"must be >= 2, got {self.samples_per_prompt}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO of a causal LM against a reward model (Ziegler et al. 2019; Stiennon et al. 2020).
+
+    One iteration: sample ``rollout_prompts`` continuations of ``response_tokens`` tokens, score them
+    with the reward model (normalised), subtract beta * KL(policy || reference) per token, GAE, then
+    ``epochs`` x ``minibatches`` Adam steps on the clipped objective.
+    """
+
+    policy: str = "smollm2-135m-instruct"  # asset or directory; its frozen copy is the reference
+    value: str = "shared"  # 'shared': a zero-initialised value head on the policy's trunk; 'separate': own trunk
+    iterations: int = 20
+    rollout_prompts: int = 32
+    epochs: int = 4
+    minibatches: int = 4
+    learning_rate: float = 1e-5
+    grad_clip: float = 1.0
+    prompt_tokens: int = 8
+    response_tokens: int = 24
+    temperature: float = 1.0  # sampling temperature; log-probs use the same
+    kl_estimator: str = "k1"  # per-token KL in the reward: 'k1' (log ratio) or 'k3'
+    kl_coef: float = 0.05  # initial beta
+    kl_target: float | None = 6.0  # adaptive controller target (nats per sequence); None: fixed beta
+    kl_horizon: float = 10000.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_ratio: float = 0.2
+    clip_value: float = 0.2
+    value_coef: float = 0.1
+    entropy_coef: float = 0.0
+    whiten_rewards: bool = False
+    eval_prompts: int = 256  # held-out (test-split) prompts for the final evaluation
+    eval_batch_size: int = 64
+    checkpoint_every: int = 5
+    log_samples: int = 4  # continuations written to samples.jsonl per iteration
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.value in ("shared", "separate"), "ppo.value", f"{self.value!r} is not 'shared' or 'separate'")
+        _require(self.kl_estimator in ("k1", "k3"), "ppo.kl_estimator", f"{self.kl_estimator!r} is not 'k1' or 'k3'")
+        _require_positive_ints(self, ("iterations", "rollout_prompts", "epochs", "minibatches", "prompt_tokens",
+                                      "response_tokens", "eval_prompts", "eval_batch_size", "checkpoint_every"), "ppo.")
+        _require(self.rollout_prompts % self.minibatches == 0, "ppo.minibatches",
+                 f"{self.minibatches} minibatches do not divide rollout_prompts={self.rollout_prompts}")
+        _require(self.learning_rate >= 0, "ppo.learning_rate", f"must be >= 0, got {self.learning_rate}")
+        _require(self.temperature > 0, "ppo.temperature", f"must be > 0, got {self.temperature}")
+        _require(self.kl_target is None or self.kl_target > 0, "ppo.kl_target", f"must be > 0 or None, got {self.kl_target}")
+        _require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "ppo.gamma", "gamma and lam must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +353,7 @@ class ExperimentConfig:
     train: TrainConfig
     mesh: MeshConfig = MeshConfig()
     feedback: FeedbackConfig | None = None
+    ppo: PPOConfig | None = None
 
     def __post_init__(self):
         _require(self.model.head in TASK_HEADS[self.train.task], "model.head",
@@ -322,8 +376,9 @@ def _section(cls, values: Mapping[str, Any], prefix: str):
 def experiment_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
     """Validate a (ConfigDict-converted) plain dict into an ExperimentConfig."""
     values = dict(values)
-    unknown = sorted(set(values) - {"model", "data", "train", "mesh", "feedback"})
-    _require(not unknown, unknown[0] if unknown else "", "unknown section (sections: model, data, train, mesh, feedback)")
+    unknown = sorted(set(values) - {"model", "data", "train", "mesh", "feedback", "ppo"})
+    _require(not unknown, unknown[0] if unknown else "",
+             "unknown section (sections: model, data, train, mesh, feedback, ppo)")
     model = dict(values.get("model", {}))
     model["config"] = tuple(sorted(dict(model.get("config", {})).items()))
     mesh = dict(values.get("mesh", {}))
@@ -337,7 +392,8 @@ def experiment_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
                                 train=_section(TrainConfig, values.get("train", {}), "train"),
                                 mesh=_section(MeshConfig, mesh, "mesh"),
                                 feedback=_section(FeedbackConfig, values["feedback"], "feedback")
-                                if values.get("feedback") is not None else None)
+                                if values.get("feedback") is not None else None,
+                                ppo=_section(PPOConfig, values["ppo"], "ppo") if values.get("ppo") is not None else None)
     except TypeError as error:  # e.g. a wrong argument type inside a dataclass
         raise ConfigError(f"config: {error}") from None
 

@@ -8,26 +8,28 @@ import math
 import os
 
 
+def truncate_after(path: str, step: int) -> None:
+    """Drop the JSONL lines whose "step" is after the checkpoint a run resumes from (they will be
+    written again), atomically."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
 class MetricsWriter:
     def __init__(self, workdir: str, resume_step: int | None = None):
         self.path = os.path.join(workdir, "metrics.jsonl")
         os.makedirs(workdir, exist_ok=True)
         if resume_step is not None:
-            self._truncate_after(resume_step)
+            truncate_after(self.path, resume_step)
         from tensorboardX import SummaryWriter
 
         self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-    def _truncate_after(self, step: int) -> None:
-        """Drop lines written after the checkpoint we resume from (they will be written again)."""
-        if not os.path.exists(self.path):
-            return
-        with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.path)
 
     def write(self, step: int, split: str, metrics: dict) -> None:
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}

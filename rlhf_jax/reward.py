@@ -1,7 +1,8 @@
 """Reward models on preference / rating feedback: data, losses by name, normalisation, evaluation.
 
 A reward model is a ``scalar`` head on a trunk (MiniLM: the pooled [CLS]; a causal trunk: the last
-real token). It scores the text ``prompt + response``.
+real token). It scores the pair (prompt, response), encoded as the tokenizer's text pair
+(``rlhf_jax.scoring.encode``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,9 @@ import numpy as np
 
 from rlhf_jax import losses
 from rlhf_jax.data.records import DataError
+from rlhf_jax.scoring import encode
 
 REWARD_TASKS = ("reward_pairwise", "reward_best_of_n", "reward_regression")
-
-
-def _encode(tokenizer, texts, max_length):
-    enc = tokenizer(texts, max_length=max_length, truncation=True, padding="max_length", return_tensors="np")
-    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
 
 
 def tokenize_feedback(task: str, examples: list[dict], tokenizer, max_length: int) -> dict[str, np.ndarray]:
@@ -26,13 +23,13 @@ def tokenize_feedback(task: str, examples: list[dict], tokenizer, max_length: in
     n = len(examples)
     arrays = {"weights": np.ones(n, np.float32)}
     if task == "reward_regression":
-        arrays["input_ids"], arrays["attention_mask"] = _encode(
-            tokenizer, [e["prompt"] + e["response"] for e in examples], max_length)
+        arrays.update(encode(tokenizer, [e["prompt"] for e in examples], max_length, [e["response"] for e in examples]))
         arrays["score"] = np.asarray([e["score"] for e in examples], np.float32)
         return arrays
     for side in ("chosen", "rejected"):
-        arrays[f"{side}_ids"], arrays[f"{side}_mask"] = _encode(
-            tokenizer, [e["prompt"] + e[side] for e in examples], max_length)
+        enc = encode(tokenizer, [e["prompt"] for e in examples], max_length, [e[side] for e in examples])
+        arrays[f"{side}_ids"], arrays[f"{side}_mask"], arrays[f"{side}_types"] = (
+            enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
         arrays[f"gold_{side}"] = np.asarray([e.get(f"gold_{side}", np.nan) for e in examples], np.float32)
     arrays["margin"] = np.asarray([e.get("margin", 0.0) for e in examples], np.float32)
     return arrays
@@ -42,9 +39,9 @@ def _pair_rewards(model, batch):
     """Score chosen and rejected in one call of batch 2B (one compiled program)."""
     import jax.numpy as jnp
 
-    ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
-    mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
-    rewards_2B = model(ids, mask)
+    ids, mask, types = (jnp.concatenate([batch[f"chosen_{part}"], batch[f"rejected_{part}"]])
+                        for part in ("ids", "mask", "types"))
+    rewards_2B = model(ids, mask, token_type_ids_BxT=types)
     half = batch["chosen_ids"].shape[0]
     return rewards_2B[:half], rewards_2B[half:]
 
@@ -64,7 +61,8 @@ def best_of_n(model, batch, rng):
 
 
 def regression(model, batch, rng):
-    return losses.regression_loss(model(batch["input_ids"], batch["attention_mask"]), batch["score"], batch["weights"])
+    scores_B = model(batch["input_ids"], batch["attention_mask"], token_type_ids_BxT=batch["token_type_ids"])
+    return losses.regression_loss(scores_B, batch["score"], batch["weights"])
 
 
 LOSSES = {"reward_pairwise": pairwise, "reward_best_of_n": best_of_n, "reward_regression": regression}

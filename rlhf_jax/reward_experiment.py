@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) -> str:
-    """Sample two continuations per prompt from the policy, label them with the simulated human."""
+    """Sample continuations of each prompt from the policy, label their pairs with the simulated human."""
     fb = exp.feedback
     path, summary_path = os.path.join(directory, "preferences.jsonl"), os.path.join(directory, "summary.json")
     if os.path.exists(summary_path):
@@ -59,8 +59,10 @@ def evaluate_stage(exp: ExperimentConfig, rm_dir: str) -> dict:
 
     def scores(split):
         rows = examples[split]
-        chosen = score_texts(run.graphdef, params, run.tokenizer, [r["prompt"] + r["chosen"] for r in rows], length)
-        rejected = score_texts(run.graphdef, params, run.tokenizer, [r["prompt"] + r["rejected"] for r in rows], length)
+        prompts = [r["prompt"] for r in rows]
+        chosen = score_texts(run.graphdef, params, run.tokenizer, prompts, length, responses=[r["chosen"] for r in rows])
+        rejected = score_texts(run.graphdef, params, run.tokenizer, prompts, length,
+                               responses=[r["rejected"] for r in rows])
         gold = np.asarray([[r["gold_chosen"], r["gold_rejected"]] for r in rows], np.float64)
         return chosen, rejected, gold
 
@@ -87,6 +89,12 @@ def evaluate_stage(exp: ExperimentConfig, rm_dir: str) -> dict:
     return results
 
 
+def with_feedback_data(exp: ExperimentConfig, workdir: str) -> ExperimentConfig:
+    """The reward model's config as trained: its data is the workdir's collected preferences."""
+    preferences = os.path.join(workdir, "feedback", "preferences.jsonl")
+    return dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset="preferences", source=preferences))
+
+
 def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
     from rlhf_jax.trainer import train
 
@@ -94,8 +102,8 @@ def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
         raise ConfigError("config field 'feedback': a reward-model run needs a feedback section")
     if not exp.train.task.startswith("reward_"):
         raise ConfigError(f"config field 'train.task': a reward-model run needs a reward task, got {exp.train.task!r}")
-    preferences = collect_stage(exp, os.path.join(workdir, "feedback"), progress)
-    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset="preferences", source=preferences))
+    collect_stage(exp, os.path.join(workdir, "feedback"), progress)
+    exp = with_feedback_data(exp, workdir)
     rm_dir = os.path.join(workdir, "reward_model")
     finished = any(r["split"] == "test" and r["step"] == exp.train.steps for r in read_metrics(rm_dir))
     if not finished:

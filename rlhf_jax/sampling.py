@@ -77,9 +77,8 @@ def choose_tokens(logits_BxV: jax.Array, keys_B: jax.Array, config: SamplingConf
     return jax.vmap(jax.random.categorical)(keys_B, logits_BxV).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config"))
-def _generate(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, rng, config: SamplingConfig) -> Generation:
-    model: Model = nnx.merge(graphdef, state)
+def sample(model: Model, prompt_ids_BxP, prompt_mask_BxP, rng, config: SamplingConfig) -> Generation:
+    """The sampler as a traceable function of the model (for use inside a larger jitted program)."""
     batch, prompt_len = prompt_ids_BxP.shape
     cache = KVCache.empty(model.config, batch, prompt_len + config.max_new_tokens)
     logits_BxPxV, cache = model.decode(prompt_ids_BxP, prompt_mask_BxP, cache)
@@ -101,6 +100,11 @@ def _generate(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, rng, config: Sam
     init = (cache, next_logits_BxV, jnp.zeros((batch,), bool))
     _, (tokens_NxB, live_NxB) = jax.lax.scan(step, init, jnp.arange(config.max_new_tokens))
     return Generation(tokens_BxN=tokens_NxB.T, response_mask_BxN=live_NxB.T)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config"))
+def _generate(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, rng, config: SamplingConfig) -> Generation:
+    return sample(nnx.merge(graphdef, state), prompt_ids_BxP, prompt_mask_BxP, rng, config)
 
 
 def generate(model: Model, prompt_ids_BxP, prompt_mask_BxP, rng: jax.Array, config: SamplingConfig) -> Generation:

@@ -1,32 +1,52 @@
-"""Score many texts with a sequence-level model (reward model, classifier) in fixed-shape batches."""
+"""Score many texts with a sequence-level model (reward model, classifier) in fixed-shape batches.
+
+A text is either one string or a (prompt, response) pair. Pairs are encoded as the tokenizer's text
+pair: for BERT, ``[CLS] prompt [SEP] response [SEP]`` with token types 0 / 1, so the model can tell
+what was asked from what was answered; for byte-level BPE tokenizers, the two concatenated.
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
 
+def encode(tokenizer, texts: Sequence[str], max_length: int, responses: Sequence[str] | None = None
+           ) -> dict[str, np.ndarray]:
+    """input_ids, attention_mask, token_type_ids (int32, [N, max_length]) of texts, or of (text, response) pairs."""
+    enc = tokenizer(list(texts), list(responses) if responses is not None else None, max_length=max_length,
+                    truncation=True, padding="max_length", return_token_type_ids=True, return_tensors="np")
+    return {"input_ids": enc["input_ids"].astype(np.int32), "attention_mask": enc["attention_mask"].astype(np.int32),
+            "token_type_ids": enc["token_type_ids"].astype(np.int32)}
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "positive_class"))
-def _score_batch(graphdef, params, input_ids_BxT, attention_mask_BxT, positive_class):
-    out = nnx.merge(graphdef, params)(input_ids_BxT, attention_mask_BxT)
+def _score_batch(graphdef, params, input_ids_BxT, attention_mask_BxT, token_type_ids_BxT, positive_class):
+    out = nnx.merge(graphdef, params)(input_ids_BxT, attention_mask_BxT, token_type_ids_BxT=token_type_ids_BxT)
     return out if positive_class is None else jax.nn.softmax(out, axis=-1)[:, positive_class]
 
 
-def score_texts(graphdef, params, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
-                positive_class: int | None = None) -> np.ndarray:
-    """The model's output per text: a scalar head's score, or P(positive_class) of a classifier.
+def score_texts(graphdef, params, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
+                positive_class: int | None = None, responses: Sequence[str] | None = None) -> np.ndarray:
+    """The model's output per text (or per (text, response) pair): a scalar head's score, or
+    P(positive_class) of a classifier.
 
-    The last batch is padded by repeating a text, so every call runs one compiled shape (compiled
+    The last batch is padded by repeating an item, so every call runs one compiled shape (compiled
     once per model structure, batch size and length)."""
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start:start + batch_size])
+        pairs = None if responses is None else list(responses[start:start + batch_size])
         n = len(chunk)
         chunk += [chunk[-1]] * (batch_size - n)
-        enc = tokenizer(chunk, max_length=max_length, truncation=True, padding="max_length", return_tensors="np")
-        scores = _score_batch(graphdef, params, enc["input_ids"], enc["attention_mask"], positive_class)
+        if pairs is not None:
+            pairs += [pairs[-1]] * (batch_size - n)
+        enc = encode(tokenizer, chunk, max_length, pairs)
+        scores = _score_batch(graphdef, params, enc["input_ids"], enc["attention_mask"], enc["token_type_ids"],
+                              positive_class)
         out.append(np.asarray(scores)[:n])
     return np.concatenate(out)

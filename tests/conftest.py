@@ -36,3 +36,20 @@ def review_sentences():
     with bz2.open(assets.asset_path("rotten-tomatoes"), "rt", encoding="utf-8") as f:
         rows = [row["text"].strip() for row in csv.DictReader(f) if row["category"] in ("fresh", "rotten")]
     return [rows[0], rows[1][:60], rows[2], rows[3][:25]]
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory, smollm2_dir):
+    """A tiny random Llama with SmolLM2's tokenizer, saved as a Hugging Face directory."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, intermediate_size=48, tie_word_embeddings=True,
+                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    path = str(tmp_path_factory.mktemp("policy"))
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -5,8 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from rlhf_jax import reward
 from rlhf_jax.config import load_config
@@ -57,19 +55,6 @@ def test_normalization_and_calibration():
     assert all(0 <= row["observed"] <= 1 for row in table)
 
 
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory, smollm2_dir):
-    torch.manual_seed(0)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, intermediate_size=48, tie_word_embeddings=True,
-                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    path = str(tmp_path_factory.mktemp("policy"))
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_tiny_reward_run_end_to_end(tmp_path, tiny_policy):
     from rlhf_jax.reward_experiment import run
 
@@ -77,7 +62,12 @@ def test_tiny_reward_run_end_to_end(tmp_path, tiny_policy):
     results = run(exp, str(tmp_path), progress=False)
     preferences = tmp_path / "feedback" / "preferences.jsonl"
     rows = [json.loads(line) for line in preferences.read_text().splitlines()]
-    assert 0 < len(rows) <= 160 and all(r["chosen"] != r["rejected"] for r in rows)
+    assert 0 < len(rows) <= 80 * 6 and all(r["chosen"] != r["rejected"] for r in rows)  # 4 samples: 6 pairs each
+    by_prompt = {}
+    for r in rows:  # ids are s<seed>-<prompt>-<i><j>: every pair of one prompt is in one split
+        by_prompt.setdefault(r["id"].rsplit("-", 1)[0], set()).add(r["split"])
+    assert len(by_prompt) < len(rows) and all(len(splits) == 1 for splits in by_prompt.values())
+    assert {"train", "validation", "test"} <= {r["split"] for r in rows}
     summary = json.loads((tmp_path / "feedback" / "summary.json").read_text())
     assert summary["rows"] == len(rows)
     test_rows = [r for r in read_metrics(str(tmp_path / "reward_model")) if r["split"] == "test" and "gold_accuracy" in r]

@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from rlhf_jax.data.records import DataError
+from rlhf_jax.models.pretrained import pad_token_id
 
 TASKS = ("classification", "causal_lm", "masked_lm", "reward_pairwise", "reward_best_of_n", "reward_regression")
 
@@ -56,7 +57,7 @@ def tokenize(task: str, examples: list[dict], tokenizer, max_length: int, *, tex
 
 def _tokenize_causal(tokenizer, texts, max_length, prompts):
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = pad_token_id(tokenizer)
     n = len(texts)
     ids = np.full((n, max_length), pad, np.int32)
     mask = np.zeros((n, max_length), np.int32)

@@ -18,8 +18,9 @@ from rlhf_jax.data import records
 from rlhf_jax.sampling import SamplingConfig, generate
 
 
-def sentiment_prompts(count: int, prompt_tokens: int, tokenizer, split: str = "train", seed: int = 0) -> list[str]:
-    """The first ``prompt_tokens`` tokens of Rotten Tomatoes snippets (of one split), as text."""
+def sentiment_prompts(count: int | None, prompt_tokens: int, tokenizer, split: str = "train", seed: int = 0) -> list[str]:
+    """The first ``prompt_tokens`` tokens of Rotten Tomatoes snippets (of one split), as text; ``count``
+    None: every snippet of the split that is long enough."""
     rows = [r for r in records.read_rotten_tomatoes(str(assets.asset_path("rotten-tomatoes"))) if r["split"] == split]
     order = np.random.default_rng(seed).permutation(len(rows))
     prompts = []
@@ -29,6 +30,8 @@ def sentiment_prompts(count: int, prompt_tokens: int, tokenizer, split: str = "t
             prompts.append(tokenizer.decode(ids[:prompt_tokens]))
         if len(prompts) == count:
             return prompts
+    if count is None and prompts:
+        return prompts
     raise ValueError(f"only {len(prompts)} {split} snippets are longer than {prompt_tokens} tokens")
 
 
@@ -54,19 +57,25 @@ def sample_continuations(policy, tokenizer, prompts: Sequence[str], config: Samp
     return texts
 
 
-def label_pairs(prompts, responses_a, responses_b, labeler, annotator: str, source: str, id_prefix: str) -> list[dict]:
-    """Preference rows (ties dropped) with the gold scores kept for evaluation."""
-    out = labeler.prefer(prompts, responses_a, responses_b)
+def label_pairs(prompts: Sequence[str], samples: Sequence[Sequence[str]], labeler, annotator: str, source: str,
+                id_prefix: str) -> list[dict]:
+    """Preference rows for every pair (i < j) of the samples of each prompt; ties and empty responses are
+    dropped, the gold scores kept for evaluation. ``samples[k]`` holds the continuations of ``prompts[k]``;
+    all pairs of one prompt share a split (keyed by the prompt's id), so no response is in two splits."""
+    keys = [(k, i, j) for k, group in enumerate(samples) for i in range(len(group)) for j in range(i + 1, len(group))]
+    pair_prompts = [prompts[k] for k, _, _ in keys]
+    out = labeler.prefer(pair_prompts, [samples[k][i] for k, i, _ in keys], [samples[k][j] for k, _, j in keys])
     rows = []
-    for i, (prompt, a, b) in enumerate(zip(prompts, responses_a, responses_b)):
-        label = int(out["labels"][i])
+    for n, (k, i, j) in enumerate(keys):
+        a, b, label = samples[k][i], samples[k][j], int(out["labels"][n])
         if label == -1 or not a.strip() or not b.strip():
             continue
-        chosen, rejected = (a, b) if label == 0 else (b, a)
-        gold_chosen, gold_rejected = (out["gold_a"][i], out["gold_b"][i]) if label == 0 else (out["gold_b"][i], out["gold_a"][i])
-        rows.append({"id": f"{id_prefix}{i}", "prompt": prompt, "chosen": chosen, "rejected": rejected,
-                     "annotator": annotator, "source": source, "gold_chosen": float(gold_chosen),
-                     "gold_rejected": float(gold_rejected)})
+        first, second = (0, 1) if label == 0 else (1, 0)
+        responses, gold = (a, b), (out["gold_a"][n], out["gold_b"][n])
+        rows.append({"id": f"{id_prefix}{k}-{i}{j}", "split": records.hash_split(f"{id_prefix}{k}"),
+                     "prompt": prompts[k], "chosen": responses[first], "rejected": responses[second],
+                     "annotator": annotator, "source": source, "gold_chosen": float(gold[first]),
+                     "gold_rejected": float(gold[second])})
     return rows
 
 
@@ -92,23 +101,26 @@ def gold_scorer(fb: FeedbackConfig):
 
 
 def collect_preferences(fb: FeedbackConfig, path: str, progress: bool = True) -> dict:
-    """Sample two continuations per prompt from ``fb.policy``, label them with the simulated human,
-    write the preference JSONL atomically; returns a summary (rows, measured label noise)."""
+    """Sample ``fb.samples_per_prompt`` continuations per prompt from ``fb.policy``, label every pair of
+    them with the simulated human, write the preference JSONL atomically; returns a summary (rows,
+    measured label noise)."""
     from rlhf_jax.feedback.labelers import SimulatedHuman
-    from rlhf_jax.models import from_pretrained, load_tokenizer
+    from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
 
     policy = from_pretrained(fb.policy, head="causal_lm")
     tokenizer = load_tokenizer(fb.policy)
     prompts = sentiment_prompts(fb.prompts, fb.prompt_tokens, tokenizer, split="train", seed=fb.seed)
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+    pad = pad_token_id(tokenizer)
     sampling = SamplingConfig(max_new_tokens=fb.response_tokens, temperature=fb.sampling_temperature, top_k=fb.top_k,
                               top_p=fb.top_p, eos_token_id=eos, pad_token_id=pad)
-    responses = sample_continuations(policy, tokenizer, prompts + prompts, sampling, jax.random.PRNGKey(fb.seed),
+    n = fb.samples_per_prompt
+    responses = sample_continuations(policy, tokenizer, prompts * n, sampling, jax.random.PRNGKey(fb.seed),
                                      fb.batch_size, progress)
+    samples = [responses[k::len(prompts)] for k in range(len(prompts))]
     human = SimulatedHuman(gold_scorer(fb), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)
-    rows = label_pairs(prompts, responses[:len(prompts)], responses[len(prompts):], human,
-                       annotator=f"simulated-{fb.labeler}-T{fb.temperature}", source=fb.policy, id_prefix=f"s{fb.seed}-")
+    rows = label_pairs(prompts, samples, human, annotator=f"simulated-{fb.labeler}-T{fb.temperature}",
+                       source=fb.policy, id_prefix=f"s{fb.seed}-")
     write_jsonl(rows, path)
     gold_chosen = np.asarray([r["gold_chosen"] for r in rows])
     gold_rejected = np.asarray([r["gold_rejected"] for r in rows])

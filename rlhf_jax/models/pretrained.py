@@ -83,6 +83,13 @@ def from_pretrained(name_or_path: str, head: str | None = None, seed: int = 0, *
     return model
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id to pad with: the tokenizer's pad token, else its EOS (causal LMs often have no pad), else 0."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
 def load_tokenizer(name_or_path: str):
     """The transformers tokenizer of a directory, a GGUF file or an asset."""
     import transformers

@@ -1,0 +1,287 @@
+"""The PPO loop: prompts -> rollout -> reward model and gold scores -> update, with metrics, sample
+logs, plots, orbax checkpoints and exact resume; and the held-out evaluation against the reference.
+
+Prompt batches are a pure function of (seed, iteration), the PRNG key and the KL coefficient live in
+the checkpointed state, so a run stopped after k iterations and resumed equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from rlhf_jax import ppo, rl, sharding
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.config import ConfigError, ExperimentConfig, PPOConfig, to_dict
+from rlhf_jax.data.pipeline import Batches
+from rlhf_jax.metrics import MetricsWriter, truncate_after
+from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
+from rlhf_jax.sampling import generate
+from rlhf_jax.scoring import score_texts
+
+log = logging.getLogger(__name__)
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_samples", "eval_prompts", "eval_batch_size"}
+
+
+@dataclasses.dataclass
+class RewardModel:
+    """A trained reward model with its own tokenizer: (prompt, response) texts -> gain * r + bias."""
+
+    graphdef: object
+    params: object
+    tokenizer: object
+    max_length: int
+    gain: float = 1.0
+    bias: float = 0.0
+    batch_size: int = 64
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        raw = score_texts(self.graphdef, self.params, self.tokenizer, list(prompts), self.max_length,
+                          self.batch_size, responses=list(responses))
+        return (self.gain * raw.astype(np.float64) + self.bias).astype(np.float32)
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], width: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Left-padded prompt ids of a fixed width (longer prompts keep their first ``width`` tokens), the
+    prompt texts as the policy sees them, and each prompt's index."""
+    pad = pad_token_id(tokenizer)
+    ids = np.full((len(texts), width), pad, np.int32)
+    mask = np.zeros((len(texts), width), np.int32)
+    shown = []
+    for row, text in enumerate(texts):
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"][:width]
+        ids[row, width - len(tokens):] = tokens
+        mask[row, width - len(tokens):] = 1
+        shown.append(tokenizer.decode(tokens))
+    return {"ids": ids, "mask": mask, "index": np.arange(len(texts), dtype=np.int32)}, shown
+
+
+def decode_responses(tokenizer, tokens_BxN, mask_BxN) -> list[str]:
+    tokens_BxN, live_BxN = np.asarray(tokens_BxN), np.asarray(mask_BxN).astype(bool)
+    return [tokenizer.decode(tokens[live], skip_special_tokens=True) for tokens, live in zip(tokens_BxN, live_BxN)]
+
+
+@dataclasses.dataclass
+class PPOSetup:
+    cfg: PPOConfig
+    mesh: object
+    rules: dict
+    tokenizer: object
+    graphdef: object
+    ref_graphdef: object
+    ref_params: object
+    state: ppo.PPOState
+    state_sharding: ppo.PPOState
+    functions: ppo.PPOFunctions
+    sampling: object
+    checkpoints: Checkpointer | None
+
+
+def load_actor_critic(cfg: PPOConfig):
+    """(ActorCritic, frozen reference, tokenizer) from the policy's weights."""
+    policy = from_pretrained(cfg.policy, head="causal_lm")
+    reference = from_pretrained(cfg.policy, head="causal_lm")
+    value_model = from_pretrained(cfg.policy, head="scalar", pooling="none") if cfg.value == "separate" else None
+    with nnx.use_eager_sharding(False):  # placed on the mesh later, by logical axes
+        model = ppo.ActorCritic(policy, value_model, rngs=nnx.Rngs(cfg.seed))
+    return model, reference, load_tokenizer(cfg.policy)
+
+
+def prepare(exp: ExperimentConfig, workdir: str | None) -> PPOSetup:
+    cfg = exp.ppo
+    if cfg is None:
+        raise ConfigError("config field 'ppo': a PPO run needs a ppo section")
+    mesh, rules = sharding.make_mesh(exp.mesh), dict(exp.mesh.rules)
+    parallel = sharding.data_parallel_size(mesh, rules)
+    for name, value in (("rollout_prompts", cfg.rollout_prompts), ("eval_batch_size", cfg.eval_batch_size),
+                        ("rollout_prompts / minibatches", cfg.rollout_prompts // cfg.minibatches)):
+        if value % parallel:
+            raise ConfigError(f"config field 'ppo.{name}': {value} is not divisible by the {parallel} data-parallel "
+                              f"devices of mesh axes {sharding.mesh_axes(rules, 'batch', mesh)}")
+    if cfg.eval_batch_size % cfg.minibatches:
+        raise ConfigError(f"config field 'ppo.eval_batch_size': {cfg.eval_batch_size} is not divisible by "
+                          f"minibatches={cfg.minibatches}")
+    model, reference, tokenizer = load_actor_critic(cfg)
+    graphdef, params = nnx.split(model)
+    ref_graphdef, ref_params = nnx.split(reference)
+    ref_params = jax.device_put(ref_params, sharding.state_shardings(ref_params, mesh, rules))
+    tx = ppo.make_optimizer(cfg)
+    state = ppo.PPOState.create(params, tx, cfg)
+    state_sharding = ppo.state_shardings(state, tx, mesh, rules)
+    state = jax.device_put(state, state_sharding)
+    eos = model.policy.config.eos_token_id if model.policy.config.eos_token_id is not None else tokenizer.eos_token_id
+    sampling = ppo.sampling_config(cfg, eos, pad_token_id(tokenizer))
+    functions = ppo.jit_functions(ppo.make_functions(graphdef, ref_graphdef, cfg, sampling), state_sharding,
+                                  sharding.state_shardings(ref_params, mesh, rules), mesh, rules)
+    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=2) if workdir else None
+    return PPOSetup(cfg, mesh, rules, tokenizer, graphdef, ref_graphdef, ref_params, state, state_sharding, functions,
+                    sampling, checkpoints)
+
+
+def _put(arrays, run: PPOSetup):
+    return jax.device_put(arrays, sharding.batch_sharding(run.mesh, run.rules))
+
+
+def _check_resumable(saved: dict, current: dict) -> None:
+    for field, value in current.items():
+        if field not in RESUMABLE_CHANGES and saved.get(field) != value:
+            raise ConfigError(f"config field 'ppo.{field}': the checkpoint was made with {saved.get(field)!r}, this "
+                              f"run has {value!r}; use a new workdir")
+
+
+def train(exp: ExperimentConfig, workdir: str, reward_model: RewardModel, gold, prompts: Sequence[str],
+          stop_at: int | None = None, progress: bool = True) -> dict:
+    """Run PPO to ``exp.ppo.iterations`` (resuming from the latest checkpoint in ``workdir``).
+
+    gold: a gold scorer (``score(prompts, responses)``), logged beside the reward model's view.
+    prompts: the training prompt texts; iteration i uses batch i of a seeded shuffle of them.
+    """
+    cfg = exp.ppo
+    os.makedirs(workdir, exist_ok=True)
+    run = prepare(exp, workdir)
+    state = run.state
+    start = run.checkpoints.latest_step()
+    config_dict = to_dict(cfg)
+    if start is not None:
+        state, meta = run.checkpoints.restore(start, state, run.state_sharding)
+        _check_resumable(meta["config"], config_dict)
+        log.info("resumed PPO from iteration %d", start)
+    arrays, texts = encode_prompts(run.tokenizer, prompts, cfg.prompt_tokens)
+    batches = Batches(arrays, cfg.rollout_prompts, cfg.seed)
+    writer = MetricsWriter(workdir, resume_step=start)
+    samples_path = os.path.join(workdir, "samples.jsonl")
+    truncate_after(samples_path, start or 0)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(to_dict(exp), f, indent=1)
+    iteration = start or 0
+    end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
+    bar = tqdm(total=end, initial=iteration, disable=not progress, desc="ppo", dynamic_ncols=True)
+    row = {}
+    while iteration < end:
+        tick = time.perf_counter()
+        batch = batches(iteration)
+        experience = run.functions.rollout(state.params, run.ref_params, *_put((batch["ids"], batch["mask"]), run),
+                                           ppo.rollout_key(state.rng))
+        responses = decode_responses(run.tokenizer, experience.ids_BxT[:, cfg.prompt_tokens:],
+                                     experience.response_mask_BxN)
+        batch_prompts = [texts[i] for i in batch["index"]]
+        scores = reward_model(batch_prompts, responses)
+        gold_scores = gold.score(batch_prompts, responses)
+        state, metrics = run.functions.update(state, experience, _put(jnp.asarray(scores), run))
+        iteration += 1
+        row = {name: float(value) for name, value in jax.device_get(metrics).items()}
+        row.update(gold_score=float(np.mean(gold_scores)), seconds_per_iteration=time.perf_counter() - tick)
+        writer.write(iteration, "train", row)
+        with open(samples_path, "a") as f:
+            for prompt, response, score, g in list(zip(batch_prompts, responses, scores, gold_scores))[:cfg.log_samples]:
+                f.write(json.dumps({"step": iteration, "prompt": prompt, "response": response,
+                                    "rm_score": float(score), "gold_score": float(g)}) + "\n")
+        bar.update(1)
+        bar.set_postfix(rm=f"{row['score']:.2f}", gold=f"{row['gold_score']:.2f}", kl=f"{row['kl']:.2f}")
+        if iteration % cfg.checkpoint_every == 0 or iteration == end:
+            run.checkpoints.save(iteration, state, {"iteration": iteration, "config": config_dict})
+    bar.close()
+    run.checkpoints.wait()
+    run.checkpoints.close()
+    writer.close()
+    plot_ppo(workdir)
+    return {"iteration": iteration, "metrics": row, "state": state, "setup": run}
+
+
+def restore(exp: ExperimentConfig, workdir: str):
+    """(setup, state) of the latest PPO checkpoint in ``workdir``."""
+    run = prepare(exp, workdir)
+    step = run.checkpoints.latest_step()
+    if step is None:
+        raise ConfigError(f"--workdir {workdir}: no PPO checkpoint")
+    state, meta = run.checkpoints.restore(step, run.state, run.state_sharding)
+    _check_resumable(meta["config"], to_dict(exp.ppo))
+    run.checkpoints.close()
+    return run, state
+
+
+def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model: RewardModel, gold, prompts: Sequence[str],
+             seed: int = 1234) -> dict:
+    """The PPO policy against the reference on held-out prompts: one continuation of each prompt from
+    each (same PRNG keys), scored by the gold labeler and by the reward model.
+
+    gold_win_rate: P(gold(policy) > gold(reference)), ties counted half. kl: mean over prompts of
+    sum_t log pi(y_t) - log pi_ref(y_t) on the policy's own samples (an unbiased estimate of
+    KL(pi || pi_ref) per sequence).
+    """
+    cfg = run.cfg
+    arrays, texts = encode_prompts(run.tokenizer, prompts, cfg.prompt_tokens)
+    reference = nnx.merge(run.ref_graphdef, run.ref_params)
+    out = {"policy": [], "reference": [], "kl": []}
+    for start in range(0, len(texts), cfg.eval_batch_size):
+        rows = np.arange(start, start + cfg.eval_batch_size) % len(texts)  # pad the last batch by wrapping
+        ids, mask = _put((arrays["ids"][rows], arrays["mask"][rows]), run)
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), start)
+        experience = run.functions.rollout(state.params, run.ref_params, ids, mask, key)
+        reference_out = generate(reference, ids, mask, key, run.sampling)
+        keep = len(rows) - max(0, start + cfg.eval_batch_size - len(texts))
+        response_mask = experience.response_mask_BxN
+        out["policy"] += decode_responses(run.tokenizer, experience.ids_BxT[:, cfg.prompt_tokens:], response_mask)[:keep]
+        out["reference"] += decode_responses(run.tokenizer, reference_out.tokens_BxN,
+                                             reference_out.response_mask_BxN)[:keep]
+        kl_B = rl.masked_sum(experience.logp_BxN - experience.ref_logp_BxN, response_mask, axis=1)
+        out["kl"] += np.asarray(kl_B)[:keep].tolist()
+    gold_policy = np.asarray(gold.score(texts, out["policy"]), np.float64)
+    gold_reference = np.asarray(gold.score(texts, out["reference"]), np.float64)
+    rm_policy = reward_model(texts, out["policy"]).astype(np.float64)
+    rm_reference = reward_model(texts, out["reference"]).astype(np.float64)
+    metrics = {
+        "prompts": float(len(texts)),
+        "gold_win_rate": float(np.mean((gold_policy > gold_reference) + 0.5 * (gold_policy == gold_reference))),
+        "gold_score": float(gold_policy.mean()), "reference_gold_score": float(gold_reference.mean()),
+        "rm_win_rate": float(np.mean((rm_policy > rm_reference) + 0.5 * (rm_policy == rm_reference))),
+        "rm_score": float(rm_policy.mean()), "reference_rm_score": float(rm_reference.mean()),
+        "kl": float(np.mean(out["kl"]))}
+    samples = [{"prompt": p, "reference": r, "policy": q, "gold_reference": float(gr), "gold_policy": float(gp)}
+               for p, r, q, gr, gp in zip(texts, out["reference"], out["policy"], gold_reference, gold_policy)]
+    return {"metrics": metrics, "samples": samples}
+
+
+def plot_ppo(workdir: str, filename: str = "ppo.png") -> str | None:
+    """Gold and reward-model scores against iteration and against KL (over-optimisation shows as the
+    two curves parting), and the KL coefficient."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlhf_jax.metrics import read_metrics
+
+    rows = [r for r in read_metrics(workdir) if r["split"] == "train" and "gold_score" in r]
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(steps, [r["score"] for r in rows], label="reward model (normalised)")
+    axes[0].plot(steps, [r["gold_score"] for r in rows], label="gold")
+    axes[0].set_xlabel("PPO iteration")
+    axes[1].plot([r["kl"] for r in rows], [r["score"] for r in rows], "o-", markersize=3, label="reward model")
+    axes[1].plot([r["kl"] for r in rows], [r["gold_score"] for r in rows], "o-", markersize=3, label="gold")
+    axes[1].set_xlabel("KL(policy || reference), nats per sequence")
+    axes[2].plot(steps, [r["kl"] for r in rows], label="KL")
+    axes[2].plot(steps, [r["kl_coef"] * 100 for r in rows], label="beta x 100")
+    axes[2].set_xlabel("PPO iteration")
+    for axis, title in zip(axes, ("score against iteration", "score against KL", "KL and its coefficient")):
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    path = os.path.join(workdir, filename)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,147 @@
+"""``rlhf-jax run`` for the whole pipeline: simulated preferences -> reward model -> PPO -> evaluation
+-> report. Every stage whose valid output is in the workdir is reused, so an interrupted run picks
+up where it stopped.
+
+    WORKDIR/feedback/, WORKDIR/reward_model/   stages 1-3 (rlhf_jax.reward_experiment)
+    WORKDIR/ppo/                               stage 4: checkpoints, metrics.jsonl, samples.jsonl, ppo.png
+    WORKDIR/ppo/evaluation.json                stage 5: PPO policy vs reference on held-out prompts
+    WORKDIR/report.md                          stage 6: the numbers, samples before/after, the plots
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from rlhf_jax import assets, ppo_trainer, reward_experiment
+from rlhf_jax.config import ConfigError, ExperimentConfig, to_dict
+from rlhf_jax.feedback.collect import gold_scorer, sentiment_prompts
+from rlhf_jax.metrics import MetricsWriter, read_metrics
+from rlhf_jax.models import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def load_reward_model(exp: ExperimentConfig, rm_dir: str, normalization: dict) -> ppo_trainer.RewardModel:
+    from rlhf_jax.trainer import restore_trained
+
+    run, params, _ = restore_trained(exp, rm_dir, with_data=False)
+    return ppo_trainer.RewardModel(run.graphdef, params, run.tokenizer, exp.data.max_length,
+                                   gain=normalization["gain"], bias=normalization["bias"])
+
+
+def _write_json(path: str, value) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
+    cfg = exp.ppo
+    if cfg is None:
+        raise ConfigError("config field 'ppo': an RLHF run needs a ppo section")
+    timings = {}
+    tick = time.perf_counter()
+    for name in sorted({exp.model.source, exp.model.tokenizer, exp.feedback.policy, cfg.policy, "rotten-tomatoes",
+                        "vader-lexicon"} & set(assets.ASSETS)):
+        assets.asset_path(name)  # fetched (and verified) once, before any stage needs it
+    timings["assets"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    rm_results = reward_experiment.run(exp, workdir, progress)
+    timings["reward model (collect, train, evaluate)"] = time.perf_counter() - tick
+    reward_model = load_reward_model(reward_experiment.with_feedback_data(exp, workdir),
+                                     os.path.join(workdir, "reward_model"), rm_results["normalization"])
+    gold = gold_scorer(exp.feedback)
+    tokenizer = load_tokenizer(cfg.policy)
+    ppo_dir = os.path.join(workdir, "ppo")
+    evaluation_path = os.path.join(ppo_dir, "evaluation.json")
+    evaluation = None
+    if os.path.exists(evaluation_path):
+        with open(evaluation_path) as f:
+            evaluation = json.load(f)
+        if evaluation.get("config") != to_dict(exp):
+            evaluation = None
+    if evaluation is None:
+        tick = time.perf_counter()
+        finished = os.path.isdir(os.path.join(ppo_dir, "checkpoints", str(cfg.iterations)))
+        if finished:
+            log.info("stage ppo: reusing %s", ppo_dir)
+            setup, state = ppo_trainer.restore(exp, ppo_dir)
+        else:
+            prompts = sentiment_prompts(None, cfg.prompt_tokens, tokenizer, split="train", seed=cfg.seed)
+            out = ppo_trainer.train(exp, ppo_dir, reward_model, gold, prompts, progress=progress)
+            setup, state = out["setup"], out["state"]
+        timings["ppo"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        held_out = sentiment_prompts(cfg.eval_prompts, cfg.prompt_tokens, tokenizer, split="test", seed=cfg.seed)
+        evaluation = ppo_trainer.evaluate(setup, state, reward_model, gold, held_out)
+        timings["evaluation"] = time.perf_counter() - tick
+        evaluation.update(config=to_dict(exp), iteration=cfg.iterations)
+        writer = MetricsWriter(ppo_dir)
+        writer.write(cfg.iterations, "eval", evaluation["metrics"])
+        writer.close()
+        _write_json(evaluation_path, evaluation)
+    report = write_report(exp, workdir, rm_results, evaluation, timings)
+    return {"reward_model": rm_results, "ppo": evaluation["metrics"], "report": report}
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    return "\n".join(["| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
+
+
+def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluation: dict, timings: dict,
+                 samples: int = 8) -> str:
+    """report.md: what was run, the reward model's and the PPO policy's numbers, samples, plots."""
+    cfg, fb = exp.ppo, exp.feedback
+    m = evaluation["metrics"]
+    test = rm_results.get("test", {})
+    train_rows = [r for r in read_metrics(os.path.join(workdir, "ppo")) if r["split"] == "train"]
+    first, last = (train_rows[0], train_rows[-1]) if train_rows else ({}, {})
+
+    def fmt(value, digits=3):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "# RLHF run report", "",
+        f"Policy `{cfg.policy}`; reward model `{exp.model.source or 'random'}` ({exp.train.task}); gold labeler "
+        f"`{fb.labeler}` behind a simulated human at temperature {fb.temperature}.", "",
+        "## Reward model (held-out test pairs)", "",
+        _table([("gold accuracy (vs noise-free gold order)", fmt(test.get("gold_accuracy"))),
+                ("label accuracy (vs the noisy labels)", fmt(test.get("label_accuracy"))),
+                ("label agreement with gold", fmt(test.get("label_gold_agreement"))),
+                ("Spearman with gold score", fmt(test.get("spearman"))),
+                ("precision / recall / F1", f"{fmt(test.get('precision'))} / {fmt(test.get('recall'))} / "
+                                            f"{fmt(test.get('f1'))}"),
+                ("test pairs", fmt(test.get("count"), 0))]), "",
+        f"## PPO ({cfg.iterations} iterations x {cfg.rollout_prompts} prompts, {cfg.epochs} epochs x "
+        f"{cfg.minibatches} minibatches, value head {cfg.value})", "",
+        _table([("reward-model score, first -> last iteration", f"{fmt(first.get('score'))} -> {fmt(last.get('score'))}"),
+                ("gold score, first -> last iteration", f"{fmt(first.get('gold_score'))} -> {fmt(last.get('gold_score'))}"),
+                ("KL to reference (nats/sequence), last iteration", fmt(last.get("kl"))),
+                ("KL coefficient, last iteration", fmt(last.get("kl_coef"), 4)),
+                ("seconds per iteration (mean)", fmt(sum(r["seconds_per_iteration"] for r in train_rows)
+                                                     / max(len(train_rows), 1), 1))]), "",
+        f"## Evaluation on {int(m['prompts'])} held-out prompts (PPO policy vs reference, same sampling keys)", "",
+        _table([("gold win rate (ties half)", fmt(m["gold_win_rate"])),
+                ("gold score: policy / reference", f"{fmt(m['gold_score'])} / {fmt(m['reference_gold_score'])}"),
+                ("reward-model win rate", fmt(m["rm_win_rate"])),
+                ("reward-model score: policy / reference", f"{fmt(m['rm_score'])} / {fmt(m['reference_rm_score'])}"),
+                ("KL(policy || reference), nats per sequence", fmt(m["kl"]))]), "",
+        "## Samples (held-out prompts)", ""]
+    for s in evaluation["samples"][:samples]:
+        lines += [f"- **{s['prompt'].strip()}**",
+                  f"  - reference ({s['gold_reference']:+.2f}): {s['reference'].strip()!r}",
+                  f"  - PPO ({s['gold_policy']:+.2f}): {s['policy'].strip()!r}"]
+    lines += ["", "## Plots", "", "![PPO curves](ppo/ppo.png)", "",
+              "![reward model calibration](reward_model/calibration.png)", "",
+              "![reward model training](reward_model/training.png)", ""]
+    if timings:
+        lines += ["## Wall time of the stages run by this invocation", "",
+                  _table([(name, f"{seconds:.0f} s") for name, seconds in timings.items()]), ""]
+    path = os.path.join(workdir, "report.md")
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(lines))
+    os.replace(path + ".tmp", path)
+    return path
