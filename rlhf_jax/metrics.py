@@ -8,6 +8,13 @@ import math
 import os
 
 
+def write_json(path: str, value) -> None:
+    """Write JSON atomically: a reader (or a resumed run) never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def truncate_after(path: str, step: int) -> None:
     """Drop the JSONL lines whose "step" is after the checkpoint a run resumes from (they will be
     written again), atomically."""

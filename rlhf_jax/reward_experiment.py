@@ -22,7 +22,7 @@ from rlhf_jax import reward
 from rlhf_jax.config import ConfigError, ExperimentConfig
 from rlhf_jax.data import records
 from rlhf_jax.feedback import collect
-from rlhf_jax.metrics import MetricsWriter, read_metrics
+from rlhf_jax.metrics import MetricsWriter, read_metrics, write_json
 from rlhf_jax.scoring import score_texts
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,7 @@ def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) 
         except records.DataError as error:
             log.warning("stage collect: %s is not valid (%s); collecting again", path, error)
     summary = collect.collect_preferences(fb, path, progress)
-    with open(summary_path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(summary_path + ".tmp", summary_path)  # written last: marks the stage complete
+    write_json(summary_path, summary)  # written last: marks the stage complete
     log.info("stage collect: %s", summary)
     return path
 
@@ -83,9 +81,7 @@ def evaluate_stage(exp: ExperimentConfig, rm_dir: str) -> dict:
     train_chosen, train_rejected, _ = scores("train")  # both are samples of the reference policy
     results["normalization"] = reward.normalization(np.concatenate([train_chosen, train_rejected]))
     results["step"] = step
-    with open(os.path.join(rm_dir, "evaluation.json.tmp"), "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(os.path.join(rm_dir, "evaluation.json.tmp"), os.path.join(rm_dir, "evaluation.json"))
+    write_json(os.path.join(rm_dir, "evaluation.json"), results)
     return results
 
 

@@ -18,7 +18,7 @@ import time
 from rlhf_jax import assets, ppo_trainer, reward_experiment
 from rlhf_jax.config import ConfigError, ExperimentConfig, to_dict
 from rlhf_jax.feedback.collect import gold_scorer, sentiment_prompts
-from rlhf_jax.metrics import MetricsWriter, read_metrics
+from rlhf_jax.metrics import MetricsWriter, read_metrics, write_json
 from rlhf_jax.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,6 @@ def load_reward_model(exp: ExperimentConfig, rm_dir: str, normalization: dict) -
     run, params, _ = restore_trained(exp, rm_dir, with_data=False)
     return ppo_trainer.RewardModel(run.graphdef, params, run.tokenizer, exp.data.max_length,
                                    gain=normalization["gain"], bias=normalization["bias"])
-
-
-def _write_json(path: str, value) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
@@ -82,7 +76,7 @@ def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
         writer = MetricsWriter(ppo_dir)
         writer.write(cfg.iterations, "eval", evaluation["metrics"])
         writer.close()
-        _write_json(evaluation_path, evaluation)
+        write_json(evaluation_path, evaluation)
     report = write_report(exp, workdir, rm_results, evaluation, timings)
     return {"reward_model": rm_results, "ppo": evaluation["metrics"], "report": report}
 

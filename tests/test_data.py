@@ -1,7 +1,6 @@
 """Records are validated with file:line errors; tfds builders write array_record and read back without TF."""
 
 import json
-import os
 import sys
 
 import numpy as np
