@@ -19,10 +19,10 @@ import rm_minilm_sentiment  # noqa: E402
 def get_config():
     config = rm_minilm_sentiment.get_config()
     config.feedback.prompts = 400
-    config.train.steps = 240
-    config.train.warmup_steps = 24
+    config.train.steps = 160
+    config.train.warmup_steps = 16
     config.train.learning_rate = 5e-5
-    config.train.checkpoint_every = 240
+    config.train.checkpoint_every = 160
     config.train.eval_every = 0
     config.ppo = {
         "policy": "smollm2-135m-instruct", "value": "shared", "iterations": 20, "rollout_prompts": 32,

@@ -128,7 +128,8 @@ def prepare(exp: ExperimentConfig, workdir: str | None) -> PPOSetup:
                     sampling, checkpoints)
 
 
-def _put(arrays, run: PPOSetup):
+def to_mesh(arrays, run: PPOSetup):
+    """Host arrays (any pytree) -> device arrays split along the batch axis of the run's mesh."""
     return jax.device_put(arrays, sharding.batch_sharding(run.mesh, run.rules))
 
 
@@ -170,14 +171,14 @@ def train(exp: ExperimentConfig, workdir: str, reward_model: RewardModel, gold, 
     while iteration < end:
         tick = time.perf_counter()
         batch = batches(iteration)
-        experience = run.functions.rollout(state.params, run.ref_params, *_put((batch["ids"], batch["mask"]), run),
+        experience = run.functions.rollout(state.params, run.ref_params, *to_mesh((batch["ids"], batch["mask"]), run),
                                            ppo.rollout_key(state.rng))
         responses = decode_responses(run.tokenizer, experience.ids_BxT[:, cfg.prompt_tokens:],
                                      experience.response_mask_BxN)
         batch_prompts = [texts[i] for i in batch["index"]]
         scores = reward_model(batch_prompts, responses)
         gold_scores = gold.score(batch_prompts, responses)
-        state, metrics = run.functions.update(state, experience, _put(jnp.asarray(scores), run))
+        state, metrics = run.functions.update(state, experience, to_mesh(jnp.asarray(scores), run))
         iteration += 1
         row = {name: float(value) for name, value in jax.device_get(metrics).items()}
         row.update(gold_score=float(np.mean(gold_scores)), seconds_per_iteration=time.perf_counter() - tick)
@@ -225,7 +226,7 @@ def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model: RewardModel, gold
     out = {"policy": [], "reference": [], "kl": []}
     for start in range(0, len(texts), cfg.eval_batch_size):
         rows = np.arange(start, start + cfg.eval_batch_size) % len(texts)  # pad the last batch by wrapping
-        ids, mask = _put((arrays["ids"][rows], arrays["mask"][rows]), run)
+        ids, mask = to_mesh((arrays["ids"][rows], arrays["mask"][rows]), run)
         key = jax.random.fold_in(jax.random.PRNGKey(seed), start)
         experience = run.functions.rollout(state.params, run.ref_params, ids, mask, key)
         reference_out = generate(reference, ids, mask, key, run.sampling)

@@ -119,14 +119,27 @@ def unigram_baseline(train: dict, held_out: dict, batch_size: int, seed: int, ma
             "unigram_accuracy": correct / count}
 
 
+def _same_files(a, b) -> bool:
+    """Two data sources naming files with the same contents (e.g. a workdir that was moved)."""
+    from rlhf_jax.data.records import file_digest
+
+    def files(source):
+        paths = [source] if isinstance(source, str) else list(source or [])
+        return paths if paths and all(isinstance(p, str) and os.path.isfile(p) for p in paths) else None
+
+    return files(a) is not None and files(b) is not None and file_digest(files(a)) == file_digest(files(b))
+
+
 def _check_resumable(saved: dict, current: dict) -> None:
     for section in ("model", "data", "train"):
         for field, value in current[section].items():
-            if section == "train" and field in RESUMABLE_CHANGES:
+            before = saved.get(section, {}).get(field)
+            if before == value or (section == "train" and field in RESUMABLE_CHANGES):
                 continue
-            if saved.get(section, {}).get(field) != value:
-                raise ConfigError(f"config field '{section}.{field}': the checkpoint was made with "
-                                  f"{saved.get(section, {}).get(field)!r}, this run has {value!r}; use a new workdir")
+            if (section, field) == ("data", "source") and _same_files(before, value):
+                continue
+            raise ConfigError(f"config field '{section}.{field}': the checkpoint was made with {before!r}, "
+                              f"this run has {value!r}; use a new workdir")
 
 
 def check_mesh(exp: ExperimentConfig, mesh) -> None:

@@ -53,13 +53,13 @@ def one_iteration(exp, prompts, scores_B=None):
     """(setup, rollout, scores, new state, metrics) of the first PPO iteration."""
     run = ppo_trainer.prepare(exp, None)
     arrays, _ = ppo_trainer.encode_prompts(run.tokenizer, prompts[:exp.ppo.rollout_prompts], exp.ppo.prompt_tokens)
-    ids, mask = ppo_trainer._put((arrays["ids"], arrays["mask"]), run)
+    ids, mask = ppo_trainer.to_mesh((arrays["ids"], arrays["mask"]), run)
     params_before = jax.device_get(run.state.params)
     experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, ppo.rollout_key(run.state.rng))
     experience_host = jax.device_get(experience)
     if scores_B is None:
         scores_B = np.random.default_rng(0).normal(size=exp.ppo.rollout_prompts).astype(np.float32)
-    state, metrics = run.functions.update(run.state, experience, ppo_trainer._put(scores_B, run))
+    state, metrics = run.functions.update(run.state, experience, ppo_trainer.to_mesh(scores_B, run))
     return params_before, experience_host, scores_B, jax.device_get(state), jax.device_get(metrics)
 
 

@@ -1,0 +1,22 @@
+"""The main job, bigger and longer: the reward model of configs/rm_minilm_sentiment.py (2500 prompts x
+4 continuations, all 15k pairs labelled; 900 steps) and a longer PPO run with larger rollouts.
+
+    rlhf-jax run --config configs/sentiment_full.py          (workdir: runs/sentiment_full)
+
+A workdir that already holds a finished rm_minilm_sentiment run (feedback/ and reward_model/) is
+reused for those stages: the configs are the same.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import rm_minilm_sentiment  # noqa: E402
+import sentiment_quick  # noqa: E402
+
+
+def get_config():
+    config = rm_minilm_sentiment.get_config()
+    config.ppo = sentiment_quick.get_config().ppo
+    config.ppo.update({"iterations": 48, "rollout_prompts": 64, "epochs": 2, "minibatches": 4, "checkpoint_every": 8})
+    return config
