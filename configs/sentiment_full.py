@@ -18,5 +18,5 @@ import sentiment_quick  # noqa: E402
 def get_config():
     config = rm_minilm_sentiment.get_config()
     config.ppo = sentiment_quick.get_config().ppo
-    config.ppo.update({"iterations": 48, "rollout_prompts": 64, "epochs": 2, "minibatches": 4, "checkpoint_every": 8})
+    config.ppo.update({"iterations": 32, "rollout_prompts": 64, "epochs": 2, "minibatches": 4, "checkpoint_every": 8})
     return config
