@@ -30,6 +30,7 @@ from flax import nnx
 from rlhf_jax import ppo, ppo_trainer
 from rlhf_jax.config import experiment_from_dict
 from rlhf_jax.models import from_pretrained, load_tokenizer
+from rlhf_jax.sampling import decode_responses
 from rt_prompts import fixed_length_prompts
 
 POLICY = "smollm2-135m-instruct"
@@ -58,7 +59,7 @@ def ours(args):
         start = time.perf_counter()
         experience = run.functions.rollout(state.params, run.ref_params, *ppo_trainer.to_mesh((ids, np.ones_like(ids)), run),
                                            ppo.rollout_key(state.rng))
-        responses = ppo_trainer.decode_responses(run.tokenizer, experience.ids_BxT[:, args.prompt_len:],
+        responses = decode_responses(run.tokenizer, experience.ids_BxT[:, args.prompt_len:],
                                                  experience.response_mask_BxN)
         scores = reward_model(texts, responses)
         state, metrics = run.functions.update(state, experience, ppo_trainer.to_mesh(scores, run))

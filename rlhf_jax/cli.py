@@ -28,10 +28,9 @@ def _assets_fetch(args) -> int:
 
 def _generate(args) -> int:
     import jax
-    import numpy as np
 
     from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
-    from rlhf_jax.sampling import SamplingConfig, generate
+    from rlhf_jax.sampling import SamplingConfig, decode_responses, generate
 
     model = from_pretrained(args.model, head="causal_lm", dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)
@@ -41,8 +40,7 @@ def _generate(args) -> int:
     config = SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, eos_token_id=eos, pad_token_id=pad)
     out = generate(model, encoded["input_ids"], encoded["attention_mask"], jax.random.key(args.seed), config)
-    tokens = np.asarray(out.tokens_BxN[0])[np.asarray(out.response_mask_BxN[0]).astype(bool)]
-    print(tokenizer.decode(tokens, skip_special_tokens=True))
+    print(decode_responses(tokenizer, out.tokens_BxN, out.response_mask_BxN)[0])
     return 0
 
 

@@ -214,12 +214,12 @@ def make_functions(graphdef, ref_graphdef, cfg: PPOConfig, sampling: SamplingCon
 
 
 def state_shardings(state: PPOState, tx, mesh: Mesh, rules: dict) -> PPOState:
+    from rlhf_jax.steps import optimizer_shardings
+
     replicated = NamedSharding(mesh, PartitionSpec())
     params = sharding.state_shardings(state.params, mesh, rules)
-    opt_state = optax.tree_map_params(tx, lambda _, s: s, state.opt_state, params,
-                                      transform_non_params=lambda _: replicated,
-                                      is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return PPOState(step=replicated, params=params, opt_state=opt_state, kl_coef=replicated, rng=replicated)
+    return PPOState(step=replicated, params=params, opt_state=optimizer_shardings(tx, state.opt_state, params, mesh),
+                    kl_coef=replicated, rng=replicated)
 
 
 def jit_functions(functions: PPOFunctions, state_sharding: PPOState, ref_sharding, mesh: Mesh,

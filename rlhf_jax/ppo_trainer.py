@@ -26,7 +26,7 @@ from rlhf_jax.config import ConfigError, ExperimentConfig, PPOConfig, to_dict
 from rlhf_jax.data.pipeline import Batches
 from rlhf_jax.metrics import MetricsWriter, truncate_after
 from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
-from rlhf_jax.sampling import generate
+from rlhf_jax.sampling import decode_responses, generate, left_pad
 from rlhf_jax.scoring import score_texts
 
 log = logging.getLogger(__name__)
@@ -54,21 +54,10 @@ class RewardModel:
 def encode_prompts(tokenizer, texts: Sequence[str], width: int) -> tuple[dict[str, np.ndarray], list[str]]:
     """Left-padded prompt ids of a fixed width (longer prompts keep their first ``width`` tokens), the
     prompt texts as the policy sees them, and each prompt's index."""
-    pad = pad_token_id(tokenizer)
-    ids = np.full((len(texts), width), pad, np.int32)
-    mask = np.zeros((len(texts), width), np.int32)
-    shown = []
-    for row, text in enumerate(texts):
-        tokens = tokenizer(text, add_special_tokens=False)["input_ids"][:width]
-        ids[row, width - len(tokens):] = tokens
-        mask[row, width - len(tokens):] = 1
-        shown.append(tokenizer.decode(tokens))
-    return {"ids": ids, "mask": mask, "index": np.arange(len(texts), dtype=np.int32)}, shown
-
-
-def decode_responses(tokenizer, tokens_BxN, mask_BxN) -> list[str]:
-    tokens_BxN, live_BxN = np.asarray(tokens_BxN), np.asarray(mask_BxN).astype(bool)
-    return [tokenizer.decode(tokens[live], skip_special_tokens=True) for tokens, live in zip(tokens_BxN, live_BxN)]
+    tokens = [tokenizer(text, add_special_tokens=False)["input_ids"][:width] for text in texts]
+    ids, mask = left_pad(tokens, width, pad_token_id(tokenizer))
+    arrays = {"ids": ids, "mask": mask, "index": np.arange(len(texts), dtype=np.int32)}
+    return arrays, [tokenizer.decode(t) for t in tokens]
 
 
 @dataclasses.dataclass

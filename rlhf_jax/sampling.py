@@ -107,6 +107,28 @@ def _generate(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, rng, config: Sam
     return sample(nnx.merge(graphdef, state), prompt_ids_BxP, prompt_mask_BxP, rng, config)
 
 
+def left_pad(token_lists, width: int, pad_token_id: int):
+    """Token id lists -> (ids_BxW, mask_BxW) int32 numpy arrays, left-padded to ``width`` (a list longer
+    than ``width`` keeps its first ``width`` tokens)."""
+    import numpy as np
+
+    ids = np.full((len(token_lists), width), pad_token_id, np.int32)
+    mask = np.zeros((len(token_lists), width), np.int32)
+    for row, tokens in enumerate(token_lists):
+        tokens = list(tokens)[:width]
+        ids[row, width - len(tokens):] = tokens
+        mask[row, width - len(tokens):] = 1
+    return ids, mask
+
+
+def decode_responses(tokenizer, tokens_BxN, response_mask_BxN) -> list[str]:
+    """The text of each row's real response tokens (special tokens dropped)."""
+    import numpy as np
+
+    tokens_BxN, live_BxN = np.asarray(tokens_BxN), np.asarray(response_mask_BxN).astype(bool)
+    return [tokenizer.decode(tokens[live], skip_special_tokens=True) for tokens, live in zip(tokens_BxN, live_BxN)]
+
+
 def generate(model: Model, prompt_ids_BxP, prompt_mask_BxP, rng: jax.Array, config: SamplingConfig) -> Generation:
     """Sample ``config.max_new_tokens`` tokens after each prompt (compiled once per shape and config)."""
     if not model.config.is_causal:

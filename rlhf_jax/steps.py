@@ -52,14 +52,20 @@ def make_eval_step(graphdef, loss_fn):
     return eval_step
 
 
+def optimizer_shardings(tx: optax.GradientTransformation, opt_state, params_sharding, mesh: Mesh):
+    """Optimizer moments sharded like their parameters; counts and other non-parameter leaves replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return optax.tree_map_params(tx, lambda _, s: s, opt_state, params_sharding,
+                                 transform_non_params=lambda _: replicated,
+                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 def train_state_shardings(state: TrainState, tx: optax.GradientTransformation, mesh: Mesh, rules: dict) -> TrainState:
     """Parameters by their logical axes; optimizer moments like their parameters; the rest replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())
     params = sharding.state_shardings(state.params, mesh, rules)
-    opt_state = optax.tree_map_params(tx, lambda _, s: s, state.opt_state, params,
-                                      transform_non_params=lambda _: replicated,
-                                      is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated)
+    return TrainState(step=replicated, params=params, opt_state=optimizer_shardings(tx, state.opt_state, params, mesh),
+                      rng=replicated)
 
 
 def jit_steps(graphdef, tx, loss_fn, state_sharding: TrainState, mesh: Mesh, rules: dict):

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from rlhf_jax import assets
 from rlhf_jax.config import ConfigError, FeedbackConfig
 from rlhf_jax.data import records
-from rlhf_jax.sampling import SamplingConfig, generate
+from rlhf_jax.sampling import SamplingConfig, decode_responses, generate, left_pad
 
 
 def sentiment_prompts(count: int | None, prompt_tokens: int, tokenizer, split: str = "train", seed: int = 0) -> list[str]:
@@ -40,20 +40,13 @@ def sample_continuations(policy, tokenizer, prompts: Sequence[str], config: Samp
     """One continuation per prompt (repeat a prompt to get several); fixed-shape batches, left padding."""
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     width = max(len(ids) for ids in encoded)
-    pad = config.pad_token_id
     texts = []
     for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="sampling"):
         chunk = encoded[start:start + batch_size]
         chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # keep one compiled shape
-        ids = np.full((batch_size, width), pad, np.int32)
-        mask = np.zeros((batch_size, width), np.int32)
-        for row, prompt_ids in enumerate(chunk):
-            ids[row, width - len(prompt_ids):] = prompt_ids
-            mask[row, width - len(prompt_ids):] = 1
+        ids, mask = left_pad(chunk, width, config.pad_token_id)
         out = generate(policy, ids, mask, jax.random.fold_in(rng, start), config)
-        tokens, live = np.asarray(out.tokens_BxN), np.asarray(out.response_mask_BxN).astype(bool)
-        for row in range(min(batch_size, len(prompts) - start)):
-            texts.append(tokenizer.decode(tokens[row][live[row]], skip_special_tokens=True))
+        texts += decode_responses(tokenizer, out.tokens_BxN, out.response_mask_BxN)[:len(prompts) - start]
     return texts
 
 
