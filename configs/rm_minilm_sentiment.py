@@ -15,6 +15,7 @@ def get_config():
     config = base.get_config()
     config.model.source = "minilm-l6"
     config.model.head = "scalar"
+    config.model.config = {"pooling": "mean"}  # all-MiniLM's own sentence embedding (its CLS was never trained)
     config.data.dataset = "preferences"
     config.data.source = ""  # set by the run: WORKDIR/feedback/preferences.jsonl
     config.data.max_length = 48

@@ -64,16 +64,44 @@ def _eval(args) -> int:
 
 def _collect(args) -> int:
     from rlhf_jax.config import FeedbackConfig
-    from rlhf_jax.feedback.collect import collect_preferences
+    from rlhf_jax.feedback.collect import collect_preferences, collect_queue
 
     if args.prompts != "rotten-tomatoes":
         raise FileNotFoundError(f"--prompts {args.prompts!r}: only 'rotten-tomatoes' prompts are supported so far")
     fb = FeedbackConfig(policy=args.policy, labeler=args.labeler, temperature=args.temperature, prompts=args.pairs,
                         prompt_tokens=args.prompt_tokens, response_tokens=args.response_tokens, seed=args.seed,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, samples_per_prompt=args.samples_per_prompt)
+    if args.unlabelled:
+        summary = collect_queue(fb, args.out)
+        print(f"{summary['rows']} unlabelled items in {args.out}: label them with 'rlhf-jax label serve --queue {args.out}'")
+        return 0
     summary = collect_preferences(fb, args.out)
     print(f"{summary['rows']} preference pairs in {args.out} (label disagrees with gold on "
           f"{summary['label_disagrees_with_gold']} of {summary['gold_differs']} pairs whose gold scores differ)")
+    return 0
+
+
+def _label_serve(args) -> int:
+    from rlhf_jax.labeling.app import serve
+    from rlhf_jax.labeling.store import LabelError
+
+    if args.labels_per_item < 1:
+        raise LabelError(f"--labels-per-item must be >= 1, got {args.labels_per_item}")
+    serve(args.db, args.queue, args.annotator, host=args.host, port=args.port, k=args.labels_per_item,
+          threads=args.threads, token_file=args.token_file)
+    return 0
+
+
+def _label_export(args) -> int:
+    from rlhf_jax.labeling.export import export
+    from rlhf_jax.labeling.store import LabelStore
+
+    if not os.path.isfile(args.db):
+        raise FileNotFoundError(f"--db {args.db}: no such file")
+    summary = export(LabelStore(args.db), args.out, votes=args.votes)
+    agreement = summary["agreement"]
+    print(f"{summary['answers']} answers on {summary['items_answered']} items -> {summary['rows']} rows in {args.out}; "
+          f"agreement {agreement['observed']} (kappa {agreement['kappa']}) over {agreement['items']} items")
     return 0
 
 
@@ -137,8 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--response-tokens", type=int, default=24)
     col.add_argument("--batch-size", type=int, default=32)
     col.add_argument("--seed", type=int, default=0)
-    col.add_argument("--out", required=True, help="preference JSONL to write")
+    col.add_argument("--samples-per-prompt", type=int, default=2, help="continuations per prompt (all pairs labelled)")
+    col.add_argument("--unlabelled", action="store_true", help="write a labeling queue (prompt + responses), no labels")
+    col.add_argument("--out", required=True, help="preference (or queue) JSONL to write")
     col.set_defaults(run=_collect)
+
+    label = commands.add_parser("label", help="the labeling web app for human feedback, and its export")
+    label_sub = label.add_subparsers(dest="label_command", required=True)
+    serve = label_sub.add_parser("serve", help="serve a labeling queue to named, token-authenticated annotators")
+    serve.add_argument("--db", required=True, help="SQLite file (created if missing; WAL)")
+    serve.add_argument("--queue", action="append", default=[], help="queue or preference JSONL to import (repeatable)")
+    serve.add_argument("--annotator", action="append", default=[], metavar="NAME[=TOKEN]",
+                       help="an annotator; without =TOKEN a random token is made and printed (repeatable)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--labels-per-item", type=int, default=1, help="k: annotators per item")
+    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--token-file", default=None, help="also write {name: token} JSON here (mode 600)")
+    serve.set_defaults(run=_label_serve)
+    export = label_sub.add_parser("export", help="write preference / rating / language JSONL and an agreement summary")
+    export.add_argument("--db", required=True)
+    export.add_argument("--out", required=True, help="directory")
+    export.add_argument("--votes", default="majority", choices=["majority", "all"])
+    export.set_defaults(run=_label_export)
 
     for name, run, help_text in (("train", _train, "train (or resume) an experiment config"),
                                  ("eval", _eval, "evaluate the latest checkpoint of a workdir"),
@@ -167,11 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_jax.assets import AssetError
     from rlhf_jax.config import ConfigError
     from rlhf_jax.data.records import DataError
+    from rlhf_jax.labeling.store import LabelError
     from rlhf_jax.models.convert import CheckpointError
 
     try:
         return args.run(args)
-    except (AssetError, ConfigError, CheckpointError, DataError, FileNotFoundError) as error:
+    except (AssetError, ConfigError, CheckpointError, DataError, LabelError, FileNotFoundError) as error:
         print(f"rlhf-jax: error: {error}", file=sys.stderr)
         return 2
 

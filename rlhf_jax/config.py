@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 FAMILIES = ("gpt2", "llama", "bert")
 HEADS = ("causal_lm", "masked_lm", "classification", "scalar")
-POOLINGS = ("cls", "last", "none")
+POOLINGS = ("cls", "mean", "last", "none")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -41,8 +41,9 @@ class ModelConfig:
     head: 'causal_lm', 'masked_lm' (BERT transform + decoder tied to the embedding),
       'classification' (num_labels logits from a pooled state) or 'scalar' (one score: reward/value).
     pooling: how classification/scalar heads read the sequence: 'cls' (BERT pooler on the first
-      token), 'last' (last non-pad token, for causal trunks) or 'none' (a score per token, e.g.
-      a PPO value head). None picks 'cls' for bert and 'last' otherwise.
+      token), 'mean' (masked mean of the real tokens: how sentence encoders such as all-MiniLM
+      were trained), 'last' (last non-pad token, for causal trunks) or 'none' (a score per token,
+      e.g. a PPO value head). None picks 'cls' for bert and 'last' otherwise.
     """
 
     family: str

@@ -23,6 +23,22 @@ def test_minilm_hidden_states_match_transformers(minilm_dir, review_sentences):
     assert np.abs(ours - expected)[real].max() <= 1e-4
 
 
+
+def test_mean_pooled_scalar_head_reads_the_sentence_embedding(minilm_dir, review_sentences):
+    """'mean' pooling is all-MiniLM's sentence embedding (masked mean of BertModel's last hidden state)."""
+    tokenizer = load_tokenizer(minilm_dir)
+    enc = tokenizer(review_sentences, padding=True, return_tensors="np")
+    model = from_pretrained(minilm_dir, head="scalar", pooling="mean")
+    scores_B = np.asarray(model(jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
+                                token_type_ids_BxT=jnp.asarray(enc["token_type_ids"])))
+    reference = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    with torch.no_grad():
+        hidden_BxTxD = reference(**{k: torch.tensor(v) for k, v in enc.items()}).last_hidden_state.numpy()
+    mask_BxTx1 = enc["attention_mask"][..., None]
+    embedding_BxD = (hidden_BxTxD * mask_BxTx1).sum(1) / mask_BxTx1.sum(1)
+    kernel, bias = np.asarray(model.head.score.kernel[...]), np.asarray(model.head.score.bias[...])
+    np.testing.assert_allclose(scores_B, embedding_BxD @ kernel[:, 0] + bias[0], atol=1e-4)
+
 @pytest.mark.parametrize("head,cls", [("masked_lm", transformers.BertForMaskedLM),
                                       ("classification", transformers.BertForSequenceClassification)])
 def test_bert_heads_match_and_round_trip(head, cls, tmp_path):

@@ -10,6 +10,8 @@ preference         id, prompt (string, may be empty), chosen, rejected; margin (
                    labels only) (optional)
 rating             id, prompt, response, score (number); annotator, source (optional)
 language           id, prompt, response, feedback; annotator, source (optional)
+queue              id, prompt, responses (a list of >= 2 non-empty strings); source (optional):
+                   unlabelled items for the labeling app
 =================  ======================================================================
 
 A bad row (not JSON, missing field, wrong type, empty text, undecodable bytes, duplicate id) raises
@@ -58,6 +60,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool, bool]]] = {
     "language": {"id": ((str,), True, True), "prompt": ((str,), True, False), "response": ((str,), True, True),
                  "feedback": ((str,), True, True), "annotator": ((str,), False, False),
                  "source": ((str,), False, False), "split": ((str,), False, True)},
+    "queue": {"id": ((str,), True, True), "prompt": ((str,), True, False), "responses": ((list,), True, False),
+              "source": ((str,), False, False), "split": ((str,), False, True)},
 }
 DEFAULTS = {"margin": 0.0, "annotator": "", "source": "", "gold_chosen": math.nan, "gold_rejected": math.nan}
 
@@ -92,6 +96,8 @@ def validate_row(row: Any, kind: str, where: str) -> dict:
             raise DataError(f"{where}: field '{field}' must be {names}, got {type(value).__name__} {value!r:.40}")
         if non_empty and isinstance(value, str) and not value.strip():
             raise DataError(f"{where}: field '{field}' is empty")
+        if isinstance(value, list) and (len(value) < 2 or not all(isinstance(v, str) and v.strip() for v in value)):
+            raise DataError(f"{where}: field '{field}' must be a list of at least 2 non-empty strings")
         if isinstance(value, float) and not math.isfinite(value):
             raise DataError(f"{where}: field '{field}' is not finite ({value})")
         clean[field] = float(value) if types == (int, float) else value

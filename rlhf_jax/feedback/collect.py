@@ -93,31 +93,49 @@ def gold_scorer(fb: FeedbackConfig):
     raise ConfigError(f"config field 'feedback.labeler': unknown labeler {fb.labeler!r}")
 
 
-def collect_preferences(fb: FeedbackConfig, path: str, progress: bool = True) -> dict:
-    """Sample ``fb.samples_per_prompt`` continuations per prompt from ``fb.policy``, label every pair of
-    them with the simulated human, write the preference JSONL atomically; returns a summary (rows,
-    measured label noise)."""
-    from rlhf_jax.feedback.labelers import SimulatedHuman
+def sample_groups(fb: FeedbackConfig, progress: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Prompts, and ``fb.samples_per_prompt`` continuations of each from ``fb.policy``."""
     from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
 
     policy = from_pretrained(fb.policy, head="causal_lm")
     tokenizer = load_tokenizer(fb.policy)
     prompts = sentiment_prompts(fb.prompts, fb.prompt_tokens, tokenizer, split="train", seed=fb.seed)
-    eos = tokenizer.eos_token_id
-    pad = pad_token_id(tokenizer)
     sampling = SamplingConfig(max_new_tokens=fb.response_tokens, temperature=fb.sampling_temperature, top_k=fb.top_k,
-                              top_p=fb.top_p, eos_token_id=eos, pad_token_id=pad)
+                              top_p=fb.top_p, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_token_id(tokenizer))
     n = fb.samples_per_prompt
     responses = sample_continuations(policy, tokenizer, prompts * n, sampling, jax.random.PRNGKey(fb.seed),
                                      fb.batch_size, progress)
-    samples = [responses[k::len(prompts)] for k in range(len(prompts))]
+    return prompts, [responses[k::len(prompts)] for k in range(len(prompts))]
+
+
+def collect_queue(fb: FeedbackConfig, path: str, progress: bool = True) -> dict:
+    """Sample as ``collect_preferences`` does but label nothing: a queue for the labeling app."""
+    from rlhf_jax.labeling.queue import queue_rows
+
+    prompts, samples = sample_groups(fb, progress)
+    rows = queue_rows(prompts, samples, source=fb.policy, id_prefix=f"s{fb.seed}-")
+    write_jsonl(rows, path)
+    return {"rows": len(rows), "prompts": len(prompts), "feedback": dataclasses.asdict(fb)}
+
+
+def collect_preferences(fb: FeedbackConfig, path: str, progress: bool = True) -> dict:
+    """Sample ``fb.samples_per_prompt`` continuations per prompt from ``fb.policy``, label every pair of
+    them with the simulated human, write the preference JSONL atomically; returns a summary (rows,
+    measured label noise)."""
+    from rlhf_jax.feedback.labelers import SimulatedHuman
+
+    prompts, samples = sample_groups(fb, progress)
     human = SimulatedHuman(gold_scorer(fb), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)
     rows = label_pairs(prompts, samples, human, annotator=f"simulated-{fb.labeler}-T{fb.temperature}",
                        source=fb.policy, id_prefix=f"s{fb.seed}-")
     write_jsonl(rows, path)
+    return {"rows": len(rows), "prompts": len(prompts), "feedback": dataclasses.asdict(fb), **label_noise(rows)}
+
+
+def label_noise(rows: list[dict]) -> dict:
+    """How often the labels disagree with the gold order, over the pairs whose gold scores differ."""
     gold_chosen = np.asarray([r["gold_chosen"] for r in rows])
     gold_rejected = np.asarray([r["gold_rejected"] for r in rows])
     differ = gold_chosen != gold_rejected
-    return {"rows": len(rows), "prompts": len(prompts), "feedback": dataclasses.asdict(fb),
-            "gold_differs": int(differ.sum()),
+    return {"gold_differs": int(differ.sum()),
             "label_disagrees_with_gold": float(np.mean(gold_chosen[differ] < gold_rejected[differ])) if differ.any() else None}

@@ -9,8 +9,9 @@ classification     W pool(hidden) (+ b)                            logits_BxC
 scalar             w . pool(hidden) (+ b), per token if 'none'     scores_B or scores_BxT
 =================  =============================================  ======================
 
-pool: 'cls' is BERT's pooler, tanh(W h_0 + b); 'last' reads the last real (non-pad) token;
-'none' keeps every token (a PPO value head).
+pool: 'cls' is BERT's pooler, tanh(W h_0 + b); 'mean' is sum_t m_t h_t / sum_t m_t over the real
+tokens (m the attention mask); 'last' reads the last real (non-pad) token; 'none' keeps every token
+(a PPO value head).
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class PooledHead(nnx.Module):
     def __call__(self, hidden_BxTxD, attention_mask_BxT, token_embed: nnx.Embed):
         if self.pooling == "cls":
             pooled = jnp.tanh(self.pooler(hidden_BxTxD[:, 0]))
+        elif self.pooling == "mean":
+            mask_BxTx1 = attention_mask_BxT[..., None].astype(hidden_BxTxD.dtype)
+            pooled = (hidden_BxTxD * mask_BxTx1).sum(axis=1) / jnp.maximum(mask_BxTx1.sum(axis=1), 1.0)
         elif self.pooling == "last":
             index_B = last_token_index(attention_mask_BxT)
             pooled = jnp.take_along_axis(hidden_BxTxD, index_B[:, None, None], axis=1)[:, 0]

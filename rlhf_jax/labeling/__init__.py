@@ -1,0 +1,1 @@
+"""Human labeling: the web app, its SQLite store, queues and export."""
