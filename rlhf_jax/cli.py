@@ -105,6 +105,25 @@ def _label_export(args) -> int:
     return 0
 
 
+def _loop(args) -> int:
+    from rlhf_jax import loop
+    from rlhf_jax.config import load_config
+
+    exp = load_config(args.config, args.overrides)
+    workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0] + "_loop")
+    try:
+        history = loop.run(exp, workdir, args.rounds)
+    except loop.AwaitingLabels as waiting:
+        print(waiting)
+        return 3
+    for h in history:
+        print(f"round {h['round']}: gold win rate {h['gold_win_rate']:.3f}, gold {h['reference_gold_score']:.3f} -> "
+              f"{h['gold_score']:.3f}, KL {h['kl']:.2f}, reward model gold accuracy {h['rm_gold_accuracy']}, "
+              f"{h['feedback_rows']} feedback rows")
+    print(f"rounds: {os.path.join(workdir, 'rounds.json')}, {os.path.join(workdir, 'rounds.png')}")
+    return 0
+
+
 def _run(args) -> int:
     from rlhf_jax import reward_experiment, rlhf_experiment
     from rlhf_jax.config import load_config
@@ -192,14 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, run, help_text in (("train", _train, "train (or resume) an experiment config"),
                                  ("eval", _eval, "evaluate the latest checkpoint of a workdir"),
                                  ("run", _run, "run an experiment's stages (collect -> reward model -> PPO -> "
-                                               "evaluate -> report), reusing finished stages")):
+                                               "evaluate -> report), reusing finished stages"),
+                                 ("loop", _loop, "rounds of sample -> label -> reward model on all feedback -> "
+                                                 "PPO -> evaluate, reusing finished stages")):
         cmd = commands.add_parser(name, help=help_text,
                                   epilog="override any config field with --config.SECTION.FIELD=VALUE")
         cmd.add_argument("--config", required=True, help="configs/*.py with get_config()")
-        if name == "run":
-            cmd.add_argument("--workdir", default=None, help="default: runs/<config name>")
+        if name in ("run", "loop"):
+            cmd.add_argument("--workdir", default=None, help="default: runs/<config name>[_loop]")
         else:
             cmd.add_argument("--workdir", required=True)
+        if name == "loop":
+            cmd.add_argument("--rounds", type=int, default=2, help="feedback rounds (default 2)")
         if name == "train":
             cmd.add_argument("--stop-after", type=int, default=None,
                              help="stop at this step (checkpointed); running again resumes")
@@ -211,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     args.overrides = [u for u in unknown if u.startswith("--config.")]
     rest = [u for u in unknown if not u.startswith("--config.")]
-    if rest or (args.overrides and args.command not in ("train", "eval", "run")):
+    if rest or (args.overrides and args.command not in ("train", "eval", "run", "loop")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
     from rlhf_jax.assets import AssetError
     from rlhf_jax.config import ConfigError

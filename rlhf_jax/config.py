@@ -269,6 +269,11 @@ class FeedbackConfig:
     prompts: how many prompts; samples_per_prompt: n continuations of each, and every one of their
     n (n - 1) / 2 pairs is labelled (all pairs of a prompt land in one split); prompt_tokens: the first
     tokens of a Rotten Tomatoes snippet; response_tokens: continuation length.
+    kind: what the reward model learns from: 'preferences' (the labelled pairs) or 'language' (the
+    simulated human's free-text comment on each sample, scored by ``comment_scorer``, fitted by
+    regression; the labelled pairs are still written, for evaluation against gold).
+    labels_from: who labels in ``rlhf-jax loop``: 'simulated' (reproducible) or 'app' (people, through
+    ``rlhf-jax label serve``; the loop waits for their export).
     """
 
     policy: str = "smollm2-135m-instruct"
@@ -286,8 +291,16 @@ class FeedbackConfig:
     seed: int = 0
     classifier_config: str | None = None  # labeler 'classifier': the classifier's config and training workdir
     classifier_workdir: str | None = None
+    kind: str = "preferences"
+    comment_scorer: str = "vader"  # 'vader' or 'classifier' (the labeler's classifier reads the comment)
+    labels_from: str = "simulated"
 
     def __post_init__(self):
+        _require(self.kind in ("preferences", "language"), "feedback.kind", f"{self.kind!r} is not 'preferences' or 'language'")
+        _require(self.comment_scorer in ("vader", "classifier"), "feedback.comment_scorer",
+                 f"{self.comment_scorer!r} is not 'vader' or 'classifier'")
+        _require(self.labels_from in ("simulated", "app"), "feedback.labels_from",
+                 f"{self.labels_from!r} is not 'simulated' or 'app'")
         _require(self.labeler in ("vader", "classifier"), "feedback.labeler",
                  f"{self.labeler!r} is not one of ('vader', 'classifier')")
         _require(self.labeler != "classifier" or (self.classifier_config and self.classifier_workdir),
@@ -333,8 +346,17 @@ class PPOConfig:
     checkpoint_every: int = 5
     log_samples: int = 4  # continuations written to samples.jsonl per iteration
     seed: int = 0
+    algorithm: str = "ppo"  # 'ppo' or 'reinforce' (REINFORCE with a leave-one-out baseline; see rl.py)
+    reward: str = "reward_model"  # 'reward_model', or 'language': the scored comment of a simulated human
 
     def __post_init__(self):
+        _require(self.algorithm in ("ppo", "reinforce"), "ppo.algorithm", f"{self.algorithm!r} is not 'ppo' or 'reinforce'")
+        _require(self.algorithm != "reinforce" or self.rollout_prompts >= 2, "ppo.rollout_prompts",
+                 "REINFORCE's leave-one-out baseline needs at least 2 samples per rollout")
+        _require(self.algorithm != "reinforce" or self.epochs == 1, "ppo.epochs",
+                 f"REINFORCE is on-policy: one pass over each rollout (epochs=1), got {self.epochs}")
+        _require(self.reward in ("reward_model", "language"), "ppo.reward",
+                 f"{self.reward!r} is not 'reward_model' or 'language'")
         _require(self.value in ("shared", "separate"), "ppo.value", f"{self.value!r} is not 'shared' or 'separate'")
         _require(self.kl_estimator in ("k1", "k3"), "ppo.kl_estimator", f"{self.kl_estimator!r} is not 'k1' or 'k3'")
         _require_positive_ints(self, ("iterations", "rollout_prompts", "epochs", "minibatches", "prompt_tokens",

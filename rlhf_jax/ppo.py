@@ -1,4 +1,5 @@
-"""PPO for a causal LM as pure jitted functions: the actor-critic, its state, rollout and update.
+"""PPO (and REINFORCE) for a causal LM as pure jitted functions: the actor-critic, its state, rollout
+and update.
 
 One iteration is two XLA programs with a host step between them:
 
@@ -10,7 +11,9 @@ One iteration is two XLA programs with a host step between them:
 3. ``update(state, rollout, scores_B, key)``: per-token KL penalty, score at the last token, GAE,
    advantage whitening over the whole (sharded) batch, then ``epochs`` x ``minibatches`` Adam steps
    on the clipped objective as a nested ``lax.scan``, and the KL controller's update. The state is
-   donated.
+   donated. With ``algorithm='reinforce'`` the same program uses one advantage per sequence (the
+   KL-regularised return minus a leave-one-out baseline, ``rl.reinforce_advantages``) and the plain
+   score-function loss; the value head is left untouched.
 
 The log-probs of step 1 and of the update come from the same function on the same rows and shapes,
 so with a learning rate of 0 the ratio is 1 up to float32 rounding (XLA compiles the two programs
@@ -156,21 +159,29 @@ def make_functions(graphdef, ref_graphdef, cfg: PPOConfig, sampling: SamplingCon
         logp, entropy_BxN, values = policy_outputs(model, batch["ids_BxT"], batch["mask_BxT"], prompt_len,
                                                    cfg.temperature)
         mask = batch["mask_BxN"]
+        entropy = rl.masked_mean(entropy_BxN, mask)
         pg_loss, pg_metrics = rl.policy_loss(logp, batch["old_logp_BxN"], batch["advantages_BxN"], mask, cfg.clip_ratio)
+        if cfg.algorithm == "reinforce":  # PPO's ratio diagnostics are kept; its loss is not used
+            pg_loss = rl.reinforce_loss(logp, batch["advantages_BxN"][:, 0], mask)
+            loss = pg_loss - cfg.entropy_coef * entropy
+            return loss, {"loss": loss, "policy_loss": pg_loss, **pg_metrics}
         vf_loss, vf_metrics = rl.value_loss(values, batch["old_values_BxN"], batch["returns_BxN"], mask,
                                             cfg.clip_value)
-        entropy = rl.masked_mean(entropy_BxN, mask)
         loss = pg_loss + cfg.value_coef * vf_loss - cfg.entropy_coef * entropy
         return loss, {"loss": loss, "policy_loss": pg_loss, "value_loss": vf_loss, **pg_metrics, **vf_metrics}
 
     def update(state: PPOState, experience: Rollout, scores_B):
         mask = experience.response_mask_BxN
         kl_BxN = rl.kl_per_token(experience.logp_BxN, experience.ref_logp_BxN, cfg.kl_estimator) * mask
-        rewards_BxN = rl.shaped_rewards(scores_B, kl_BxN, mask, state.kl_coef)
-        if cfg.whiten_rewards:
-            rewards_BxN = rl.masked_whiten(rewards_BxN, mask, shift_mean=False)
-        advantages, returns = rl.gae(rewards_BxN, experience.values_BxN, mask, cfg.gamma, cfg.lam)
-        advantages = rl.masked_whiten(advantages, mask)
+        if cfg.algorithm == "reinforce":  # one advantage per sequence, stored at every token; no critic
+            advantages = rl.reinforce_advantages(scores_B, kl_BxN, mask, state.kl_coef)[:, None] * jnp.ones_like(mask)
+            returns = jnp.zeros_like(mask)
+        else:
+            rewards_BxN = rl.shaped_rewards(scores_B, kl_BxN, mask, state.kl_coef)
+            if cfg.whiten_rewards:
+                rewards_BxN = rl.masked_whiten(rewards_BxN, mask, shift_mean=False)
+            advantages, returns = rl.gae(rewards_BxN, experience.values_BxN, mask, cfg.gamma, cfg.lam)
+            advantages = rl.masked_whiten(advantages, mask)
         data = {"ids_BxT": experience.ids_BxT, "mask_BxT": experience.mask_BxT, "mask_BxN": mask,
                 "old_logp_BxN": experience.logp_BxN, "old_values_BxN": experience.values_BxN,
                 "advantages_BxN": advantages, "returns_BxN": returns}
@@ -203,9 +214,10 @@ def make_functions(graphdef, ref_graphdef, cfg: PPOConfig, sampling: SamplingCon
             score=jnp.mean(scores_B), kl=jnp.mean(kl_B), kl_coef=state.kl_coef,
             non_score_reward=jnp.mean(jnp.sum(-state.kl_coef * kl_BxN, axis=1)),
             entropy=rl.masked_mean(experience.entropy_BxN, mask), response_length=jnp.mean(jnp.sum(mask, axis=1)),
-            value=rl.masked_mean(experience.values_BxN, mask), returns=rl.masked_mean(returns, mask),
-            explained_variance=rl.explained_variance(experience.values_BxN, returns, mask),
             first_ratio=metrics_ExM["ratio"][0, 0])
+        if cfg.algorithm == "ppo":
+            metrics.update(value=rl.masked_mean(experience.values_BxN, mask), returns=rl.masked_mean(returns, mask),
+                           explained_variance=rl.explained_variance(experience.values_BxN, returns, mask))
         new_state = PPOState(step=state.step + 1, params=params, opt_state=opt_state, kl_coef=kl_coef,
                              rng=jax.random.fold_in(state.rng, 2))
         return new_state, metrics

@@ -200,6 +200,14 @@ def restore(exp: ExperimentConfig, workdir: str):
     return run, state
 
 
+def save_policy(run: PPOSetup, state: ppo.PPOState, path: str) -> str:
+    """The trained policy (without its value head) as a transformers directory, e.g. for the next round."""
+    from rlhf_jax.models import save_pretrained
+
+    model: ppo.ActorCritic = nnx.merge(run.graphdef, jax.device_get(state.params))
+    return save_pretrained(model.policy, path, run.tokenizer)
+
+
 def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model: RewardModel, gold, prompts: Sequence[str],
              seed: int = 1234) -> dict:
     """The PPO policy against the reference on held-out prompts: one continuation of each prompt from

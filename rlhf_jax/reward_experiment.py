@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from rlhf_jax import reward
-from rlhf_jax.config import ConfigError, ExperimentConfig
+from rlhf_jax.config import ConfigError, ExperimentConfig, FeedbackConfig
 from rlhf_jax.data import records
 from rlhf_jax.feedback import collect
 from rlhf_jax.metrics import MetricsWriter, read_metrics, write_json
@@ -36,7 +36,11 @@ def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) 
         with open(summary_path) as f:
             summary = json.load(f)
         try:
-            if len(records.read_feedback(path, "preference")) == summary["rows"] and summary["feedback"] == dataclasses.asdict(fb):
+            complete = len(records.read_feedback(path, "preference")) == summary["rows"]
+            if fb.kind == "language":
+                scores = records.read_feedback(os.path.join(directory, "comment_scores.jsonl"), "rating")
+                complete = complete and len(scores) == summary.get("comment_rows")
+            if complete and _same_feedback(summary["feedback"], fb):
                 log.info("stage collect: reusing %s", path)
                 return path
         except records.DataError as error:
@@ -47,12 +51,22 @@ def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) 
     return path
 
 
-def evaluate_stage(exp: ExperimentConfig, rm_dir: str) -> dict:
-    """Held-out pair metrics against labels and gold; calibration plot; normalisation on policy samples."""
+def _same_feedback(saved: dict, fb: FeedbackConfig) -> bool:
+    """Whether a saved feedback section is ``fb`` (fields added since it was saved take their defaults)."""
+    try:
+        return FeedbackConfig(**saved) == fb
+    except (TypeError, ConfigError):
+        return False
+
+
+def evaluate_stage(exp: ExperimentConfig, rm_dir: str, pairs: str | None = None) -> dict:
+    """Held-out pair metrics against labels and gold; calibration plot; normalisation on policy samples.
+    pairs: the preference file to evaluate on, when the model was trained on something else (ratings)."""
     from rlhf_jax.trainer import load_examples, restore_trained
 
     run, params, step = restore_trained(exp, rm_dir, with_data=False)  # scores raw examples, below
-    examples = load_examples(exp.data)
+    data = exp.data if pairs is None else dataclasses.replace(exp.data, dataset="preferences", source=pairs)
+    examples = load_examples(data)
     length = exp.data.max_length
 
     def scores(split):
@@ -85,22 +99,21 @@ def evaluate_stage(exp: ExperimentConfig, rm_dir: str) -> dict:
     return results
 
 
-def with_feedback_data(exp: ExperimentConfig, workdir: str) -> ExperimentConfig:
-    """The reward model's config as trained: its data is the workdir's collected preferences."""
-    preferences = os.path.join(workdir, "feedback", "preferences.jsonl")
+def with_feedback_data(exp: ExperimentConfig, workdir: str, path: str | None = None) -> ExperimentConfig:
+    """The reward model's config as trained: its data is the workdir's collected preferences (or ``path``),
+    or with ``feedback.kind='language'`` the scored comments (ratings, fitted by regression)."""
+    if exp.feedback is not None and exp.feedback.kind == "language":
+        scores = path or os.path.join(workdir, "feedback", "comment_scores.jsonl")
+        return dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset="ratings", source=scores))
+    preferences = path or os.path.join(workdir, "feedback", "preferences.jsonl")
     return dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset="preferences", source=preferences))
 
 
-def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
+def reward_model_stage(exp: ExperimentConfig, rm_dir: str, progress: bool = True, pairs: str | None = None) -> dict:
+    """Train the reward model on ``exp.data`` in ``rm_dir`` and evaluate it (on ``pairs`` if given); both
+    reused when complete."""
     from rlhf_jax.trainer import train
 
-    if exp.feedback is None:
-        raise ConfigError("config field 'feedback': a reward-model run needs a feedback section")
-    if not exp.train.task.startswith("reward_"):
-        raise ConfigError(f"config field 'train.task': a reward-model run needs a reward task, got {exp.train.task!r}")
-    collect_stage(exp, os.path.join(workdir, "feedback"), progress)
-    exp = with_feedback_data(exp, workdir)
-    rm_dir = os.path.join(workdir, "reward_model")
     finished = any(r["split"] == "test" and r["step"] == exp.train.steps for r in read_metrics(rm_dir))
     if not finished:
         train(exp, rm_dir, progress=progress)
@@ -110,4 +123,22 @@ def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
             results = json.load(f)
         if results.get("step") == exp.train.steps:
             return results
-    return evaluate_stage(exp, rm_dir)
+    return evaluate_stage(exp, rm_dir, pairs)
+
+
+def check_reward_config(exp: ExperimentConfig) -> None:
+    if exp.feedback is None:
+        raise ConfigError("config field 'feedback': a reward-model run needs a feedback section")
+    if not exp.train.task.startswith("reward_"):
+        raise ConfigError(f"config field 'train.task': a reward-model run needs a reward task, got {exp.train.task!r}")
+    if (exp.feedback.kind == "language") != (exp.train.task == "reward_regression"):
+        raise ConfigError(f"config field 'train.task': feedback.kind={exp.feedback.kind!r} needs "
+                          f"{'reward_regression' if exp.feedback.kind == 'language' else 'a pairwise reward task'}, "
+                          f"got {exp.train.task!r}")
+
+
+def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
+    check_reward_config(exp)
+    pairs = collect_stage(exp, os.path.join(workdir, "feedback"), progress)
+    return reward_model_stage(with_feedback_data(exp, workdir), os.path.join(workdir, "reward_model"), progress,
+                              pairs if exp.feedback.kind == "language" else None)

@@ -123,6 +123,24 @@ def policy_loss(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip: float):
     return loss, metrics
 
 
+def reinforce_advantages(score_B, kl_BxN, mask_BxN, kl_coef):
+    """Sequence advantages of REINFORCE with a leave-one-out baseline (Kool et al. 2019; Ahmadian et
+    al. 2024): with the KL-regularised return R_b = s_b - beta sum_t m_bt kl_bt,
+
+        A_b = R_b - (1 / (B - 1)) sum_{j != b} R_j,
+
+    an unbiased baseline (it does not depend on sample b). Returns A_B."""
+    returns_B = score_B - kl_coef * masked_sum(kl_BxN, mask_BxN, axis=1)
+    batch = returns_B.shape[0]
+    return returns_B - (jnp.sum(returns_B) - returns_B) / (batch - 1)
+
+
+def reinforce_loss(logp_BxN, advantages_B, mask_BxN):
+    """The REINFORCE surrogate, to minimise: L = -(1/B) sum_b A_b sum_t m_bt log pi(y_bt); its gradient
+    is the score-function estimate of -grad E[R]."""
+    return -jnp.mean(advantages_B * masked_sum(logp_BxN, mask_BxN, axis=1))
+
+
 def value_loss(values_BxN, old_values_BxN, returns_BxN, mask_BxN, clip: float):
     """Clipped value loss: 0.5 mean_t max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)."""
     clipped_BxN = old_values_BxN + jnp.clip(values_BxN - old_values_BxN, -clip, clip)

@@ -17,6 +17,7 @@ import time
 
 from rlhf_jax import assets, ppo_trainer, reward_experiment
 from rlhf_jax.config import ConfigError, ExperimentConfig, to_dict
+from rlhf_jax.feedback import language
 from rlhf_jax.feedback.collect import gold_scorer, sentiment_prompts
 from rlhf_jax.metrics import MetricsWriter, read_metrics, write_json
 from rlhf_jax.models import load_tokenizer
@@ -32,52 +33,74 @@ def load_reward_model(exp: ExperimentConfig, rm_dir: str, normalization: dict) -
                                    gain=normalization["gain"], bias=normalization["bias"])
 
 
-def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
+def fetch_assets(exp: ExperimentConfig) -> None:
+    """Fetch (and verify) the named assets a config uses, once, before any stage needs them."""
+    for name in sorted({exp.model.source, exp.model.tokenizer, exp.feedback.policy, exp.ppo.policy, "rotten-tomatoes",
+                        "vader-lexicon"} & set(assets.ASSETS)):
+        assets.asset_path(name)
+
+
+def reward_stage(exp: ExperimentConfig, workdir: str, progress: bool = True):
+    """(reward-model results, the reward function PPO maximises). With ``ppo.reward='language'`` there is
+    no reward model: the simulated human's free-text comment on each sample, scored, is the reward."""
+    if exp.ppo.reward == "language":
+        return {}, language.LanguageReward.from_config(exp.feedback, exp.feedback.comment_scorer)
+    rm_results = reward_experiment.run(exp, workdir, progress)
+    reward_model = load_reward_model(reward_experiment.with_feedback_data(exp, workdir),
+                                     os.path.join(workdir, "reward_model"), rm_results["normalization"])
+    return rm_results, reward_model
+
+
+def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress: bool = True,
+                 save_policy: bool = False) -> tuple[dict, dict]:
+    """PPO (or REINFORCE) in ``ppo_dir``, then the held-out evaluation; reused when complete for this config.
+    Returns (evaluation, timings); ``save_policy`` also writes the policy to ``ppo_dir/policy``."""
     cfg = exp.ppo
-    if cfg is None:
+    tokenizer = load_tokenizer(cfg.policy)
+    evaluation_path = os.path.join(ppo_dir, "evaluation.json")
+    policy_dir = os.path.join(ppo_dir, "policy")
+    if os.path.exists(evaluation_path) and (os.path.isdir(policy_dir) or not save_policy):
+        with open(evaluation_path) as f:
+            evaluation = json.load(f)
+        if evaluation.get("config") == to_dict(exp):
+            return evaluation, {}
+    timings = {}
+    tick = time.perf_counter()
+    if os.path.isdir(os.path.join(ppo_dir, "checkpoints", str(cfg.iterations))):
+        log.info("stage ppo: reusing %s", ppo_dir)
+        setup, state = ppo_trainer.restore(exp, ppo_dir)
+    else:
+        prompts = sentiment_prompts(None, cfg.prompt_tokens, tokenizer, split="train", seed=cfg.seed)
+        out = ppo_trainer.train(exp, ppo_dir, reward_fn, gold, prompts, progress=progress)
+        setup, state = out["setup"], out["state"]
+    timings["ppo"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    held_out = sentiment_prompts(cfg.eval_prompts, cfg.prompt_tokens, tokenizer, split="test", seed=cfg.seed)
+    evaluation = ppo_trainer.evaluate(setup, state, reward_fn, gold, held_out)
+    timings["evaluation"] = time.perf_counter() - tick
+    evaluation.update(config=to_dict(exp), iteration=cfg.iterations)
+    if save_policy:
+        ppo_trainer.save_policy(setup, state, policy_dir)
+    writer = MetricsWriter(ppo_dir)
+    writer.write(cfg.iterations, "eval", evaluation["metrics"])
+    writer.close()
+    write_json(evaluation_path, evaluation)  # written last: marks the stage complete
+    return evaluation, timings
+
+
+def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
+    if exp.ppo is None:
         raise ConfigError("config field 'ppo': an RLHF run needs a ppo section")
     timings = {}
     tick = time.perf_counter()
-    for name in sorted({exp.model.source, exp.model.tokenizer, exp.feedback.policy, cfg.policy, "rotten-tomatoes",
-                        "vader-lexicon"} & set(assets.ASSETS)):
-        assets.asset_path(name)  # fetched (and verified) once, before any stage needs it
+    fetch_assets(exp)
     timings["assets"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    rm_results = reward_experiment.run(exp, workdir, progress)
+    rm_results, reward_fn = reward_stage(exp, workdir, progress)
     timings["reward model (collect, train, evaluate)"] = time.perf_counter() - tick
-    reward_model = load_reward_model(reward_experiment.with_feedback_data(exp, workdir),
-                                     os.path.join(workdir, "reward_model"), rm_results["normalization"])
-    gold = gold_scorer(exp.feedback)
-    tokenizer = load_tokenizer(cfg.policy)
-    ppo_dir = os.path.join(workdir, "ppo")
-    evaluation_path = os.path.join(ppo_dir, "evaluation.json")
-    evaluation = None
-    if os.path.exists(evaluation_path):
-        with open(evaluation_path) as f:
-            evaluation = json.load(f)
-        if evaluation.get("config") != to_dict(exp):
-            evaluation = None
-    if evaluation is None:
-        tick = time.perf_counter()
-        finished = os.path.isdir(os.path.join(ppo_dir, "checkpoints", str(cfg.iterations)))
-        if finished:
-            log.info("stage ppo: reusing %s", ppo_dir)
-            setup, state = ppo_trainer.restore(exp, ppo_dir)
-        else:
-            prompts = sentiment_prompts(None, cfg.prompt_tokens, tokenizer, split="train", seed=cfg.seed)
-            out = ppo_trainer.train(exp, ppo_dir, reward_model, gold, prompts, progress=progress)
-            setup, state = out["setup"], out["state"]
-        timings["ppo"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        held_out = sentiment_prompts(cfg.eval_prompts, cfg.prompt_tokens, tokenizer, split="test", seed=cfg.seed)
-        evaluation = ppo_trainer.evaluate(setup, state, reward_model, gold, held_out)
-        timings["evaluation"] = time.perf_counter() - tick
-        evaluation.update(config=to_dict(exp), iteration=cfg.iterations)
-        writer = MetricsWriter(ppo_dir)
-        writer.write(cfg.iterations, "eval", evaluation["metrics"])
-        writer.close()
-        write_json(evaluation_path, evaluation)
-    report = write_report(exp, workdir, rm_results, evaluation, timings)
+    evaluation, policy_timings = policy_stage(exp, os.path.join(workdir, "ppo"), reward_fn, gold_scorer(exp.feedback),
+                                              progress)
+    report = write_report(exp, workdir, rm_results, evaluation, {**timings, **policy_timings})
     return {"reward_model": rm_results, "ppo": evaluation["metrics"], "report": report}
 
 

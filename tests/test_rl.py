@@ -175,3 +175,17 @@ def test_gae_is_one_compiled_scan():
     text = jax.jit(rl.gae, static_argnums=(3, 4)).lower(
         jnp.zeros((2, 64)), jnp.zeros((2, 64)), jnp.ones((2, 64)), 1.0, 0.95).as_text()
     assert "while" in text
+
+
+def test_reinforce_advantages_and_loss_match_a_loop(rollout):
+    mask, beta = rollout["mask"], 0.1
+    kl = rollout["logp"] - rollout["ref_logp"]
+    returns = [rollout["scores"][b] - beta * sum(kl[b, t] for t in range(N) if mask[b, t]) for b in range(B)]
+    expected = [returns[b] - sum(returns[j] for j in range(B) if j != b) / (B - 1) for b in range(B)]
+    advantages = rl.reinforce_advantages(f32(rollout["scores"]), f32(kl), f32(mask), beta)
+    np.testing.assert_allclose(advantages, expected, rtol=1e-5, atol=1e-6)
+    loss = -sum(expected[b] * sum(rollout["logp"][b, t] for t in range(N) if mask[b, t]) for b in range(B)) / B
+    np.testing.assert_allclose(rl.reinforce_loss(f32(rollout["logp"]), f32(expected), f32(mask)), loss, rtol=1e-5)
+    # The gradient with respect to each log-prob is -A_b m_bt / B.
+    grad = jax.grad(lambda logp: rl.reinforce_loss(logp, f32(expected), f32(mask)))(f32(rollout["logp"]))
+    np.testing.assert_allclose(grad, -np.asarray(expected)[:, None] * mask / B, rtol=1e-5, atol=1e-7)

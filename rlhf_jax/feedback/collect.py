@@ -121,15 +121,38 @@ def collect_queue(fb: FeedbackConfig, path: str, progress: bool = True) -> dict:
 def collect_preferences(fb: FeedbackConfig, path: str, progress: bool = True) -> dict:
     """Sample ``fb.samples_per_prompt`` continuations per prompt from ``fb.policy``, label every pair of
     them with the simulated human, write the preference JSONL atomically; returns a summary (rows,
-    measured label noise)."""
+    measured label noise). With ``fb.kind='language'`` the human also comments on every sample:
+    ``language.jsonl`` beside ``path``, and ``comment_scores.jsonl``, the comments' scalar scores as
+    rating rows for a regression reward model."""
     from rlhf_jax.feedback.labelers import SimulatedHuman
 
     prompts, samples = sample_groups(fb, progress)
     human = SimulatedHuman(gold_scorer(fb), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)
-    rows = label_pairs(prompts, samples, human, annotator=f"simulated-{fb.labeler}-T{fb.temperature}",
-                       source=fb.policy, id_prefix=f"s{fb.seed}-")
+    annotator = f"simulated-{fb.labeler}-T{fb.temperature}"
+    rows = label_pairs(prompts, samples, human, annotator=annotator, source=fb.policy, id_prefix=f"s{fb.seed}-")
+    summary = {"rows": len(rows), "prompts": len(prompts), "feedback": dataclasses.asdict(fb), **label_noise(rows)}
+    if fb.kind == "language":
+        from rlhf_jax.feedback.language import comment_ratings, comment_scorer
+
+        language_rows = comment_rows(prompts, samples, human, annotator, fb.policy, f"s{fb.seed}-")
+        ratings = comment_ratings(language_rows, comment_scorer(fb.comment_scorer, fb))
+        directory = os.path.dirname(os.path.abspath(path))
+        write_jsonl(language_rows, os.path.join(directory, "language.jsonl"))
+        write_jsonl(ratings, os.path.join(directory, "comment_scores.jsonl"))
+        summary["comment_rows"] = len(ratings)
     write_jsonl(rows, path)
-    return {"rows": len(rows), "prompts": len(prompts), "feedback": dataclasses.asdict(fb), **label_noise(rows)}
+    return summary
+
+
+def comment_rows(prompts: Sequence[str], samples: Sequence[Sequence[str]], human, annotator: str, source: str,
+                 id_prefix: str) -> list[dict]:
+    """Language rows: the simulated human's comment on every (non-empty) sample; a prompt's rows share
+    the split of its preference pairs."""
+    keys = [(k, i) for k, group in enumerate(samples) for i, text in enumerate(group) if text.strip()]
+    comments = human.comment([prompts[k] for k, _ in keys], [samples[k][i] for k, i in keys])["comments"]
+    return [{"id": f"{id_prefix}{k}-c{i}", "split": records.hash_split(f"{id_prefix}{k}"), "prompt": prompts[k],
+             "response": samples[k][i], "feedback": comment, "annotator": annotator, "source": source}
+            for (k, i), comment in zip(keys, comments)]
 
 
 def label_noise(rows: list[dict]) -> dict:

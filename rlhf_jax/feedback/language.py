@@ -1,0 +1,63 @@
+"""Language feedback as a reward: a free-text comment ("too negative", "great, more like this") -> a scalar.
+
+A comment scorer reads the comment, not the response: VADER's compound sentiment of the comment, or
+the MiniLM sentiment classifier (2 P(positive) - 1), both in [-1, 1]. The scalars can
+
+* train a reward model by regression (``comment_ratings`` turns language rows into rating rows), or
+* be the reward itself (``LanguageReward``): a simulated human comments on each policy sample and
+  the comment's score is what a policy-gradient update (REINFORCE with a baseline, or PPO) maximises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from rlhf_jax.config import ConfigError, FeedbackConfig
+
+COMMENT_SCORERS = ("vader", "classifier")
+
+
+def comment_scorer(name: str, fb: FeedbackConfig | None = None):
+    """A scorer whose ``score(prompts, comments)`` maps each comment to [-1, 1]."""
+    from rlhf_jax.feedback.labelers import ClassifierScorer, VaderScorer
+
+    if name == "vader":
+        return VaderScorer()
+    if name == "classifier":
+        if fb is None or not fb.classifier_workdir:
+            raise ConfigError("config field 'feedback.classifier_workdir': the classifier comment scorer needs the "
+                              "workdir of a trained configs/cls_minilm_rt.py")
+        return ClassifierScorer(fb.classifier_config, fb.classifier_workdir)
+    raise ConfigError(f"config field 'feedback.comment_scorer': {name!r} is not one of {COMMENT_SCORERS}")
+
+
+def comment_ratings(language_rows: Sequence[dict], scorer) -> list[dict]:
+    """Rating rows (the ``score`` a regression reward model fits) from language rows: score = scorer(feedback)."""
+    scores = scorer.score([r["prompt"] for r in language_rows], [r["feedback"] for r in language_rows])
+    return [{"id": r["id"], "split": r["split"], "prompt": r["prompt"], "response": r["response"], "score": float(s),
+             "annotator": r.get("annotator", ""), "source": "comment-score"} for r, s in zip(language_rows, scores)]
+
+
+@dataclasses.dataclass
+class LanguageReward:
+    """reward(prompt, response) = scorer(the simulated human's comment on the response)."""
+
+    human: object  # SimulatedHuman
+    scorer: object
+
+    @classmethod
+    def from_config(cls, fb: FeedbackConfig, scorer_name: str) -> "LanguageReward":
+        from rlhf_jax.feedback.collect import gold_scorer
+        from rlhf_jax.feedback.labelers import SimulatedHuman
+
+        human = SimulatedHuman(gold_scorer(fb), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)
+        return cls(human, comment_scorer(scorer_name, fb))
+
+    def comments(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+        return self.human.comment(list(prompts), list(responses))["comments"]
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.scorer.score(list(prompts), self.comments(prompts, responses)), np.float32)

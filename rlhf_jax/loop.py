@@ -1,0 +1,142 @@
+"""``rlhf-jax loop``: rounds of sample -> label -> reward model on all feedback so far -> PPO -> evaluate.
+
+    WORKDIR/round_R/feedback/           this round's labels on samples of the round's policy (simulated), or
+    WORKDIR/round_R/queue.jsonl, labels/  its queue for the labeling app and the app's export (people)
+    WORKDIR/round_R/all_feedback.jsonl  the feedback of rounds 0..R: the reward model's training data
+    WORKDIR/round_R/reward_model/       retrained from the pretrained encoder on all_feedback
+    WORKDIR/round_R/ppo/                PPO from the round's policy; ppo/policy/ is the next round's
+    WORKDIR/round_R/report.md
+    WORKDIR/rounds.json, rounds.png     the metrics of every round, side by side
+
+Round R samples from, and starts PPO at, the policy of round R-1 (round 0: ``ppo.policy``), and that
+starting policy is PPO's frozen KL reference for the round. Round R's feedback uses seed
+``feedback.seed + R``, so its prompts, samples and item ids are its own. Every stage is reused when
+its output is complete, so a stopped loop (or one waiting for people to label) continues where it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from rlhf_jax import reward_experiment, rlhf_experiment
+from rlhf_jax.config import ConfigError, ExperimentConfig
+from rlhf_jax.data import records
+from rlhf_jax.feedback import collect
+from rlhf_jax.metrics import write_json
+
+log = logging.getLogger(__name__)
+
+
+class AwaitingLabels(RuntimeError):
+    """The round's queue is written and people have not labelled it yet; the message says what to run."""
+
+
+def round_dir(workdir: str, r: int) -> str:
+    return os.path.join(workdir, f"round_{r}")
+
+
+def round_config(exp: ExperimentConfig, workdir: str, r: int) -> ExperimentConfig:
+    policy = exp.ppo.policy if r == 0 else os.path.join(round_dir(workdir, r - 1), "ppo", "policy")
+    feedback = dataclasses.replace(exp.feedback, policy=policy, seed=exp.feedback.seed + r)
+    return dataclasses.replace(exp, feedback=feedback, ppo=dataclasses.replace(exp.ppo, policy=policy))
+
+
+def feedback_file(exp_r: ExperimentConfig, directory: str) -> str:
+    """The round's own training feedback (preferences, or scored comments with feedback.kind='language')."""
+    if exp_r.feedback.labels_from == "app":
+        return os.path.join(directory, "labels", "preferences.jsonl")
+    name = "comment_scores.jsonl" if exp_r.feedback.kind == "language" else "preferences.jsonl"
+    return os.path.join(directory, "feedback", name)
+
+
+def feedback_stage(exp_r: ExperimentConfig, directory: str, db: str, progress: bool = True) -> str:
+    """Collect the round's feedback: simulated, or through the labeling app (raises AwaitingLabels until
+    the round's export exists)."""
+    if exp_r.feedback.labels_from == "simulated":
+        reward_experiment.collect_stage(exp_r, os.path.join(directory, "feedback"), progress)
+        return feedback_file(exp_r, directory)
+    labels = feedback_file(exp_r, directory)
+    if os.path.exists(labels):
+        return labels
+    queue = os.path.join(directory, "queue.jsonl")
+    if not os.path.exists(queue):
+        collect.collect_queue(exp_r.feedback, queue, progress)
+    raise AwaitingLabels(
+        f"{directory}: waiting for people to label {queue}. Run\n"
+        f"  rlhf-jax label serve --db {db} --queue {queue} --annotator NAME ...\n"
+        f"  rlhf-jax label export --db {db} --out {os.path.dirname(labels)}\n"
+        f"then run the loop again (it continues with this round).")
+
+
+def combine(paths: list[str], out: str, kind: str) -> str:
+    """All rounds' rows in one validated file (a duplicate id across rounds is an error)."""
+    rows = records.read_feedback(paths, kind)
+    return collect.write_jsonl(rows, out)
+
+
+def run(exp: ExperimentConfig, workdir: str, rounds: int, progress: bool = True) -> list[dict]:
+    if exp.ppo is None or exp.feedback is None:
+        raise ConfigError("config fields 'ppo' and 'feedback': a feedback loop needs both sections")
+    if exp.ppo.reward != "reward_model":
+        raise ConfigError("config field 'ppo.reward': the loop retrains a reward model each round; use 'reward_model'")
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be >= 1, got {rounds}")
+    reward_experiment.check_reward_config(exp)
+    rlhf_experiment.fetch_assets(exp)
+    gold = collect.gold_scorer(exp.feedback)
+    db = os.path.join(workdir, "labels.sqlite")
+    kind = "rating" if exp.feedback.kind == "language" and exp.feedback.labels_from == "simulated" else "preference"
+    history, own_files = [], []
+    for r in range(rounds):
+        exp_r = round_config(exp, workdir, r)
+        directory = round_dir(workdir, r)
+        own_files.append(feedback_stage(exp_r, directory, db, progress))
+        data = combine(own_files, os.path.join(directory, "all_feedback.jsonl"), kind)
+        rm_exp = reward_experiment.with_feedback_data(exp_r, directory, data)
+        pairs = os.path.join(directory, "feedback", "preferences.jsonl") if kind == "rating" else None
+        rm_dir = os.path.join(directory, "reward_model")
+        rm_results = reward_experiment.reward_model_stage(rm_exp, rm_dir, progress, pairs)
+        reward_fn = rlhf_experiment.load_reward_model(rm_exp, rm_dir, rm_results["normalization"])
+        evaluation, timings = rlhf_experiment.policy_stage(exp_r, os.path.join(directory, "ppo"), reward_fn, gold,
+                                                           progress, save_policy=True)
+        rlhf_experiment.write_report(exp_r, directory, rm_results, evaluation, timings)
+        test = rm_results.get("test", {})
+        history.append({"round": r, "policy": exp_r.ppo.policy, "feedback_rows": len(records.read_feedback(data, kind)),
+                        "rm_gold_accuracy": test.get("gold_accuracy"), "rm_label_accuracy": test.get("label_accuracy"),
+                        **evaluation["metrics"]})
+        write_json(os.path.join(workdir, "rounds.json"), history)
+        log.info("round %d: %s", r, history[-1])
+    plot_rounds(history, os.path.join(workdir, "rounds.png"))
+    return history
+
+
+def plot_rounds(history: list[dict], path: str) -> str:
+    """Per round: the policy's gold score against its reference's, the win rate over it, the reward
+    model's held-out gold accuracy, and the KL to the round's reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [h["round"] for h in history]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(rounds, [h["gold_score"] for h in history], "o-", label="policy after the round")
+    axes[0].plot(rounds, [h["reference_gold_score"] for h in history], "s--", label="policy before the round")
+    axes[0].set_title("gold score (held-out prompts)")
+    axes[1].plot(rounds, [h["gold_win_rate"] for h in history], "o-", label="gold win rate over the round's start")
+    axes[1].plot(rounds, [h["rm_gold_accuracy"] if h["rm_gold_accuracy"] is not None else float("nan")
+                          for h in history], "s-", label="reward model gold accuracy")
+    axes[1].set_title("win rate and reward-model accuracy")
+    axes[2].plot(rounds, [h["kl"] for h in history], "o-", label="KL to the round's start")
+    axes[2].set_title("KL, nats per sequence")
+    for axis in axes:
+        axis.set_xlabel("round")
+        axis.set_xticks(rounds)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

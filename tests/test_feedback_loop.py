@@ -1,0 +1,148 @@
+"""Language feedback as reward (REINFORCE and a regression reward model) and the feedback rounds loop."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from rlhf_jax import ppo, ppo_trainer
+from rlhf_jax.config import ConfigError, load_config
+from rlhf_jax.feedback.labelers import SimulatedHuman, VaderScorer
+from rlhf_jax.feedback.language import LanguageReward, comment_ratings
+from rlhf_jax.metrics import read_metrics
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def tiny(policy, *overrides):
+    return load_config(os.path.join(CONFIGS, "tiny_ppo.py"),
+                       [f"--config.ppo.policy={policy}", f"--config.feedback.policy={policy}", *overrides])
+
+
+def cli(*args):
+    result = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_comment_scores_follow_the_comment_not_the_response():
+    scorer = VaderScorer()
+    rows = [{"id": "a", "split": "train", "prompt": "p", "response": "awful", "feedback": "Great, more like this!"},
+            {"id": "b", "split": "train", "prompt": "p", "response": "wonderful", "feedback": "Too negative."}]
+    scores = [r["score"] for r in comment_ratings(rows, scorer)]
+    assert scores[0] > 0.5 and scores[1] < -0.2
+
+
+def test_language_reward_is_the_scored_comment_of_the_simulated_human():
+    human = SimulatedHuman(VaderScorer(), temperature=0.1, seed=3)
+    reward = LanguageReward(human, VaderScorer())
+    prompts = ["The film"] * 4
+    responses = ["is a joyous, wonderful delight.", "is awful and boring.", "is a film.", "is terrible, I hated it."]
+    scores = reward(prompts, responses)
+    expected = VaderScorer().score(prompts, human.comment(prompts, responses)["comments"])
+    np.testing.assert_allclose(scores, expected.astype(np.float32))
+    assert scores[0] > scores[1] and scores[0] > scores[3]  # the comments track the sentiment
+    np.testing.assert_array_equal(scores, reward(prompts, responses))  # deterministic given the seed
+
+
+def test_reinforce_raises_the_likelihood_of_better_than_average_samples(tiny_policy):
+    exp = tiny(tiny_policy, "--config.ppo.algorithm=reinforce", "--config.ppo.epochs=1", "--config.ppo.minibatches=1",
+               "--config.ppo.learning_rate=1e-3", "--config.mesh.shape={'data': 1, 'fsdp': 1, 'tensor': 1}")
+    from rlhf_jax.feedback.collect import sentiment_prompts
+    from rlhf_jax.models import load_tokenizer
+
+    prompts = sentiment_prompts(16, 8, load_tokenizer(tiny_policy), split="train")
+    run = ppo_trainer.prepare(exp, None)
+    arrays, _ = ppo_trainer.encode_prompts(run.tokenizer, prompts, exp.ppo.prompt_tokens)
+    ids, mask = ppo_trainer.to_mesh((arrays["ids"], arrays["mask"]), run)
+    experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, ppo.rollout_key(run.state.rng))
+    scores_B = np.where(np.arange(16) < 8, 1.0, -1.0).astype(np.float32)
+
+    def sequence_logp(params):
+        model = nnx.merge(run.graphdef, params)
+        logp, _, _ = ppo.policy_outputs(model, experience.ids_BxT, experience.mask_BxT, exp.ppo.prompt_tokens, 1.0)
+        return np.asarray(jax.device_get((logp * experience.response_mask_BxN).sum(axis=1)))
+
+    before = sequence_logp(run.state.params)
+    state, metrics = run.functions.update(run.state, experience, ppo_trainer.to_mesh(scores_B, run))
+    change = sequence_logp(state.params) - before
+    assert change[:8].mean() > 0 > change[8:].mean()
+    assert "value_loss" not in metrics and np.isfinite(float(metrics["policy_loss"]))
+
+
+def test_reinforce_needs_one_epoch():
+    with pytest.raises(ConfigError, match="ppo.epochs"):
+        load_config(os.path.join(CONFIGS, "tiny_ppo.py"), ["--config.ppo.algorithm=reinforce", "--config.ppo.epochs=2"])
+
+
+def test_reinforce_on_language_feedback_end_to_end(tmp_path, tiny_policy):
+    cli("run", "--config", os.path.join(CONFIGS, "tiny_ppo.py"), "--workdir", str(tmp_path),
+        f"--config.ppo.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
+        "--config.ppo.algorithm=reinforce", "--config.ppo.reward=language", "--config.ppo.epochs=1",
+        "--config.ppo.iterations=2")
+    assert not (tmp_path / "reward_model").exists()  # the comments are the reward: no reward model trained
+    train_rows = [r for r in read_metrics(str(tmp_path / "ppo")) if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2]
+    assert all(-1 <= r["score"] <= 1 for r in train_rows)  # VADER of a comment
+    evaluation = json.loads((tmp_path / "ppo" / "evaluation.json").read_text())["metrics"]
+    assert 0 <= evaluation["gold_win_rate"] <= 1
+
+
+def test_reward_model_on_scored_comments(tmp_path, tiny_policy):
+    cli("run", "--config", os.path.join(CONFIGS, "tiny_rm.py"), "--workdir", str(tmp_path),
+        f"--config.feedback.policy={tiny_policy}", "--config.feedback.kind=language",
+        "--config.train.task=reward_regression")
+    scores = read_jsonl(tmp_path / "feedback" / "comment_scores.jsonl")
+    language = read_jsonl(tmp_path / "feedback" / "language.jsonl")
+    assert len(scores) == len(language) > 0
+    vader = VaderScorer()
+    np.testing.assert_allclose([r["score"] for r in scores], vader.score(None, [r["feedback"] for r in language]))
+    config = json.loads((tmp_path / "reward_model" / "config.json").read_text())
+    assert config["data"]["dataset"] == "ratings" and config["data"]["source"].endswith("comment_scores.jsonl")
+    evaluation = json.loads((tmp_path / "reward_model" / "evaluation.json").read_text())
+    assert evaluation["test"]["count"] > 0  # evaluated on the labelled pairs of the same samples
+
+
+def test_two_round_loop_trains_round_two_on_both_rounds(tmp_path, tiny_policy):
+    result = cli("loop", "--config", os.path.join(CONFIGS, "tiny_ppo.py"), "--workdir", str(tmp_path), "--rounds", "2",
+                 f"--config.ppo.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
+                 "--config.ppo.iterations=2")
+    own = [read_jsonl(tmp_path / f"round_{r}" / "feedback" / "preferences.jsonl") for r in range(2)]
+    assert own[0] and own[1] and not {r["id"] for r in own[0]} & {r["id"] for r in own[1]}
+    # Round 1 samples from round 0's PPO policy, not the starting one.
+    assert {r["source"] for r in own[1]} == {str(tmp_path / "round_0" / "ppo" / "policy")}
+    assert {r["prompt"] for r in own[0]} != {r["prompt"] for r in own[1]}
+    both = read_jsonl(tmp_path / "round_1" / "all_feedback.jsonl")
+    assert [r["id"] for r in both] == [r["id"] for r in own[0] + own[1]]
+    config = json.loads((tmp_path / "round_1" / "reward_model" / "config.json").read_text())
+    assert config["data"]["source"] == str(tmp_path / "round_1" / "all_feedback.jsonl")
+    assert json.loads((tmp_path / "round_1" / "ppo" / "config.json").read_text())["ppo"]["policy"] == \
+        str(tmp_path / "round_0" / "ppo" / "policy")
+    history = json.loads((tmp_path / "rounds.json").read_text())
+    assert [h["round"] for h in history] == [0, 1]
+    assert [h["feedback_rows"] for h in history] == [len(own[0]), len(own[0]) + len(own[1])]
+    assert (tmp_path / "rounds.png").stat().st_size > 0 and (tmp_path / "round_1" / "report.md").exists()
+    assert "round 1: gold win rate" in result.stdout
+
+
+def test_loop_with_people_waits_for_their_labels(tmp_path, tiny_policy):
+    """labels_from='app': the loop writes the round's queue and stops with the commands to run."""
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhf_jax.cli", "loop", "--config", os.path.join(CONFIGS, "tiny_ppo.py"),
+         "--workdir", str(tmp_path), "--rounds", "1", f"--config.ppo.policy={tiny_policy}",
+         f"--config.feedback.policy={tiny_policy}", "--config.feedback.labels_from=app"],
+        capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "rlhf-jax label serve" in result.stdout and "rlhf-jax label export" in result.stdout
+    queue = read_jsonl(tmp_path / "round_0" / "queue.jsonl")
+    assert queue and all(len(item["responses"]) >= 2 for item in queue)
