@@ -62,6 +62,19 @@ def _eval(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from flax import nnx
+
+    from rlhf_jax.config import load_config
+    from rlhf_jax.models import save_pretrained
+    from rlhf_jax.trainer import restore_trained
+
+    run, params, step = restore_trained(load_config(args.config, args.overrides), args.workdir, with_data=False)
+    path = save_pretrained(nnx.merge(run.graphdef, params), args.out, run.tokenizer)
+    print(f"step {step} of {args.workdir} -> {path} (a transformers directory; also a model.source for configs)")
+    return 0
+
+
 def _collect(args) -> int:
     from rlhf_jax.config import FeedbackConfig
     from rlhf_jax.feedback.collect import collect_preferences, collect_queue
@@ -210,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, run, help_text in (("train", _train, "train (or resume) an experiment config"),
                                  ("eval", _eval, "evaluate the latest checkpoint of a workdir"),
+                                 ("export", _export, "write a workdir's latest model as a transformers directory"),
                                  ("run", _run, "run an experiment's stages (collect -> reward model -> PPO -> "
                                                "evaluate -> report), reusing finished stages"),
                                  ("loop", _loop, "rounds of sample -> label -> reward model on all feedback -> "
@@ -221,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--workdir", default=None, help="default: runs/<config name>[_loop]")
         else:
             cmd.add_argument("--workdir", required=True)
+        if name == "export":
+            cmd.add_argument("--out", required=True, help="directory to write (config.json, model.safetensors, tokenizer)")
         if name == "loop":
             cmd.add_argument("--rounds", type=int, default=2, help="feedback rounds (default 2)")
         if name == "train":
@@ -234,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     args.overrides = [u for u in unknown if u.startswith("--config.")]
     rest = [u for u in unknown if not u.startswith("--config.")]
-    if rest or (args.overrides and args.command not in ("train", "eval", "run", "loop")):
+    if rest or (args.overrides and args.command not in ("train", "eval", "export", "run", "loop")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
     from rlhf_jax.assets import AssetError
     from rlhf_jax.config import ConfigError

@@ -69,3 +69,14 @@ def test_new_mlm_head_on_bare_encoder_is_initialised(minilm_dir):
     model = from_pretrained(minilm_dir, head="masked_lm")
     assert model.head.bias[...].shape == (30522,)
     assert float(jnp.abs(model.head.transform.kernel[...]).sum()) > 0
+
+
+def test_a_scalar_head_replaces_a_saved_classifier_head(minilm_dir, tmp_path):
+    """A reward model initialised from a fine-tuned classifier: same encoder, a new (scalar) head."""
+    classifier = from_pretrained(minilm_dir, head="classification", num_labels=2)
+    save_pretrained(classifier, str(tmp_path / "cls"))
+    reward_model = from_pretrained(str(tmp_path / "cls"), head="scalar", pooling="mean")
+    assert reward_model.head.score.kernel[...].shape == (384, 1)
+    np.testing.assert_array_equal(np.asarray(reward_model.backbone.layers[3].attn.q_proj.kernel[...]),
+                                  np.asarray(classifier.backbone.layers[3].attn.q_proj.kernel[...]))
+    assert from_pretrained(str(tmp_path / "cls")).config.head == "classification"  # its own head by default

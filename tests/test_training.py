@@ -77,6 +77,23 @@ def test_mlm_logs_the_unigram_baseline(tmp_path):
     assert 0 < row["unigram_accuracy"] < 1 and row["unigram_perplexity"] > 1 and row["count"] > 0
 
 
+def check_export_matches_checkpoint(exp, workdir, exported):
+    """transformers' model from the exported directory gives the checkpoint's logits."""
+    import torch
+    import transformers
+    from flax import nnx
+
+    from rlhf_jax.trainer import restore_trained
+
+    run, params, _ = restore_trained(exp, workdir, with_data=False)
+    ids = np.array([[101, 2023, 3185, 2001, 2307, 102]], np.int32)
+    ours = np.asarray(nnx.merge(run.graphdef, params)(ids, np.ones_like(ids)))
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
 def test_cli_train_then_eval(tmp_path):
     workdir = str(tmp_path / "cli")
     base = [sys.executable, "-m", "rlhf_jax.cli"]
@@ -93,6 +110,11 @@ def test_cli_train_then_eval(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     test_rows = [r for r in read_metrics(workdir) if r["split"] == "test"]
     assert test_rows[-1] == {**test_rows[-2]}  # evaluating the final checkpoint reproduces the end-of-training test
+    exported = subprocess.run(base + ["export", "--config", os.path.join(CONFIGS, "tiny_cls.py"), "--workdir", workdir,
+                                      "--config.train.steps=4", "--out", str(tmp_path / "exported")],
+                              capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    check_export_matches_checkpoint(config("tiny_cls", "--config.train.steps=4"), workdir, str(tmp_path / "exported"))
     changed = subprocess.run(base + ["train", "--config", os.path.join(CONFIGS, "tiny_cls.py"), "--workdir", workdir,
                                      "--config.train.learning_rate=0.5"], capture_output=True, text=True)
     assert changed.returncode == 2 and "train.learning_rate" in changed.stderr

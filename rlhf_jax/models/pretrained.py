@@ -65,12 +65,19 @@ def from_pretrained(name_or_path: str, head: str | None = None, seed: int = 0, *
     """Load pretrained weights into a new Model; ``model.config`` is its ModelConfig.
 
     head: 'causal_lm', 'masked_lm', 'classification' or 'scalar'; by default the checkpoint's own.
-    A head whose tensors the checkpoint lacks (e.g. an MLM head on a bare BertModel) is freshly
-    initialised from ``seed`` and logged. overrides: ModelConfig fields (dtype, num_labels, pooling...).
+    A head whose tensors the checkpoint lacks (e.g. an MLM head on a bare BertModel), or that differs
+    from the checkpoint's own (a scalar head on a fine-tuned classifier), is freshly initialised from
+    ``seed`` and logged. overrides: ModelConfig fields (dtype, num_labels, pooling...).
     """
     path = resolve_source(name_or_path)
     hf, tensors = read_checkpoint(path)
-    head = head or _head_from_architectures(hf)
+    own_head = _head_from_architectures(hf)
+    head = head or own_head
+    if own_head is not None and head != own_head:  # e.g. a scalar reward head on a fine-tuned classifier
+        own_cfg = convert.model_config_from_hf(hf, own_head, source=path)
+        dropped = {ref.name for ref in convert.param_table(own_cfg).values() if ref.in_head}
+        tensors = {name: value for name, value in tensors.items() if name not in dropped}
+        log.info("%s: a '%s' head replaces the checkpoint's '%s' head", path, head, own_head)
     if head is None:
         raise CheckpointError(f"{path}: the checkpoint has no head ({hf.get('architectures')}); pass head=...")
     cfg = convert.model_config_from_hf(hf, head, source=path, **overrides)
