@@ -11,7 +11,7 @@ def get_config():
     config = base.get_config()
     config.model.source = "minilm-l6"
     config.model.head = "classification"
-    config.model.config = {"num_labels": 2}
+    config.model.config = {"num_labels": 2, "pooling": "mean"}  # all-MiniLM's sentence embedding
     config.data.max_length = 64
     config.train.task = "classification"
     config.train.steps = 480

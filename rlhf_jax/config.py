@@ -183,9 +183,11 @@ class MeshConfig:
 # ----------------------------------------------------------------------------------------------
 # Experiment configs: configs/*.py define get_config() -> ConfigDict; these dataclasses validate it.
 
-TASKS = ("classification", "causal_lm", "masked_lm", "reward_pairwise", "reward_best_of_n", "reward_regression")
+TASKS = ("classification", "causal_lm", "masked_lm", "reward_pairwise", "reward_grouped", "reward_best_of_n",
+         "reward_regression")
 TASK_HEADS = {"classification": ("classification",), "causal_lm": ("causal_lm",), "masked_lm": ("masked_lm",),
-              "reward_pairwise": ("scalar",), "reward_best_of_n": ("scalar",), "reward_regression": ("scalar",)}
+              "reward_pairwise": ("scalar",), "reward_grouped": ("scalar",), "reward_best_of_n": ("scalar",),
+              "reward_regression": ("scalar",)}
 
 
 @dataclasses.dataclass(frozen=True)

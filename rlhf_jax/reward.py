@@ -13,7 +13,7 @@ from rlhf_jax import losses
 from rlhf_jax.data.records import DataError
 from rlhf_jax.scoring import encode
 
-REWARD_TASKS = ("reward_pairwise", "reward_best_of_n", "reward_regression")
+REWARD_TASKS = ("reward_pairwise", "reward_grouped", "reward_best_of_n", "reward_regression")
 
 
 def tokenize_feedback(task: str, examples: list[dict], tokenizer, max_length: int) -> dict[str, np.ndarray]:
@@ -26,6 +26,8 @@ def tokenize_feedback(task: str, examples: list[dict], tokenizer, max_length: in
         arrays.update(encode(tokenizer, [e["prompt"] for e in examples], max_length, [e["response"] for e in examples]))
         arrays["score"] = np.asarray([e["score"] for e in examples], np.float32)
         return arrays
+    if task == "reward_grouped":
+        return tokenize_groups(examples, tokenizer, max_length)
     for side in ("chosen", "rejected"):
         enc = encode(tokenizer, [e["prompt"] for e in examples], max_length, [e[side] for e in examples])
         arrays[f"{side}_ids"], arrays[f"{side}_mask"], arrays[f"{side}_types"] = (
@@ -33,6 +35,49 @@ def tokenize_feedback(task: str, examples: list[dict], tokenizer, max_length: in
         arrays[f"gold_{side}"] = np.asarray([e.get(f"gold_{side}", np.nan) for e in examples], np.float32)
     arrays["margin"] = np.asarray([e.get("margin", 0.0) for e in examples], np.float32)
     return arrays
+
+
+def tokenize_groups(examples: list[dict], tokenizer, max_length: int) -> dict[str, np.ndarray]:
+    """Pairs -> one row per prompt: its K distinct responses (K = the most any prompt has; missing ones
+    all padding) and its P labelled pairs as (winner, loser) indices with a weight (0 for padding).
+
+    ids_GxKxL, mask_GxKxL, types_GxKxL, winner_GxP, loser_GxP, pair_weights_GxP, weights_G.
+    """
+    groups: dict[str, dict] = {}
+    for e in examples:
+        group = groups.setdefault(e["prompt"], {"responses": {}, "pairs": []})
+        index = [group["responses"].setdefault(text, len(group["responses"])) for text in (e["chosen"], e["rejected"])]
+        group["pairs"].append(index)
+    k = max(len(g["responses"]) for g in groups.values())
+    p = max(len(g["pairs"]) for g in groups.values())
+    prompts, responses = [], []
+    winner, loser, pair_weights = (np.zeros((len(groups), p), dt) for dt in (np.int32, np.int32, np.float32))
+    for row, (prompt, group) in enumerate(groups.items()):
+        texts = list(group["responses"])
+        prompts += [prompt] * k
+        responses += texts + [texts[0]] * (k - len(texts))  # padding rows: never in a pair
+        for column, (w, l) in enumerate(group["pairs"]):
+            winner[row, column], loser[row, column], pair_weights[row, column] = w, l, 1.0
+    enc = encode(tokenizer, prompts, max_length, responses)
+    shaped = {name: enc[key].reshape(len(groups), k, max_length)
+              for name, key in (("ids", "input_ids"), ("mask", "attention_mask"), ("types", "token_type_ids"))}
+    return {**shaped, "winner": winner, "loser": loser, "pair_weights": pair_weights,
+            "weights": np.ones(len(groups), np.float32)}
+
+
+def grouped(model, batch, rng):
+    """Bradley-Terry over every labelled pair of each prompt, its K responses scored once (InstructGPT,
+    Ouyang et al. 2022: all comparisons of a prompt in one batch element; cheaper, and each response
+    is one example per epoch instead of K - 1, which overfits less)."""
+    import jax.numpy as jnp
+
+    g, k, length = batch["ids"].shape
+    rewards_GxK = model(batch["ids"].reshape(g * k, length), batch["mask"].reshape(g * k, length),
+                        token_type_ids_BxT=batch["types"].reshape(g * k, length)).reshape(g, k)
+    chosen_GxP = jnp.take_along_axis(rewards_GxK, batch["winner"], axis=1)
+    rejected_GxP = jnp.take_along_axis(rewards_GxK, batch["loser"], axis=1)
+    weights_GxP = batch["pair_weights"] * batch["weights"][:, None]
+    return losses.pairwise_loss(chosen_GxP.reshape(-1), rejected_GxP.reshape(-1), None, weights_GxP.reshape(-1))
 
 
 def _pair_rewards(model, batch):
@@ -65,7 +110,8 @@ def regression(model, batch, rng):
     return losses.regression_loss(scores_B, batch["score"], batch["weights"])
 
 
-LOSSES = {"reward_pairwise": pairwise, "reward_best_of_n": best_of_n, "reward_regression": regression}
+LOSSES = {"reward_pairwise": pairwise, "reward_grouped": grouped, "reward_best_of_n": best_of_n,
+          "reward_regression": regression}
 
 
 def rank(values: np.ndarray) -> np.ndarray:

@@ -94,3 +94,27 @@ def test_collect_cli(tmp_path, tiny_policy):
 
     rows = read_feedback(str(out), "preference")
     assert 0 < len(rows) <= 40 and f"{len(rows)} preference pairs" in result.stdout
+
+
+def test_grouped_loss_equals_the_pairwise_loss_on_the_same_pairs():
+    """Scoring each prompt's responses once and comparing all their pairs gives the pairwise loss."""
+    import jax.numpy as jnp
+
+    from rlhf_jax.models import build_model, load_tokenizer
+    from rlhf_jax.config import ModelConfig
+
+    tokenizer = load_tokenizer("minilm-l6")
+    model = build_model(ModelConfig(family="bert", head="scalar", vocab_size=len(tokenizer), hidden_size=32,
+                                    num_layers=1, num_heads=4, intermediate_size=64, pooling="mean"), seed=1)
+    pairs = [("p1", "great", "bad"), ("p1", "great", "fine"), ("p1", "fine", "bad"), ("p2", "lovely", "awful"),
+             ("p3", "ok", "meh"), ("p3", "meh", "dull")]
+    examples = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in pairs]
+    grouped = reward.tokenize_feedback("reward_grouped", examples, tokenizer, 16)
+    assert grouped["ids"].shape == (3, 3, 16) and grouped["pair_weights"].sum() == len(pairs)
+    flat = reward.tokenize_feedback("reward_pairwise", examples, tokenizer, 16)
+    as_jax = lambda arrays: {k: jnp.asarray(v) for k, v in arrays.items()}  # noqa: E731
+    loss_g, metrics_g = reward.grouped(model, as_jax(grouped), None)
+    loss_p, metrics_p = reward.pairwise(model, as_jax(flat), None)
+    np.testing.assert_allclose(float(loss_g), float(loss_p), rtol=1e-5)
+    assert float(metrics_g["correct_sum"]) == float(metrics_p["correct_sum"])
+    assert float(metrics_g["count"]) == float(metrics_p["count"]) == len(pairs)

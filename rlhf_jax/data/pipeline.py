@@ -15,7 +15,8 @@ import numpy as np
 from rlhf_jax.data.records import DataError
 from rlhf_jax.models.pretrained import pad_token_id
 
-TASKS = ("classification", "causal_lm", "masked_lm", "reward_pairwise", "reward_best_of_n", "reward_regression")
+TASKS = ("classification", "causal_lm", "masked_lm", "reward_pairwise", "reward_grouped", "reward_best_of_n",
+         "reward_regression")
 
 
 def tokenize(task: str, examples: list[dict], tokenizer, max_length: int, *, text_field: str = "text",
