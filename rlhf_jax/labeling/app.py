@@ -163,10 +163,10 @@ def serve(db_path: str, queue_paths: list[str], annotators: list[str], host: str
 
     from rlhf_jax.labeling.queue import read_queue
 
+    queues = {path: read_queue(path) for path in queue_paths}  # a bad queue stops us before the db is touched
     store = LabelStore(db_path)
-    for path in queue_paths:
-        added = store.add_items(read_queue(path))
-        print(f"{path}: {added} new items")
+    for path, items in queues.items():
+        print(f"{path}: {store.add_items(items)} new items")
     tokens = {}
     for spec in annotators:
         name, _, token = spec.partition("=")

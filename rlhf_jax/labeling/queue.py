@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 from rlhf_jax.data import records
 
 
 def _first_row_kind(path: str) -> str:
+    if not os.path.isfile(path):
+        raise records.DataError(f"{path}: no such file")
     for _, line in records._lines(path):
         if line.strip():
             try:
