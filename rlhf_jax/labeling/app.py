@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Flask, Response, jsonify, redirect, render_template, request, url_for
+from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from rlhf_jax.labeling.store import MAX_COMMENT_CHARS, LabelError, LabelStore
@@ -61,7 +61,7 @@ def create_app(store: LabelStore, k: int = 1, max_request_bytes: int = 16 * 1024
         annotator = store.authenticate(token)
         if annotator is None:
             return fail("a valid annotator token is required: open the link printed by 'rlhf-jax label serve'", 401)
-        request.annotator = annotator
+        g.annotator = annotator
         if "token" in request.args:  # move the token from the URL into an HttpOnly cookie
             response = redirect(url_for("page", **{k: v for k, v in request.args.items() if k != "token"}), 303)
             response.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
@@ -89,7 +89,7 @@ def create_app(store: LabelStore, k: int = 1, max_request_bytes: int = 16 * 1024
 
     @app.get("/")
     def page():
-        annotator = request.annotator
+        annotator = g.annotator
         item = store.next_item(annotator, k, prefer=request.args.get("item"))
         return render_template("label.html", annotator=annotator, item=item, progress=store.progress(annotator, k),
                                request_id=uuid.uuid4().hex, max_comment=MAX_COMMENT_CHARS)
@@ -107,18 +107,18 @@ def create_app(store: LabelStore, k: int = 1, max_request_bytes: int = 16 * 1024
             ratings.append(int(value) if value else None)
         if all(r is None for r in ratings):
             ratings = []
-        store.submit(request.annotator, form.get("request_id", ""), form.get("item_id", ""),
+        store.submit(g.annotator, form.get("request_id", ""), form.get("item_id", ""),
                      "choice" if choice is not None else verdict, choice, ratings, form.get("comment", ""), k=k)
         return redirect(url_for("page"), 303)
 
     @app.post("/undo")
     def undo_form():
-        item_id = store.undo_last(request.annotator)
+        item_id = store.undo_last(g.annotator)
         return redirect(url_for("page", item=item_id) if item_id else url_for("page"), 303)
 
     @app.get("/api/next")
     def api_next():
-        return jsonify({"item": store.next_item(request.annotator, k)})
+        return jsonify({"item": store.next_item(g.annotator, k)})
 
     @app.post("/api/answers")
     def api_answer():
@@ -130,18 +130,18 @@ def create_app(store: LabelStore, k: int = 1, max_request_bytes: int = 16 * 1024
             raise LabelError(f"unknown field(s) {unknown}")
         if not isinstance(body.get("ratings", []), list):
             raise LabelError("ratings: must be a list")
-        answer_id, new = store.submit(request.annotator, _text(body, "request_id"), _text(body, "item_id"),
+        answer_id, new = store.submit(g.annotator, _text(body, "request_id"), _text(body, "item_id"),
                                       _text(body, "verdict"), body.get("choice"), body.get("ratings", []),
                                       body.get("comment", ""), k=k)
         return jsonify({"answer_id": answer_id, "new": new}), 201 if new else 200
 
     @app.post("/api/undo")
     def api_undo():
-        return jsonify({"item_id": store.undo_last(request.annotator)})
+        return jsonify({"item_id": store.undo_last(g.annotator)})
 
     @app.get("/api/progress")
     def api_progress():
-        return jsonify(store.progress(request.annotator, k))
+        return jsonify(store.progress(g.annotator, k))
 
     return app
 
