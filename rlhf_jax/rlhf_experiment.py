@@ -120,40 +120,50 @@ def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluati
     def fmt(value, digits=3):
         return "n/a" if value is None else f"{value:.{digits}f}"
 
+    algorithm = {"ppo": "PPO", "reinforce": "REINFORCE (leave-one-out baseline)"}[cfg.algorithm]
+    if cfg.reward == "language":
+        reward_line = (f"reward: the simulated human's free-text comment on each sample, scored by "
+                       f"`{fb.comment_scorer}` (no reward model)")
+        reward_section = []
+    else:
+        reward_line = f"reward model `{exp.model.source or 'random'}` ({exp.train.task})"
+        reward_section = [
+            "## Reward model (held-out test pairs)", "",
+            _table([("gold accuracy (vs noise-free gold order)", fmt(test.get("gold_accuracy"))),
+                    ("label accuracy (vs the noisy labels)", fmt(test.get("label_accuracy"))),
+                    ("label agreement with gold", fmt(test.get("label_gold_agreement"))),
+                    ("Spearman with gold score", fmt(test.get("spearman"))),
+                    ("precision / recall / F1", f"{fmt(test.get('precision'))} / {fmt(test.get('recall'))} / "
+                                                f"{fmt(test.get('f1'))}"),
+                    ("test pairs", fmt(test.get("count"), 0))]), ""]
     lines = [
         "# RLHF run report", "",
-        f"Policy `{cfg.policy}`; reward model `{exp.model.source or 'random'}` ({exp.train.task}); gold labeler "
-        f"`{fb.labeler}` behind a simulated human at temperature {fb.temperature}.", "",
-        "## Reward model (held-out test pairs)", "",
-        _table([("gold accuracy (vs noise-free gold order)", fmt(test.get("gold_accuracy"))),
-                ("label accuracy (vs the noisy labels)", fmt(test.get("label_accuracy"))),
-                ("label agreement with gold", fmt(test.get("label_gold_agreement"))),
-                ("Spearman with gold score", fmt(test.get("spearman"))),
-                ("precision / recall / F1", f"{fmt(test.get('precision'))} / {fmt(test.get('recall'))} / "
-                                            f"{fmt(test.get('f1'))}"),
-                ("test pairs", fmt(test.get("count"), 0))]), "",
-        f"## PPO ({cfg.iterations} iterations x {cfg.rollout_prompts} prompts, {cfg.epochs} epochs x "
-        f"{cfg.minibatches} minibatches, value head {cfg.value})", "",
-        _table([("reward-model score, first -> last iteration", f"{fmt(first.get('score'))} -> {fmt(last.get('score'))}"),
+        f"Policy `{cfg.policy}`, trained by {algorithm}; {reward_line}; gold labeler `{fb.labeler}` behind a "
+        f"simulated human at temperature {fb.temperature}.", "",
+        *reward_section,
+        f"## {algorithm} ({cfg.iterations} iterations x {cfg.rollout_prompts} prompts, {cfg.epochs} epochs x "
+        f"{cfg.minibatches} minibatches{', value head ' + cfg.value if cfg.algorithm == 'ppo' else ''})", "",
+        _table([("reward score, first -> last iteration", f"{fmt(first.get('score'))} -> {fmt(last.get('score'))}"),
                 ("gold score, first -> last iteration", f"{fmt(first.get('gold_score'))} -> {fmt(last.get('gold_score'))}"),
                 ("KL to reference (nats/sequence), last iteration", fmt(last.get("kl"))),
                 ("KL coefficient, last iteration", fmt(last.get("kl_coef"), 4)),
                 ("seconds per iteration (mean)", fmt(sum(r["seconds_per_iteration"] for r in train_rows)
                                                      / max(len(train_rows), 1), 1))]), "",
-        f"## Evaluation on {int(m['prompts'])} held-out prompts (PPO policy vs reference, same sampling keys)", "",
+        f"## Evaluation on {int(m['prompts'])} held-out prompts (trained policy vs reference, same sampling keys)", "",
         _table([("gold win rate (ties half)", fmt(m["gold_win_rate"])),
                 ("gold score: policy / reference", f"{fmt(m['gold_score'])} / {fmt(m['reference_gold_score'])}"),
-                ("reward-model win rate", fmt(m["rm_win_rate"])),
-                ("reward-model score: policy / reference", f"{fmt(m['rm_score'])} / {fmt(m['reference_rm_score'])}"),
+                ("reward win rate", fmt(m["rm_win_rate"])),
+                ("reward score: policy / reference", f"{fmt(m['rm_score'])} / {fmt(m['reference_rm_score'])}"),
                 ("KL(policy || reference), nats per sequence", fmt(m["kl"]))]), "",
         "## Samples (held-out prompts)", ""]
     for s in evaluation["samples"][:samples]:
         lines += [f"- **{s['prompt'].strip()}**",
                   f"  - reference ({s['gold_reference']:+.2f}): {s['reference'].strip()!r}",
-                  f"  - PPO ({s['gold_policy']:+.2f}): {s['policy'].strip()!r}"]
-    lines += ["", "## Plots", "", "![PPO curves](ppo/ppo.png)", "",
-              "![reward model calibration](reward_model/calibration.png)", "",
-              "![reward model training](reward_model/training.png)", ""]
+                  f"  - trained ({s['gold_policy']:+.2f}): {s['policy'].strip()!r}"]
+    lines += ["", "## Plots", "", f"![{algorithm} curves](ppo/ppo.png)", ""]
+    if reward_section:
+        lines += ["![reward model calibration](reward_model/calibration.png)", "",
+                  "![reward model training](reward_model/training.png)", ""]
     if timings:
         lines += ["## Wall time of the stages run by this invocation", "",
                   _table([(name, f"{seconds:.0f} s") for name, seconds in timings.items()]), ""]
