@@ -17,6 +17,12 @@ import sentiment_quick  # noqa: E402
 
 def get_config():
     config = rm_minilm_sentiment.get_config()
+    # The reward model its README numbers were measured with (the earlier rm_minilm_sentiment): [CLS]
+    # pooler, 4 continuations per prompt, one pair per row, 900 steps x 32 pairs.
+    config.model.config = {"pooling": "cls"}
+    config.feedback.samples_per_prompt = 4
+    config.train.update({"task": "reward_pairwise", "steps": 900, "batch_size": 32, "eval_batch_size": 64,
+                         "warmup_steps": 60})
     config.ppo = sentiment_quick.get_config().ppo
     config.ppo.update({"iterations": 32, "rollout_prompts": 64, "epochs": 2, "minibatches": 4, "checkpoint_every": 8})
     return config

@@ -18,9 +18,15 @@ import rm_minilm_sentiment  # noqa: E402
 
 def get_config():
     config = rm_minilm_sentiment.get_config()
+    # The reward model the README's numbers were measured with: the BERT [CLS] pooler, 4 continuations
+    # per prompt, one pair per training row.
     config.model.source = "minilm-l6"
-    config.model.config = {"pooling": "cls"}  # what the README's numbers were measured with
+    config.model.config = {"pooling": "cls"}
     config.feedback.prompts = 400
+    config.feedback.samples_per_prompt = 4
+    config.train.task = "reward_pairwise"
+    config.train.batch_size = 32
+    config.train.eval_batch_size = 64
     config.train.steps = 160
     config.train.warmup_steps = 16
     config.train.learning_rate = 5e-5

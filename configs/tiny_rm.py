@@ -23,7 +23,9 @@ def get_config():
     config.train.log_every = 2
     config.train.eval_every = 0
     config.train.checkpoint_every = 4
+    config.train.task = "reward_pairwise"
     config.feedback.prompts = 80
+    config.feedback.samples_per_prompt = 4
     config.feedback.response_tokens = 8
     config.feedback.batch_size = 32
     return config
