@@ -305,8 +305,9 @@ class FeedbackConfig:
                  f"{self.labels_from!r} is not 'simulated' or 'app'")
         _require(self.labeler in ("vader", "classifier"), "feedback.labeler",
                  f"{self.labeler!r} is not one of ('vader', 'classifier')")
-        _require(self.labeler != "classifier" or (self.classifier_config and self.classifier_workdir),
-                 "feedback.classifier_workdir", "the 'classifier' labeler needs classifier_config and classifier_workdir")
+        _require("classifier" not in (self.labeler, self.comment_scorer) or (self.classifier_config and self.classifier_workdir),
+                 "feedback.classifier_workdir",
+                 "the 'classifier' labeler or comment scorer needs classifier_config and classifier_workdir")
         _require(self.temperature >= 0, "feedback.temperature", f"must be >= 0, got {self.temperature}")
         _require_positive_ints(self, ("prompts", "prompt_tokens", "response_tokens", "batch_size"), "feedback.")
         _require(self.samples_per_prompt >= 2, "feedback.samples_per_prompt", f"must be >= 2, got {self.samples_per_prompt}")

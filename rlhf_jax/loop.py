@@ -70,10 +70,11 @@ def feedback_stage(exp_r: ExperimentConfig, directory: str, db: str, progress: b
         f"then run the loop again (it continues with this round).")
 
 
-def combine(paths: list[str], out: str, kind: str) -> str:
-    """All rounds' rows in one validated file (a duplicate id across rounds is an error)."""
+def combine(paths: list[str], out: str, kind: str) -> int:
+    """All rounds' rows in one validated file (a duplicate id across rounds is an error); returns the count."""
     rows = records.read_feedback(paths, kind)
-    return collect.write_jsonl(rows, out)
+    collect.write_jsonl(rows, out)
+    return len(rows)
 
 
 def run(exp: ExperimentConfig, workdir: str, rounds: int, progress: bool = True) -> list[dict]:
@@ -93,7 +94,8 @@ def run(exp: ExperimentConfig, workdir: str, rounds: int, progress: bool = True)
         exp_r = round_config(exp, workdir, r)
         directory = round_dir(workdir, r)
         own_files.append(feedback_stage(exp_r, directory, db, progress))
-        data = combine(own_files, os.path.join(directory, "all_feedback.jsonl"), kind)
+        data = os.path.join(directory, "all_feedback.jsonl")
+        feedback_rows = combine(own_files, data, kind)
         rm_exp = reward_experiment.with_feedback_data(exp_r, directory, data)
         pairs = os.path.join(directory, "feedback", "preferences.jsonl") if kind == "rating" else None
         rm_dir = os.path.join(directory, "reward_model")
@@ -103,7 +105,7 @@ def run(exp: ExperimentConfig, workdir: str, rounds: int, progress: bool = True)
                                                            progress, save_policy=True)
         rlhf_experiment.write_report(exp_r, directory, rm_results, evaluation, timings)
         test = rm_results.get("test", {})
-        history.append({"round": r, "policy": exp_r.ppo.policy, "feedback_rows": len(records.read_feedback(data, kind)),
+        history.append({"round": r, "policy": exp_r.ppo.policy, "feedback_rows": feedback_rows,
                         "rm_gold_accuracy": test.get("gold_accuracy"), "rm_label_accuracy": test.get("label_accuracy"),
                         **evaluation["metrics"]})
         write_json(os.path.join(workdir, "rounds.json"), history)

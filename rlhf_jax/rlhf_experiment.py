@@ -44,7 +44,7 @@ def reward_stage(exp: ExperimentConfig, workdir: str, progress: bool = True):
     """(reward-model results, the reward function PPO maximises). With ``ppo.reward='language'`` there is
     no reward model: the simulated human's free-text comment on each sample, scored, is the reward."""
     if exp.ppo.reward == "language":
-        return {}, language.LanguageReward.from_config(exp.feedback, exp.feedback.comment_scorer)
+        return {}, language.LanguageReward.from_config(exp.feedback)
     rm_results = reward_experiment.run(exp, workdir, progress)
     reward_model = load_reward_model(reward_experiment.with_feedback_data(exp, workdir),
                                      os.path.join(workdir, "reward_model"), rm_results["normalization"])
@@ -56,7 +56,6 @@ def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress:
     """PPO (or REINFORCE) in ``ppo_dir``, then the held-out evaluation; reused when complete for this config.
     Returns (evaluation, timings); ``save_policy`` also writes the policy to ``ppo_dir/policy``."""
     cfg = exp.ppo
-    tokenizer = load_tokenizer(cfg.policy)
     evaluation_path = os.path.join(ppo_dir, "evaluation.json")
     policy_dir = os.path.join(ppo_dir, "policy")
     if os.path.exists(evaluation_path) and (os.path.isdir(policy_dir) or not save_policy):
@@ -66,6 +65,7 @@ def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress:
             return evaluation, {}
     timings = {}
     tick = time.perf_counter()
+    tokenizer = load_tokenizer(cfg.policy)
     if os.path.isdir(os.path.join(ppo_dir, "checkpoints", str(cfg.iterations))):
         log.info("stage ppo: reusing %s", ppo_dir)
         setup, state = ppo_trainer.restore(exp, ppo_dir)

@@ -136,3 +136,16 @@ def test_not_a_checkpoint(tmp_path):
 def test_bad_model_config_names_the_field(fields, name):
     with pytest.raises(ConfigError, match=f"config field '{name}'"):
         ModelConfig(**fields)
+
+
+@pytest.mark.parametrize("fields,name", [
+    (dict(labeler="classifier"), "feedback.classifier_workdir"),
+    (dict(comment_scorer="classifier"), "feedback.classifier_workdir"),
+    (dict(kind="speech"), "feedback.kind"),
+    (dict(labels_from="crowd"), "feedback.labels_from"),
+])
+def test_bad_feedback_config_names_the_field(fields, name):
+    from rlhf_jax.config import FeedbackConfig
+
+    with pytest.raises(ConfigError, match=f"config field '{name}'"):
+        FeedbackConfig(**fields)

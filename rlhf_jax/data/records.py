@@ -66,7 +66,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool, bool]]] = {
 DEFAULTS = {"margin": 0.0, "annotator": "", "source": "", "gold_chosen": math.nan, "gold_rejected": math.nan}
 
 
-def _lines(path: str) -> Iterable[tuple[int, str]]:
+def read_lines(path: str) -> Iterable[tuple[int, str]]:
+    """(line number, text) of a file; DataError naming the line at the first byte that is not UTF-8."""
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -115,7 +116,7 @@ def read_feedback(paths: str | list[str], kind: str) -> list[dict]:
     for path in [paths] if isinstance(paths, str) else paths:
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
-        for number, line in _lines(path):
+        for number, line in read_lines(path):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
@@ -139,7 +140,7 @@ def read_text_corpus(paths: str | list[str]) -> list[dict]:
     for path in [paths] if isinstance(paths, str) else paths:
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
-        for number, line in _lines(path):
+        for number, line in read_lines(path):
             text = line.strip()
             if text:
                 rows.append({"text": text, "split": hash_split(text)})

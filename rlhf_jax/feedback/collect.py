@@ -93,6 +93,13 @@ def gold_scorer(fb: FeedbackConfig):
     raise ConfigError(f"config field 'feedback.labeler': unknown labeler {fb.labeler!r}")
 
 
+def simulated_human(fb: FeedbackConfig):
+    """The simulated human of a feedback config: its gold scorer, temperature, seed and tie margin."""
+    from rlhf_jax.feedback.labelers import SimulatedHuman
+
+    return SimulatedHuman(gold_scorer(fb), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)
+
+
 def sample_groups(fb: FeedbackConfig, progress: bool = True) -> tuple[list[str], list[list[str]]]:
     """Prompts, and ``fb.samples_per_prompt`` continuations of each from ``fb.policy``."""
     from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
@@ -124,10 +131,8 @@ def collect_preferences(fb: FeedbackConfig, path: str, progress: bool = True) ->
     measured label noise). With ``fb.kind='language'`` the human also comments on every sample:
     ``language.jsonl`` beside ``path``, and ``comment_scores.jsonl``, the comments' scalar scores as
     rating rows for a regression reward model."""
-    from rlhf_jax.feedback.labelers import SimulatedHuman
-
     prompts, samples = sample_groups(fb, progress)
-    human = SimulatedHuman(gold_scorer(fb), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)
+    human = simulated_human(fb)
     annotator = f"simulated-{fb.labeler}-T{fb.temperature}"
     rows = label_pairs(prompts, samples, human, annotator=annotator, source=fb.policy, id_prefix=f"s{fb.seed}-")
     summary = {"rows": len(rows), "prompts": len(prompts), "feedback": dataclasses.asdict(fb), **label_noise(rows)}
@@ -135,7 +140,7 @@ def collect_preferences(fb: FeedbackConfig, path: str, progress: bool = True) ->
         from rlhf_jax.feedback.language import comment_ratings, comment_scorer
 
         language_rows = comment_rows(prompts, samples, human, annotator, fb.policy, f"s{fb.seed}-")
-        ratings = comment_ratings(language_rows, comment_scorer(fb.comment_scorer, fb))
+        ratings = comment_ratings(language_rows, comment_scorer(fb))
         directory = os.path.dirname(os.path.abspath(path))
         write_jsonl(language_rows, os.path.join(directory, "language.jsonl"))
         write_jsonl(ratings, os.path.join(directory, "comment_scores.jsonl"))

@@ -15,23 +15,15 @@ from typing import Sequence
 
 import numpy as np
 
-from rlhf_jax.config import ConfigError, FeedbackConfig
+from rlhf_jax.config import FeedbackConfig
 
-COMMENT_SCORERS = ("vader", "classifier")
-
-
-def comment_scorer(name: str, fb: FeedbackConfig | None = None):
-    """A scorer whose ``score(prompts, comments)`` maps each comment to [-1, 1]."""
+def comment_scorer(fb: FeedbackConfig):
+    """``fb.comment_scorer`` as a scorer whose ``score(prompts, comments)`` maps each comment to [-1, 1]."""
     from rlhf_jax.feedback.labelers import ClassifierScorer, VaderScorer
 
-    if name == "vader":
-        return VaderScorer()
-    if name == "classifier":
-        if fb is None or not fb.classifier_workdir:
-            raise ConfigError("config field 'feedback.classifier_workdir': the classifier comment scorer needs the "
-                              "workdir of a trained configs/cls_minilm_rt.py")
+    if fb.comment_scorer == "classifier":  # FeedbackConfig checked that the classifier's workdir is given
         return ClassifierScorer(fb.classifier_config, fb.classifier_workdir)
-    raise ConfigError(f"config field 'feedback.comment_scorer': {name!r} is not one of {COMMENT_SCORERS}")
+    return VaderScorer()
 
 
 def comment_ratings(language_rows: Sequence[dict], scorer) -> list[dict]:
@@ -49,12 +41,10 @@ class LanguageReward:
     scorer: object
 
     @classmethod
-    def from_config(cls, fb: FeedbackConfig, scorer_name: str) -> "LanguageReward":
-        from rlhf_jax.feedback.collect import gold_scorer
-        from rlhf_jax.feedback.labelers import SimulatedHuman
+    def from_config(cls, fb: FeedbackConfig) -> "LanguageReward":
+        from rlhf_jax.feedback.collect import simulated_human
 
-        human = SimulatedHuman(gold_scorer(fb), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)
-        return cls(human, comment_scorer(scorer_name, fb))
+        return cls(simulated_human(fb), comment_scorer(fb))
 
     def comments(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
         return self.human.comment(list(prompts), list(responses))["comments"]

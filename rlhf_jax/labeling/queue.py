@@ -18,7 +18,7 @@ from rlhf_jax.data import records
 def _first_row_kind(path: str) -> str:
     if not os.path.isfile(path):
         raise records.DataError(f"{path}: no such file")
-    for _, line in records._lines(path):
+    for _, line in records.read_lines(path):
         if line.strip():
             try:
                 row = json.loads(line)

@@ -70,6 +70,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 VERDICTS = ("choice", "tie", "skip")
 MAX_COMMENT_CHARS = 2000
 RATING_RANGE = (1, 7)
+LEASE_SECONDS = 600.0  # how long an item shown to an annotator stays reserved for them
 
 
 class LabelError(ValueError):
@@ -90,9 +91,9 @@ class LabelStore:
 
     def __init__(self, path: str):
         self.path = path
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            self._migrate(db)
+        with self._read() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: set once on the file
+        self._migrate()
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -126,21 +127,20 @@ class LabelStore:
         finally:
             db.close()
 
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise LabelError(f"{self.path}: schema version {version} is newer than this code ({SCHEMA_VERSION})")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            db.execute("BEGIN IMMEDIATE")
-            try:
+    def _migrate(self) -> None:
+        """Apply the missing migrations, each in its own write transaction; the version is read under the
+        write lock, so two processes opening a new file never apply a migration twice."""
+        for target in range(1, SCHEMA_VERSION + 1):
+            with self._write() as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise LabelError(f"{self.path}: schema version {version} is newer than this code ({SCHEMA_VERSION})")
+                if version >= target:
+                    continue
                 for statement in MIGRATIONS[target - 1].split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version={target}")  # PRAGMA takes no parameters; target is an int
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
     def schema_version(self) -> int:
         with self._read() as db:
@@ -193,7 +193,8 @@ class LabelStore:
         return _item(row) if row else None
 
     # -- labeling ---------------------------------------------------------------------------------------
-    def next_item(self, annotator: str, k: int, lease_seconds: float = 600.0, prefer: str | None = None) -> dict | None:
+    def next_item(self, annotator: str, k: int, lease_seconds: float = LEASE_SECONDS,
+                  prefer: str | None = None) -> dict | None:
         """The item this annotator should label next, leased to them: ``prefer`` if they hold its lease
         (an undone item), else the one they already hold, else the first (in queue order) they have not
         answered whose live answers + others' leases are below k."""
@@ -214,8 +215,7 @@ class LabelStore:
                     "ORDER BY items.seq LIMIT 1", (annotator, annotator, k)).fetchone()
             if row is None:
                 return None
-            db.execute("INSERT INTO leases(item_id, annotator, expires_at) VALUES (?, ?, ?) ON CONFLICT(item_id, annotator) "
-                       "DO UPDATE SET expires_at = excluded.expires_at", (row["id"], annotator, now + lease_seconds))
+            _lease(db, row["id"], annotator, now + lease_seconds)
         return _item(row)
 
     def submit(self, annotator: str, request_id: str, item_id: str, verdict: str, choice: int | None = None,
@@ -260,8 +260,7 @@ class LabelStore:
             if row is None:
                 return None
             db.execute("UPDATE answers SET undone_at = ? WHERE id = ?", (now, row["id"]))
-            db.execute("INSERT INTO leases(item_id, annotator, expires_at) VALUES (?, ?, ?) ON CONFLICT(item_id, annotator) "
-                       "DO UPDATE SET expires_at = excluded.expires_at", (row["item_id"], annotator, now + 600.0))
+            _lease(db, row["item_id"], annotator, now + LEASE_SECONDS)
             return row["item_id"]
 
     # -- reading ----------------------------------------------------------------------------------------
@@ -312,6 +311,11 @@ def validate_answer(verdict: str, choice, ratings, comment, n_responses: int):
     if len(comment) > MAX_COMMENT_CHARS:
         raise LabelError(f"comment: {len(comment)} characters, at most {MAX_COMMENT_CHARS} allowed", 413)
     return verdict, choice, ratings, comment.strip()
+
+
+def _lease(db: sqlite3.Connection, item_id: str, annotator: str, expires_at: float) -> None:
+    db.execute("INSERT INTO leases(item_id, annotator, expires_at) VALUES (?, ?, ?) ON CONFLICT(item_id, annotator) "
+               "DO UPDATE SET expires_at = excluded.expires_at", (item_id, annotator, expires_at))
 
 
 def _item(row: sqlite3.Row) -> dict:
