@@ -261,6 +261,9 @@ class TrainConfig:
         _require(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
 
 
+FEEDBACK_KINDS = ("preferences", "ratings", "language")
+
+
 @dataclasses.dataclass(frozen=True)
 class FeedbackConfig:
     """Collecting simulated feedback on policy samples (the first stage of ``rlhf-jax run``).
@@ -271,9 +274,10 @@ class FeedbackConfig:
     prompts: how many prompts; samples_per_prompt: n continuations of each, and every one of their
     n (n - 1) / 2 pairs is labelled (all pairs of a prompt land in one split); prompt_tokens: the first
     tokens of a Rotten Tomatoes snippet; response_tokens: continuation length.
-    kind: what the reward model learns from: 'preferences' (the labelled pairs) or 'language' (the
-    simulated human's free-text comment on each sample, scored by ``comment_scorer``, fitted by
-    regression; the labelled pairs are still written, for evaluation against gold).
+    kind: what the reward model learns from: 'preferences' (the labelled pairs), 'ratings' (the
+    simulated human's 1-7 rating of each sample) or 'language' (its free-text comment on each sample,
+    scored by ``comment_scorer``); ratings and scored comments are fitted by regression, and the
+    labelled pairs are still written, for evaluation against gold.
     labels_from: who labels in ``rlhf-jax loop``: 'simulated' (reproducible) or 'app' (people, through
     ``rlhf-jax label serve``; the loop waits for their export).
     """
@@ -298,11 +302,13 @@ class FeedbackConfig:
     labels_from: str = "simulated"
 
     def __post_init__(self):
-        _require(self.kind in ("preferences", "language"), "feedback.kind", f"{self.kind!r} is not 'preferences' or 'language'")
+        _require(self.kind in FEEDBACK_KINDS, "feedback.kind", f"{self.kind!r} is not one of {FEEDBACK_KINDS}")
         _require(self.comment_scorer in ("vader", "classifier"), "feedback.comment_scorer",
                  f"{self.comment_scorer!r} is not 'vader' or 'classifier'")
         _require(self.labels_from in ("simulated", "app"), "feedback.labels_from",
                  f"{self.labels_from!r} is not 'simulated' or 'app'")
+        _require(self.labels_from == "simulated" or self.kind == "preferences", "feedback.labels_from",
+                 f"the labeling app's export feeds the loop preference pairs; kind={self.kind!r} needs 'simulated'")
         _require(self.labeler in ("vader", "classifier"), "feedback.labeler",
                  f"{self.labeler!r} is not one of ('vader', 'classifier')")
         _require("classifier" not in (self.labeler, self.comment_scorer) or (self.classifier_config and self.classifier_workdir),

@@ -44,11 +44,10 @@ def round_config(exp: ExperimentConfig, workdir: str, r: int) -> ExperimentConfi
 
 
 def feedback_file(exp_r: ExperimentConfig, directory: str) -> str:
-    """The round's own training feedback (preferences, or scored comments with feedback.kind='language')."""
+    """The round's own training feedback (of ``feedback.kind``; people in the app give preferences)."""
     if exp_r.feedback.labels_from == "app":
         return os.path.join(directory, "labels", "preferences.jsonl")
-    name = "comment_scores.jsonl" if exp_r.feedback.kind == "language" else "preferences.jsonl"
-    return os.path.join(directory, "feedback", name)
+    return collect.training_feedback(exp_r.feedback, os.path.join(directory, "feedback"))[0]
 
 
 def feedback_stage(exp_r: ExperimentConfig, directory: str, db: str, progress: bool = True) -> str:
@@ -88,7 +87,7 @@ def run(exp: ExperimentConfig, workdir: str, rounds: int, progress: bool = True)
     rlhf_experiment.fetch_assets(exp)
     gold = collect.gold_scorer(exp.feedback)
     db = os.path.join(workdir, "labels.sqlite")
-    kind = "rating" if exp.feedback.kind == "language" and exp.feedback.labels_from == "simulated" else "preference"
+    kind = collect.TRAINING_FEEDBACK[exp.feedback.kind][1] if exp.feedback.labels_from == "simulated" else "preference"
     history, own_files = [], []
     for r in range(rounds):
         exp_r = round_config(exp, workdir, r)

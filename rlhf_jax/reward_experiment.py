@@ -38,9 +38,9 @@ def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) 
             summary = json.load(f)
         try:
             complete = len(records.read_feedback(path, "preference")) == summary["rows"]
-            if fb.kind == "language":
-                scores = records.read_feedback(os.path.join(directory, "comment_scores.jsonl"), "rating")
-                complete = complete and len(scores) == summary.get("comment_rows")
+            if fb.kind != "preferences":
+                ratings = records.read_feedback(*collect.training_feedback(fb, directory))
+                complete = complete and len(ratings) == summary.get("rating_rows")
             if complete and _same_feedback(summary["feedback"], fb):
                 log.info("stage collect: reusing %s", path)
                 return path
@@ -103,13 +103,11 @@ def evaluate_stage(exp: ExperimentConfig, rm_dir: str, pairs: str | None = None)
 
 
 def with_feedback_data(exp: ExperimentConfig, workdir: str, path: str | None = None) -> ExperimentConfig:
-    """The reward model's config as trained: its data is the workdir's collected preferences (or ``path``),
-    or with ``feedback.kind='language'`` the scored comments (ratings, fitted by regression)."""
-    if exp.feedback is not None and exp.feedback.kind == "language":
-        scores = path or os.path.join(workdir, "feedback", "comment_scores.jsonl")
-        return dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset="ratings", source=scores))
-    preferences = path or os.path.join(workdir, "feedback", "preferences.jsonl")
-    return dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset="preferences", source=preferences))
+    """The reward model's config as trained: its data is the workdir's collected feedback of
+    ``feedback.kind`` (or ``path``): preference pairs, or rating rows (ratings, scored comments)."""
+    default, kind = collect.training_feedback(exp.feedback, os.path.join(workdir, "feedback"))
+    dataset = "preferences" if kind == "preference" else "ratings"
+    return dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset=dataset, source=path or default))
 
 
 def reward_model_stage(exp: ExperimentConfig, rm_dir: str, progress: bool = True, pairs: str | None = None) -> dict:
@@ -134,9 +132,9 @@ def check_reward_config(exp: ExperimentConfig) -> None:
         raise ConfigError("config field 'feedback': a reward-model run needs a feedback section")
     if not exp.train.task.startswith("reward_"):
         raise ConfigError(f"config field 'train.task': a reward-model run needs a reward task, got {exp.train.task!r}")
-    if (exp.feedback.kind == "language") != (exp.train.task == "reward_regression"):
+    if (exp.feedback.kind != "preferences") != (exp.train.task == "reward_regression"):
         raise ConfigError(f"config field 'train.task': feedback.kind={exp.feedback.kind!r} needs "
-                          f"{'reward_regression' if exp.feedback.kind == 'language' else 'a pairwise reward task'}, "
+                          f"{'a pairwise reward task' if exp.feedback.kind == 'preferences' else 'reward_regression'}, "
                           f"got {exp.train.task!r}")
 
 
@@ -144,4 +142,4 @@ def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
     check_reward_config(exp)
     pairs = collect_stage(exp, os.path.join(workdir, "feedback"), progress)
     return reward_model_stage(with_feedback_data(exp, workdir), os.path.join(workdir, "reward_model"), progress,
-                              pairs if exp.feedback.kind == "language" else None)
+                              None if exp.feedback.kind == "preferences" else pairs)

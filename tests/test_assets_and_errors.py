@@ -143,6 +143,7 @@ def test_bad_model_config_names_the_field(fields, name):
     (dict(comment_scorer="classifier"), "feedback.classifier_workdir"),
     (dict(kind="speech"), "feedback.kind"),
     (dict(labels_from="crowd"), "feedback.labels_from"),
+    (dict(labels_from="app", kind="ratings"), "feedback.labels_from"),
 ])
 def test_bad_feedback_config_names_the_field(fields, name):
     from rlhf_jax.config import FeedbackConfig

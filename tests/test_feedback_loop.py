@@ -1,4 +1,4 @@
-"""Language feedback as reward (REINFORCE and a regression reward model) and the feedback rounds loop."""
+"""Ratings and language feedback (REINFORCE, regression reward models) and the feedback rounds loop."""
 
 import json
 import os
@@ -109,6 +109,27 @@ def test_reward_model_on_scored_comments(tmp_path, tiny_policy):
     np.testing.assert_allclose([r["score"] for r in scores], vader.score(None, [r["feedback"] for r in language]))
     config = json.loads((tmp_path / "reward_model" / "config.json").read_text())
     assert config["data"]["dataset"] == "ratings" and config["data"]["source"].endswith("comment_scores.jsonl")
+    evaluation = json.loads((tmp_path / "reward_model" / "evaluation.json").read_text())
+    assert evaluation["test"]["count"] > 0  # evaluated on the labelled pairs of the same samples
+
+
+def test_reward_model_on_simulated_ratings(tmp_path, tiny_policy):
+    cli("run", "--config", os.path.join(CONFIGS, "tiny_rm.py"), "--workdir", str(tmp_path),
+        f"--config.feedback.policy={tiny_policy}", "--config.feedback.kind=ratings",
+        "--config.train.task=reward_regression")
+    ratings = read_jsonl(tmp_path / "feedback" / "ratings.jsonl")
+    pairs = read_jsonl(tmp_path / "feedback" / "preferences.jsonl")
+    responses = {r["chosen"] for r in pairs} | {r["rejected"] for r in pairs}
+    assert responses <= {r["response"] for r in ratings}  # every compared sample is rated
+    human = SimulatedHuman(VaderScorer(), temperature=0.28, seed=0)  # tiny_rm's feedback section
+    expected = human.rate([r["prompt"] for r in ratings], [r["response"] for r in ratings])["ratings"]
+    np.testing.assert_array_equal([r["score"] for r in ratings], expected)
+    splits = {}
+    for row in pairs + ratings:  # a prompt's pairs and ratings share one split
+        splits.setdefault(row["prompt"], set()).add(row["split"])
+    assert all(len(s) == 1 for s in splits.values())
+    config = json.loads((tmp_path / "reward_model" / "config.json").read_text())
+    assert config["data"]["dataset"] == "ratings" and config["data"]["source"].endswith("ratings.jsonl")
     evaluation = json.loads((tmp_path / "reward_model" / "evaluation.json").read_text())
     assert evaluation["test"]["count"] > 0  # evaluated on the labelled pairs of the same samples
 

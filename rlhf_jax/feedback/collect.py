@@ -125,35 +125,68 @@ def collect_queue(fb: FeedbackConfig, path: str, progress: bool = True) -> dict:
     return {"rows": len(rows), "prompts": len(prompts), "feedback": dataclasses.asdict(fb)}
 
 
+# What a reward model trains on, per ``feedback.kind``: (file in the feedback directory, record kind).
+TRAINING_FEEDBACK = {"preferences": ("preferences.jsonl", "preference"),
+                     "ratings": ("ratings.jsonl", "rating"),  # the human's 1-7 rating of each sample
+                     "language": ("comment_scores.jsonl", "rating")}  # its comment on each sample, scored
+
+
+def training_feedback(fb: FeedbackConfig, directory: str) -> tuple[str, str]:
+    """(path, record kind) of the rows a reward model on ``fb``'s feedback trains on."""
+    name, kind = TRAINING_FEEDBACK[fb.kind]
+    return os.path.join(directory, name), kind
+
+
 def collect_preferences(fb: FeedbackConfig, path: str, progress: bool = True) -> dict:
     """Sample ``fb.samples_per_prompt`` continuations per prompt from ``fb.policy``, label every pair of
     them with the simulated human, write the preference JSONL atomically; returns a summary (rows,
-    measured label noise). With ``fb.kind='language'`` the human also comments on every sample:
-    ``language.jsonl`` beside ``path``, and ``comment_scores.jsonl``, the comments' scalar scores as
-    rating rows for a regression reward model."""
+    measured label noise). The pairs are always written (they evaluate any reward model against gold).
+    With ``fb.kind='ratings'`` the human also rates every sample 1-7: ``ratings.jsonl`` beside ``path``;
+    with ``fb.kind='language'`` it comments on every sample: ``language.jsonl``, and
+    ``comment_scores.jsonl``, the comments' scalar scores as rating rows. Both are fitted by regression."""
     prompts, samples = sample_groups(fb, progress)
     human = simulated_human(fb)
     annotator = f"simulated-{fb.labeler}-T{fb.temperature}"
-    rows = label_pairs(prompts, samples, human, annotator=annotator, source=fb.policy, id_prefix=f"s{fb.seed}-")
+    prefix = f"s{fb.seed}-"
+    rows = label_pairs(prompts, samples, human, annotator=annotator, source=fb.policy, id_prefix=prefix)
     summary = {"rows": len(rows), "prompts": len(prompts), "feedback": dataclasses.asdict(fb), **label_noise(rows)}
+    directory = os.path.dirname(os.path.abspath(path))
+    if fb.kind == "ratings":
+        ratings = rating_rows(prompts, samples, human, annotator, fb.policy, prefix)
+        summary["rating_rows"] = len(ratings)
+        write_jsonl(ratings, training_feedback(fb, directory)[0])
     if fb.kind == "language":
         from rlhf_jax.feedback.language import comment_ratings, comment_scorer
 
-        language_rows = comment_rows(prompts, samples, human, annotator, fb.policy, f"s{fb.seed}-")
+        language_rows = comment_rows(prompts, samples, human, annotator, fb.policy, prefix)
         ratings = comment_ratings(language_rows, comment_scorer(fb))
-        directory = os.path.dirname(os.path.abspath(path))
         write_jsonl(language_rows, os.path.join(directory, "language.jsonl"))
-        write_jsonl(ratings, os.path.join(directory, "comment_scores.jsonl"))
-        summary["comment_rows"] = len(ratings)
+        write_jsonl(ratings, training_feedback(fb, directory)[0])
+        summary["rating_rows"] = len(ratings)
     write_jsonl(rows, path)
     return summary
+
+
+def _nonempty_samples(samples: Sequence[Sequence[str]]) -> list[tuple[int, int]]:
+    return [(k, i) for k, group in enumerate(samples) for i, text in enumerate(group) if text.strip()]
+
+
+def rating_rows(prompts: Sequence[str], samples: Sequence[Sequence[str]], human, annotator: str, source: str,
+                id_prefix: str) -> list[dict]:
+    """Rating rows: the simulated human's 1-7 rating of every (non-empty) sample; a prompt's rows share
+    the split of its preference pairs."""
+    keys = _nonempty_samples(samples)
+    ratings = human.rate([prompts[k] for k, _ in keys], [samples[k][i] for k, i in keys])["ratings"]
+    return [{"id": f"{id_prefix}{k}-r{i}", "split": records.hash_split(f"{id_prefix}{k}"), "prompt": prompts[k],
+             "response": samples[k][i], "score": float(rating), "annotator": annotator, "source": source}
+            for (k, i), rating in zip(keys, ratings)]
 
 
 def comment_rows(prompts: Sequence[str], samples: Sequence[Sequence[str]], human, annotator: str, source: str,
                  id_prefix: str) -> list[dict]:
     """Language rows: the simulated human's comment on every (non-empty) sample; a prompt's rows share
     the split of its preference pairs."""
-    keys = [(k, i) for k, group in enumerate(samples) for i, text in enumerate(group) if text.strip()]
+    keys = _nonempty_samples(samples)
     comments = human.comment([prompts[k] for k, _ in keys], [samples[k][i] for k, i in keys])["comments"]
     return [{"id": f"{id_prefix}{k}-c{i}", "split": records.hash_split(f"{id_prefix}{k}"), "prompt": prompts[k],
              "response": samples[k][i], "feedback": comment, "annotator": annotator, "source": source}
