@@ -98,38 +98,28 @@ def test_reinforce_on_language_feedback_end_to_end(tmp_path, tiny_policy):
     assert 0 <= evaluation["gold_win_rate"] <= 1
 
 
-def test_reward_model_on_scored_comments(tmp_path, tiny_policy):
+@pytest.mark.parametrize("kind,file", [("language", "comment_scores.jsonl"), ("ratings", "ratings.jsonl")])
+def test_regression_reward_model_on_its_feedback_kind(tmp_path, tiny_policy, kind, file):
     cli("run", "--config", os.path.join(CONFIGS, "tiny_rm.py"), "--workdir", str(tmp_path),
-        f"--config.feedback.policy={tiny_policy}", "--config.feedback.kind=language",
+        f"--config.feedback.policy={tiny_policy}", f"--config.feedback.kind={kind}",
         "--config.train.task=reward_regression")
-    scores = read_jsonl(tmp_path / "feedback" / "comment_scores.jsonl")
-    language = read_jsonl(tmp_path / "feedback" / "language.jsonl")
-    assert len(scores) == len(language) > 0
-    vader = VaderScorer()
-    np.testing.assert_allclose([r["score"] for r in scores], vader.score(None, [r["feedback"] for r in language]))
-    config = json.loads((tmp_path / "reward_model" / "config.json").read_text())
-    assert config["data"]["dataset"] == "ratings" and config["data"]["source"].endswith("comment_scores.jsonl")
-    evaluation = json.loads((tmp_path / "reward_model" / "evaluation.json").read_text())
-    assert evaluation["test"]["count"] > 0  # evaluated on the labelled pairs of the same samples
-
-
-def test_reward_model_on_simulated_ratings(tmp_path, tiny_policy):
-    cli("run", "--config", os.path.join(CONFIGS, "tiny_rm.py"), "--workdir", str(tmp_path),
-        f"--config.feedback.policy={tiny_policy}", "--config.feedback.kind=ratings",
-        "--config.train.task=reward_regression")
-    ratings = read_jsonl(tmp_path / "feedback" / "ratings.jsonl")
+    rows = read_jsonl(tmp_path / "feedback" / file)
+    if kind == "language":  # the comment's VADER score, not the response's
+        language = read_jsonl(tmp_path / "feedback" / "language.jsonl")
+        assert [r["response"] for r in rows] == [r["response"] for r in language]
+        expected = VaderScorer().score(None, [r["feedback"] for r in language])
+    else:  # tiny_rm's simulated human (seed 0) rating the response 1-7
+        human = SimulatedHuman(VaderScorer(), temperature=0.28, seed=0)
+        expected = human.rate([r["prompt"] for r in rows], [r["response"] for r in rows])["ratings"]
+    np.testing.assert_allclose([r["score"] for r in rows], expected)
     pairs = read_jsonl(tmp_path / "feedback" / "preferences.jsonl")
-    responses = {r["chosen"] for r in pairs} | {r["rejected"] for r in pairs}
-    assert responses <= {r["response"] for r in ratings}  # every compared sample is rated
-    human = SimulatedHuman(VaderScorer(), temperature=0.28, seed=0)  # tiny_rm's feedback section
-    expected = human.rate([r["prompt"] for r in ratings], [r["response"] for r in ratings])["ratings"]
-    np.testing.assert_array_equal([r["score"] for r in ratings], expected)
+    assert {r["chosen"] for r in pairs} | {r["rejected"] for r in pairs} <= {r["response"] for r in rows}
     splits = {}
-    for row in pairs + ratings:  # a prompt's pairs and ratings share one split
+    for row in pairs + rows:  # a prompt's pairs and per-sample rows share one split
         splits.setdefault(row["prompt"], set()).add(row["split"])
     assert all(len(s) == 1 for s in splits.values())
     config = json.loads((tmp_path / "reward_model" / "config.json").read_text())
-    assert config["data"]["dataset"] == "ratings" and config["data"]["source"].endswith("ratings.jsonl")
+    assert config["data"]["dataset"] == "ratings" and config["data"]["source"].endswith(file)
     evaluation = json.loads((tmp_path / "reward_model" / "evaluation.json").read_text())
     assert evaluation["test"]["count"] > 0  # evaluated on the labelled pairs of the same samples
 

@@ -167,30 +167,33 @@ def collect_preferences(fb: FeedbackConfig, path: str, progress: bool = True) ->
     return summary
 
 
-def _nonempty_samples(samples: Sequence[Sequence[str]]) -> list[tuple[int, int]]:
-    return [(k, i) for k, group in enumerate(samples) for i, text in enumerate(group) if text.strip()]
-
-
 def rating_rows(prompts: Sequence[str], samples: Sequence[Sequence[str]], human, annotator: str, source: str,
                 id_prefix: str) -> list[dict]:
-    """Rating rows: the simulated human's 1-7 rating of every (non-empty) sample; a prompt's rows share
-    the split of its preference pairs."""
-    keys = _nonempty_samples(samples)
-    ratings = human.rate([prompts[k] for k, _ in keys], [samples[k][i] for k, i in keys])["ratings"]
-    return [{"id": f"{id_prefix}{k}-r{i}", "split": records.hash_split(f"{id_prefix}{k}"), "prompt": prompts[k],
-             "response": samples[k][i], "score": float(rating), "annotator": annotator, "source": source}
-            for (k, i), rating in zip(keys, ratings)]
+    """Rating rows: the simulated human's 1-7 rating (``score``) of every non-empty sample."""
+    def rate(p, r):
+        return [float(x) for x in human.rate(p, r)["ratings"]]
+
+    return _per_sample_rows(prompts, samples, rate, "score", "r", annotator, source, id_prefix)
 
 
 def comment_rows(prompts: Sequence[str], samples: Sequence[Sequence[str]], human, annotator: str, source: str,
                  id_prefix: str) -> list[dict]:
-    """Language rows: the simulated human's comment on every (non-empty) sample; a prompt's rows share
-    the split of its preference pairs."""
-    keys = _nonempty_samples(samples)
-    comments = human.comment([prompts[k] for k, _ in keys], [samples[k][i] for k, i in keys])["comments"]
-    return [{"id": f"{id_prefix}{k}-c{i}", "split": records.hash_split(f"{id_prefix}{k}"), "prompt": prompts[k],
-             "response": samples[k][i], "feedback": comment, "annotator": annotator, "source": source}
-            for (k, i), comment in zip(keys, comments)]
+    """Language rows: the simulated human's comment (``feedback``) on every non-empty sample."""
+    def comment(p, r):
+        return human.comment(p, r)["comments"]
+
+    return _per_sample_rows(prompts, samples, comment, "feedback", "c", annotator, source, id_prefix)
+
+
+def _per_sample_rows(prompts, samples, judge, field: str, tag: str, annotator: str, source: str,
+                     id_prefix: str) -> list[dict]:
+    """A row per non-empty sample with ``field = judge(prompts, responses)``; a prompt's rows share the
+    split of its preference pairs (keyed by the prompt's id)."""
+    keys = [(k, i) for k, group in enumerate(samples) for i, text in enumerate(group) if text.strip()]
+    values = judge([prompts[k] for k, _ in keys], [samples[k][i] for k, i in keys])
+    return [{"id": f"{id_prefix}{k}-{tag}{i}", "split": records.hash_split(f"{id_prefix}{k}"), "prompt": prompts[k],
+             "response": samples[k][i], field: value, "annotator": annotator, "source": source}
+            for (k, i), value in zip(keys, values)]
 
 
 def label_noise(rows: list[dict]) -> dict:
