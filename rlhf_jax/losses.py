@@ -136,11 +136,23 @@ def best_of_n_loss(rewards_BxN: jax.Array, chosen_B: jax.Array, weights_B: jax.A
     return loss, {"loss": loss, "loss_sum": loss_sum, "correct_sum": correct, "count": count}
 
 
-def regression_loss(predictions_B: jax.Array, targets_B: jax.Array, weights_B: jax.Array | None = None):
-    """Scalar ratings: mean squared error (p - y)^2."""
-    error_B = predictions_B.astype(jnp.float32) - targets_B.astype(jnp.float32)
-    weights_B = jnp.ones_like(error_B) if weights_B is None else weights_B.astype(jnp.float32)
+def regression_loss(predictions_B: jax.Array, targets_B: jax.Array, weights_B: jax.Array | None = None,
+                    centered: bool = False):
+    """Scalar ratings: mean squared error (p - y)^2.
+
+    centered: fit up to a constant, ((p - mean p) - (y - mean y))^2 with batch means over the weighted
+    rows. A reward is only defined up to an offset (it is normalised after training), and a 1-7 scale
+    would otherwise make the head spend its first steps moving its bias from 0 to about 4.
+    """
+    predictions_B, targets_B = predictions_B.astype(jnp.float32), targets_B.astype(jnp.float32)
+    weights_B = jnp.ones_like(predictions_B) if weights_B is None else weights_B.astype(jnp.float32)
     count = weights_B.sum()
+    if centered:
+        def mean(x_B):
+            return (x_B * weights_B).sum() / jnp.maximum(count, 1.0)
+
+        predictions_B, targets_B = predictions_B - mean(predictions_B), targets_B - mean(targets_B)
+    error_B = predictions_B - targets_B
     loss_sum = (error_B ** 2 * weights_B).sum()
     loss = loss_sum / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "loss_sum": loss_sum, "correct_sum": jnp.zeros(()), "count": count}

@@ -107,7 +107,7 @@ def best_of_n(model, batch, rng):
 
 def regression(model, batch, rng):
     scores_B = model(batch["input_ids"], batch["attention_mask"], token_type_ids_BxT=batch["token_type_ids"])
-    return losses.regression_loss(scores_B, batch["score"], batch["weights"])
+    return losses.regression_loss(scores_B, batch["score"], batch["weights"], centered=True)
 
 
 LOSSES = {"reward_pairwise": pairwise, "reward_grouped": grouped, "reward_best_of_n": best_of_n,

@@ -126,6 +126,25 @@ def test_regression_loss_matches_a_float64_loop(rng):
     assert abs(float(loss) - np.mean((predictions - targets) ** 2)) < 1e-5
 
 
+def test_centered_regression_loss_matches_a_float64_loop_and_ignores_offsets(rng):
+    predictions, targets = rng.normal(size=9), rng.normal(size=9) * 3 + 4
+    weights = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1], np.float64)  # two padding rows
+    kept = [i for i in range(9) if weights[i]]
+    mean_p = sum(predictions[i] for i in kept) / len(kept)
+    mean_t = sum(targets[i] for i in kept) / len(kept)
+    expected = sum(((predictions[i] - mean_p) - (targets[i] - mean_t)) ** 2 for i in kept) / len(kept)
+
+    def centered(p, t):
+        return losses.regression_loss(jnp.asarray(p, jnp.float32), jnp.asarray(t, jnp.float32),
+                                      jnp.asarray(weights, jnp.float32), centered=True)[0]
+
+    assert abs(float(centered(predictions, targets)) - expected) < 1e-5
+    assert abs(float(centered(predictions + 2.5, targets - 1.0)) - expected) < 1e-5
+    uncentered = losses.regression_loss(jnp.asarray(predictions, jnp.float32), jnp.asarray(targets, jnp.float32),
+                                        jnp.asarray(weights, jnp.float32))[0]
+    assert float(uncentered) > expected + 1.0  # the offset of about 4 is what centring removes
+
+
 def test_reward_loss_gradients_match_finite_differences(rng):
     chosen, rejected = rng.normal(size=4), rng.normal(size=4)
 
