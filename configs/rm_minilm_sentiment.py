@@ -22,16 +22,16 @@ def get_config():
     # All 28 pairs of each prompt's 8 continuations in one batch element, each response scored once
     # (InstructGPT's batching): 8 prompts = 64 sequences = up to 224 labelled pairs per step.
     config.train.task = "reward_grouped"  # or reward_pairwise / reward_best_of_n (one pair per row)
-    config.train.steps = 750  # 3 epochs of ~2,000 training prompts
+    config.train.steps = 1000  # 2 epochs of ~4,000 training prompts
     config.train.batch_size = 8  # prompts (groups)
     config.train.eval_batch_size = 16
     config.train.learning_rate = 3e-5
     config.train.warmup_steps = 50
-    config.train.checkpoint_every = 150
-    config.train.eval_every = 150
-    # 8 continuations per prompt, all 28 pairs labelled: 70k pairs for the sampling cost of 20k responses.
+    config.train.checkpoint_every = 250
+    config.train.eval_every = 250
+    # 8 continuations per prompt, all 28 pairs labelled: 140k pairs for the sampling cost of 40k responses.
     # Simulated human over VADER: T = 0.28 makes ~15-20% of labels disagree with the gold order on these samples.
     config.feedback = {"policy": "smollm2-135m-instruct", "labeler": "vader", "temperature": 0.28, "tie_margin": 0.0,
-                       "prompts": 2500, "samples_per_prompt": 8, "prompt_tokens": 8, "response_tokens": 24,
+                       "prompts": 5000, "samples_per_prompt": 8, "prompt_tokens": 8, "response_tokens": 24,
                        "sampling_temperature": 1.0, "top_k": 0, "top_p": 1.0, "batch_size": 64, "seed": 0}
     return config

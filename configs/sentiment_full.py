@@ -20,9 +20,10 @@ def get_config():
     # The reward model its README numbers were measured with (the earlier rm_minilm_sentiment): [CLS]
     # pooler, 4 continuations per prompt, one pair per row, 900 steps x 32 pairs.
     config.model.config = {"pooling": "cls"}
+    config.feedback.prompts = 2500
     config.feedback.samples_per_prompt = 4
     config.train.update({"task": "reward_pairwise", "steps": 900, "batch_size": 32, "eval_batch_size": 64,
-                         "warmup_steps": 60})
+                         "warmup_steps": 60, "checkpoint_every": 150, "eval_every": 150})
     config.ppo = sentiment_quick.get_config().ppo
     config.ppo.update({"iterations": 32, "rollout_prompts": 64, "epochs": 2, "minibatches": 4, "checkpoint_every": 8})
     return config
