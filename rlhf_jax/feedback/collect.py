@@ -153,14 +153,13 @@ def collect_preferences(fb: FeedbackConfig, path: str, progress: bool = True) ->
     directory = os.path.dirname(os.path.abspath(path))
     if fb.kind == "ratings":
         ratings = rating_rows(prompts, samples, human, annotator, fb.policy, prefix)
-        summary["rating_rows"] = len(ratings)
-        write_jsonl(ratings, training_feedback(fb, directory)[0])
-    if fb.kind == "language":
+    elif fb.kind == "language":
         from rlhf_jax.feedback.language import comment_ratings, comment_scorer
 
         language_rows = comment_rows(prompts, samples, human, annotator, fb.policy, prefix)
         ratings = comment_ratings(language_rows, comment_scorer(fb))
         write_jsonl(language_rows, os.path.join(directory, "language.jsonl"))
+    if fb.kind != "preferences":
         write_jsonl(ratings, training_feedback(fb, directory)[0])
         summary["rating_rows"] = len(ratings)
     write_jsonl(rows, path)
