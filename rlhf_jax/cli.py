@@ -95,13 +95,10 @@ def _collect(args) -> int:
 
 
 def _label_serve(args) -> int:
-    from rlhf_jax.labeling.app import serve
-    from rlhf_jax.labeling.store import LabelError
+    from rlhf_jax.labeling.server import serve
 
-    if args.labels_per_item < 1:
-        raise LabelError(f"--labels-per-item must be >= 1, got {args.labels_per_item}")
     serve(args.db, args.queue, args.annotator, host=args.host, port=args.port, k=args.labels_per_item,
-          threads=args.threads, token_file=args.token_file)
+          threads=args.threads, token_file=args.token_file, rotate_tokens=args.rotate_tokens)
     return 0
 
 
@@ -114,7 +111,8 @@ def _label_export(args) -> int:
     summary = export(LabelStore(args.db), args.out, votes=args.votes)
     agreement = summary["agreement"]
     print(f"{summary['answers']} answers on {summary['items_answered']} items -> {summary['rows']} rows in {args.out}; "
-          f"agreement {agreement['observed']} (kappa {agreement['kappa']}) over {agreement['items']} items")
+          f"pairwise agreement {agreement['pairwise_agreement']} (Fleiss' kappa {agreement['fleiss_kappa']}) over "
+          f"{agreement['items']} items with 2+ votes")
     return 0
 
 
@@ -208,12 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", required=True, help="SQLite file (created if missing; WAL)")
     serve.add_argument("--queue", action="append", default=[], help="queue or preference JSONL to import (repeatable)")
     serve.add_argument("--annotator", action="append", default=[], metavar="NAME[=TOKEN]",
-                       help="an annotator; without =TOKEN a random token is made and printed (repeatable)")
+                       help="an annotator (repeatable); without =TOKEN an existing one keeps its token, a new one "
+                            "gets a random one")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--labels-per-item", type=int, default=1, help="k: annotators per item")
     serve.add_argument("--threads", type=int, default=8)
-    serve.add_argument("--token-file", default=None, help="also write {name: token} JSON here (mode 600)")
+    serve.add_argument("--token-file", default=None,
+                       help="{name: token} JSON (mode 600): read for the links of existing annotators, then rewritten")
+    serve.add_argument("--rotate-tokens", action="store_true",
+                       help="new tokens for the named annotators (all, if none is named): old links stop working")
     serve.set_defaults(run=_label_serve)
     export = label_sub.add_parser("export", help="write preference / rating / language JSONL and an agreement summary")
     export.add_argument("--db", required=True)

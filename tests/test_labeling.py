@@ -47,7 +47,7 @@ def test_login_link_sets_an_httponly_cookie(store):
     response = client.get(f"/?token={token}")
     assert response.status_code == 303 and response.headers["Location"] == "/"
     cookie = response.headers["Set-Cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Max-Age=" in cookie
     assert client.get("/").status_code == 200
 
 
@@ -64,7 +64,7 @@ def test_html_in_items_is_rendered_inert(tmp_path):
 
 
 @pytest.mark.parametrize("body,status,message", [
-    ("{not json", 400, "JSON object"),
+    ("{not json", 400, "not valid JSON"),
     ("[1, 2]", 400, "JSON object"),
     (json.dumps(answer("r", "i0", choice=0, extra=1)), 400, "unknown field"),
     (json.dumps(answer("r", "i0", choice=2)), 400, "choice"),
@@ -112,7 +112,7 @@ def test_undo_withdraws_the_last_answer_and_offers_its_item_again(store):
     client, auth = client_for(store)
     client.post("/api/answers", json=answer("r1", "i0", choice=0), headers=auth)
     client.post("/api/answers", json=answer("r2", "i1", choice=1), headers=auth)
-    assert client.post("/api/undo", headers=auth).get_json() == {"item_id": "i1"}
+    assert client.post("/api/undo", json={"request_id": "u1"}, headers=auth).get_json() == {"item_id": "i1"}
     assert client.get("/api/next", headers=auth).get_json()["item"]["id"] == "i1"
     assert [a["item_id"] for a in store.answers()] == ["i0"]
     assert len(store.answers(include_undone=True)) == 2
@@ -145,15 +145,29 @@ def test_export_majority_and_all_votes(store, tmp_path):
     assert majority["rows"] == {"preferences": 1, "ratings": 2, "language": 1}
     everything = export(store, str(tmp_path / "all"), votes="all")
     assert everything["rows"] == {"preferences": 4, "ratings": 6, "language": 1}
-    # Agreement: i0 votes (1, 1, 0) -> 1 of 3 pairs agree; i1 (tie, 0) -> 0 of 1. P_o = 1/4.
-    # Vote shares: 1 -> 2/5, 0 -> 2/5, tie -> 1/5, so P_e = 9/25 and kappa = (1/4 - 9/25) / (16/25).
-    assert everything["agreement"]["observed"] == pytest.approx(0.25)
-    assert everything["agreement"]["kappa"] == pytest.approx((0.25 - 9 / 25) / (16 / 25))
+    # Agreement: i0 votes (1, 1, 0) -> 1 of 3 pairs agree; i1 (tie, 0) -> 0 of 1: pairwise 1/4.
+    # Per item: P_i0 = (2*1) / (3*2) = 1/3, P_i1 = 0, so P_a = 1/6. Shares per item averaged over the two
+    # items: 1 -> (2/3 + 0) / 2 = 1/3, 0 -> (1/3 + 1/2) / 2 = 5/12, tie -> (0 + 1/2) / 2 = 1/4, so
+    # P_e = 16/144 + 25/144 + 9/144 = 50/144 and kappa = (24/144 - 50/144) / (94/144) = -26/94.
+    assert everything["agreement"]["pairwise_agreement"] == pytest.approx(0.25)
+    assert everything["agreement"]["fleiss_kappa"] == pytest.approx(-26 / 94)
 
 
 def test_agreement_of_perfect_and_of_no_overlap():
-    assert agreement({"x": [0, 0], "y": [1, 1]})["kappa"] == pytest.approx(1.0)
+    assert agreement({"x": [0, 0], "y": [1, 1]})["fleiss_kappa"] == pytest.approx(1.0)
     assert agreement({"x": [0]})["pairs"] == 0
+
+
+def test_fleiss_kappa_matches_the_published_example_with_equal_raters():
+    """Fleiss (1971) via Wikipedia's worked example: 10 subjects, 14 raters, 5 categories: P = 0.378,
+    P_e = 0.213, kappa = 0.210."""
+    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    votes = {f"s{i}": [c for c, n in enumerate(row) for _ in range(n)] for i, row in enumerate(table)}
+    result = agreement(votes)
+    assert result["mean_item_agreement"] == pytest.approx(0.378, abs=5e-4)
+    assert result["chance_agreement"] == pytest.approx(0.213, abs=5e-4)
+    assert result["fleiss_kappa"] == pytest.approx(0.210, abs=5e-4)
 
 
 def test_queue_reads_preference_files_and_names_bad_lines(tmp_path):

@@ -1,6 +1,9 @@
 """The labeling app in a real browser: Debian's headless Chromium driven by Playwright labels items by
-keyboard and by mouse (with an undo), and the export holds exactly those answers."""
+keyboard and by mouse (with an undo), and the export holds exactly those answers; a login link clicked on
+another site signs in; forms posted from another origin are refused; a login link planted by another
+site does not switch the annotator silently."""
 
+import http.server
 import json
 import os
 import shutil
@@ -45,6 +48,91 @@ def server(tmp_path):
     app_server.close()
 
 
+@pytest.fixture
+def other_site():
+    """Another web server on 127.0.0.1 (a chat page, or an attacker's): ``pages[path] = html`` sets what it
+    serves. Reached as 127.0.0.1:PORT it is the same site as the app but another origin; as localhost:PORT
+    it is another site."""
+    pages: dict[str, str] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = pages.get(self.path, "not found").encode()
+            self.send_response(200 if self.path in pages else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    yield pages, site.server_address[1]
+    site.shutdown()
+
+
+@pytest.fixture
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def test_a_login_link_clicked_on_another_site_signs_in(server, other_site, browser):
+    store, url, token = server
+    pages, port = other_site
+    pages["/chat"] = f'<p>Your labeling link: <a id="link" href="{url}/?token={token}">start labeling</a></p>'
+    page = browser.new_page()
+    page.goto(f"http://localhost:{port}/chat")                  # another site than 127.0.0.1
+    with page.expect_navigation():
+        page.click("#link")
+    assert page.url == url + "/"
+    assert page.locator("#annotator").inner_text() == "alice"
+    assert page.locator("input[name=item_id]").get_attribute("value") == "i0"
+    assert page.reload().status == 200 and page.locator("#annotator").inner_text() == "alice"
+
+
+@pytest.mark.parametrize("target", ["answer", "undo"])
+def test_forms_posted_from_another_origin_are_refused(server, other_site, browser, target):
+    store, url, token = server
+    pages, port = other_site
+    page = browser.new_page()
+    page.goto(f"{url}/?token={token}")
+    with page.expect_navigation():
+        page.keyboard.press("1")                                 # one real answer, on i0
+    before = store.answers(include_undone=True)
+    fields = {"answer": {"item_id": "i5", "verdict": "0", "request_id": "forged"}, "undo": {"request_id": "forged"}}
+    inputs = "".join(f'<input type="hidden" name="{k}" value="{v}">' for k, v in fields[target].items())
+    pages["/attack"] = (f'<form id="f" method="post" action="{url}/{target}">{inputs}</form>'
+                        '<script>document.getElementById("f").submit()</script>')
+    with page.expect_navigation():
+        page.goto(f"http://127.0.0.1:{port}/attack")             # same site, other origin: the cookie is sent
+    assert page.url == f"{url}/{target}"
+    assert "refused" in page.locator("#message").inner_text()
+    assert store.answers(include_undone=True) == before
+
+
+def test_a_login_link_planted_by_another_site_asks_before_switching(server, other_site, browser):
+    store, url, token = server
+    carol = store.add_annotator("carol")
+    pages, port = other_site
+    pages["/planted"] = f'<script>location.href = "{url}/?token={carol}"</script>'
+    page = browser.new_page()
+    page.goto(f"{url}/?token={token}")
+    page.goto(f"http://localhost:{port}/planted")
+    page.wait_for_selector("#switch")
+    assert page.locator("#current").inner_text() == "alice" and page.locator("#other").inner_text() == "carol"
+    page.goto(url + "/")
+    assert page.locator("#annotator").inner_text() == "alice"   # nothing switched
+    page.goto(f"{url}/?token={carol}")
+    with page.expect_navigation():
+        page.click("#switch")                                    # only the person can switch
+    assert page.locator("#annotator").inner_text() == "carol"
+
+
 def test_label_by_keyboard_and_mouse_then_export(server, tmp_path):
     store, url, token = server
     with sync_api.sync_playwright() as playwright:
@@ -87,7 +175,7 @@ def test_label_by_keyboard_and_mouse_then_export(server, tmp_path):
         assert page.locator("#response-0 .text").inner_text() == "<script>window.pwned = 1</script>"
         assert page.locator("#response-1 .text b").count() == 0
         assert page.locator("#prompt").inner_text() == "Credits <i>roll</i>"
-        assert page.locator("#progress").inner_text() == "you: 5 answered · 5/6 items complete"
+        assert page.locator("#progress").inner_text() == "you: 5 answered · 4/6 items complete"  # a skip completes none
         page.screenshot(path=str(tmp_path / "label.png"))
         browser.close()
 

@@ -6,20 +6,31 @@ given). ``votes='all'``: every answer becomes its own rows, with its annotator. 
 kept one per annotator (text has no majority); a comment on a choice is attached to the chosen
 response, otherwise to every response. All rows of an item share the item's split.
 
-Agreement, over items with two or more non-skip votes (a vote is a response index or 'tie'):
-observed P_o = fraction of agreeing annotator pairs; chance P_e = sum_c p_c^2 with p_c the share of
-all votes in category c; kappa = (P_o - P_e) / (1 - P_e) (Fleiss' kappa, variable raters per item).
+Row ids are ``ITEM#SUFFIX`` (majority) or ``ITEM/ANNOTATOR#SUFFIX`` (one row per vote): annotator names
+hold neither '/' nor '#' and suffixes no '/' or '#', so splitting at the last '#' and then the last '/'
+gives back the parts, and two different rows never share an id, whatever the item ids hold.
+
+Agreement, over non-skip votes (a vote is a response index or 'tie'); r_i votes on item i, r_ic of
+them for category c:
+
+  pairwise agreement = sum_i sum_c r_ic (r_ic - 1) / sum_i r_i (r_i - 1), the share of agreeing pairs;
+  P_a = mean over items with r_i >= 2 of sum_c r_ic (r_ic - 1) / (r_i (r_i - 1));
+  pi_c = mean over items with r_i >= 1 of r_ic / r_i;   P_e = sum_c pi_c^2;
+  kappa = (P_a - P_e) / (1 - P_e).
+
+This is Fleiss' kappa generalised to a varying number of raters per item as in Gwet, Handbook of
+Inter-Rater Reliability (2014), ch. 2 (irrCAC's ``fleiss.raw``); with the same number of raters on
+every item it is Fleiss' (1971) kappa exactly.
 """
 
 from __future__ import annotations
 
 import collections
-import itertools
 import os
 
 from rlhf_jax.data import records
 from rlhf_jax.feedback.collect import write_jsonl
-from rlhf_jax.labeling.store import LabelStore
+from rlhf_jax.labeling.store import LabelError, LabelStore
 from rlhf_jax.metrics import write_json
 
 
@@ -29,36 +40,36 @@ def _vote(answer: dict):
 
 def _preference_rows(item_id: str, answer_like: dict, choice: int, row_id: str, annotator: str) -> list[dict]:
     responses = answer_like["responses"]
-    return [{"id": f"{row_id}-{choice}v{j}", "split": records.hash_split(item_id), "prompt": answer_like["prompt"],
+    return [{"id": f"{row_id}#{choice}v{j}", "split": records.hash_split(item_id), "prompt": answer_like["prompt"],
              "chosen": responses[choice], "rejected": responses[j], "annotator": annotator, "source": "label-app"}
             for j in range(len(responses)) if j != choice]
 
 
 def agreement(votes_by_item: dict[str, list]) -> dict:
-    """Pairwise agreement and Fleiss' kappa over items with >= 2 votes (see the module docstring)."""
-    agree = pairs = 0
-    counts = collections.Counter()
-    for votes in votes_by_item.values():
-        if len(votes) < 2:
-            continue
-        counts.update(votes)
-        for a, b in itertools.combinations(votes, 2):
-            pairs += 1
-            agree += a == b
-    if not pairs:
-        return {"items": 0, "pairs": 0, "observed": None, "kappa": None}
-    total = sum(counts.values())
-    observed = agree / pairs
-    chance = sum((c / total) ** 2 for c in counts.values())
+    """Pairwise agreement and Fleiss' kappa for a varying number of raters (see the module docstring)."""
+    rated = [collections.Counter(votes) for votes in votes_by_item.values() if votes]
+    multi = [(counts, sum(counts.values())) for counts in rated if sum(counts.values()) >= 2]
+    if not multi:
+        return {"items": 0, "pairs": 0, "pairwise_agreement": None, "fleiss_kappa": None}
+    agreeing = sum(c * (c - 1) for counts, _ in multi for c in counts.values())
+    ordered_pairs = sum(r * (r - 1) for _, r in multi)
+    observed = sum(sum(c * (c - 1) for c in counts.values()) / (r * (r - 1)) for counts, r in multi) / len(multi)
+    shares = collections.Counter()
+    for counts in rated:
+        total = sum(counts.values())
+        shares.update({category: c / total / len(rated) for category, c in counts.items()})
+    chance = sum(pi * pi for pi in shares.values())
     kappa = (observed - chance) / (1 - chance) if chance < 1 else 1.0
-    return {"items": sum(len(v) >= 2 for v in votes_by_item.values()), "pairs": pairs, "observed": observed,
-            "kappa": kappa}
+    return {"items": len(multi), "pairs": ordered_pairs // 2, "pairwise_agreement": agreeing / ordered_pairs,
+            "mean_item_agreement": observed, "chance_agreement": chance, "fleiss_kappa": kappa}
 
 
 def export(store: LabelStore, out_dir: str, votes: str = "majority") -> dict:
     """Write preferences.jsonl, ratings.jsonl, language.jsonl and summary.json into ``out_dir``."""
     if votes not in ("majority", "all"):
-        raise ValueError(f"votes: {votes!r} is not 'majority' or 'all'")
+        raise LabelError(f"votes: {votes!r} is not 'majority' or 'all'")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise LabelError(f"--out {out_dir}: exists and is not a directory")
     answers = store.answers()
     by_item: dict[str, list[dict]] = collections.defaultdict(list)
     for answer in answers:
@@ -72,9 +83,9 @@ def export(store: LabelStore, out_dir: str, votes: str = "majority") -> dict:
         if votes == "all":
             for a in counted:
                 if a["verdict"] == "choice":
-                    preferences += _preference_rows(item_id, a, a["choice"], f"{item_id}-{a['annotator']}", a["annotator"])
+                    preferences += _preference_rows(item_id, a, a["choice"], f"{item_id}/{a['annotator']}", a["annotator"])
             for a in item_answers:
-                ratings += [{"id": f"{item_id}-{a['annotator']}-r{j}", "split": split, "prompt": a["prompt"],
+                ratings += [{"id": f"{item_id}/{a['annotator']}#r{j}", "split": split, "prompt": a["prompt"],
                              "response": a["responses"][j], "score": float(r), "annotator": a["annotator"],
                              "source": "label-app"} for j, r in enumerate(a["ratings"]) if r is not None]
         else:
@@ -86,13 +97,13 @@ def export(store: LabelStore, out_dir: str, votes: str = "majority") -> dict:
             for j, response in enumerate(first["responses"]):
                 given = [a["ratings"][j] for a in item_answers if a["ratings"] and a["ratings"][j] is not None]
                 if given:
-                    ratings.append({"id": f"{item_id}-r{j}", "split": split, "prompt": first["prompt"],
+                    ratings.append({"id": f"{item_id}#r{j}", "split": split, "prompt": first["prompt"],
                                     "response": response, "score": sum(given) / len(given),
                                     "annotator": f"mean-of-{len(given)}", "source": "label-app"})
         for a in item_answers:
             if a["comment"]:
                 targets = [a["choice"]] if a["verdict"] == "choice" else range(len(a["responses"]))
-                language += [{"id": f"{item_id}-{a['annotator']}-c{j}", "split": split, "prompt": a["prompt"],
+                language += [{"id": f"{item_id}/{a['annotator']}#c{j}", "split": split, "prompt": a["prompt"],
                               "response": a["responses"][j], "feedback": a["comment"], "annotator": a["annotator"],
                               "source": "label-app"} for j in targets]
     os.makedirs(out_dir, exist_ok=True)

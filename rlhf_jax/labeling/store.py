@@ -6,11 +6,18 @@ Guarantees the labeling app relies on:
   so a crash (even ``kill -9``) loses nothing acknowledged;
 * every write is one ``BEGIN IMMEDIATE`` transaction, so concurrent annotators are serialised by
   SQLite's write lock, never interleaved;
-* a submission carries a client ``request_id`` (unique): a retried request returns the answer it
-  already made instead of counting twice, and one annotator holds at most one live answer per item
-  (a partial unique index);
-* an item is offered to at most ``k`` annotators at a time: live answers plus unexpired leases of
-  others stay below ``k``.
+* a submission or an undo carries a client ``request_id`` (unique): a retried request returns what it
+  already did instead of acting twice, and one annotator holds at most one live answer per item (a
+  partial unique index);
+* each item has ``k`` slots. A slot is taken by a live answer (a skip takes none) or by an unexpired
+  lease: the item shown to an annotator is reserved for them for ``LEASE_SECONDS``. An item is offered
+  only while a slot is free, and an answer is accepted only into a free slot or the annotator's own
+  lease: an answer for an item whose slots are all taken (an expired page, an item never offered) is
+  refused with 409, which also releases the annotator's lease on it, so nobody is shown it again;
+* an annotator holds at most one lease: the item they are looking at.
+
+A database file is checked read-only before anything is written to it: a damaged file, a file of
+another program or a newer schema is refused and left exactly as it was.
 
 Tokens are stored as SHA-256 digests and compared in constant time; all SQL is parameterised.
 """
@@ -21,12 +28,15 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import sqlite3
 import time
-from typing import Iterator, Sequence
+import urllib.parse
+from typing import Iterator, Mapping, Sequence
 
 # Each entry moves the schema from version i to i + 1 (PRAGMA user_version); never edit a released one.
+# Statements are split at ";", so none may hold one, comments included.
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE items (
@@ -65,16 +75,32 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX answers_by_annotator ON answers(annotator, created_at);
     """,
+    """
+    CREATE TABLE undos (
+        request_id TEXT PRIMARY KEY,
+        annotator TEXT NOT NULL REFERENCES annotators(name),
+        answer_id INTEGER REFERENCES answers(id),  -- the answer withdrawn, NULL when there was none
+        created_at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 VERDICTS = ("choice", "tie", "skip")
 MAX_COMMENT_CHARS = 2000
+MAX_ID_CHARS = 128
 RATING_RANGE = (1, 7)
 LEASE_SECONDS = 600.0  # how long an item shown to an annotator stays reserved for them
 
+# Slots of `items.id` taken by others than :me: live answers that are not skips, and others' unexpired leases.
+_TAKEN_BY_OTHERS = (
+    "((SELECT COUNT(*) FROM answers a WHERE a.item_id = items.id AND a.undone_at IS NULL AND a.verdict != 'skip') + "
+    "(SELECT COUNT(*) FROM leases l WHERE l.item_id = items.id AND l.annotator != :me AND l.expires_at >= :now))")
+_UNANSWERED_BY_ME = ("NOT EXISTS (SELECT 1 FROM answers a WHERE a.item_id = items.id AND a.annotator = :me "
+                     "AND a.undone_at IS NULL)")
+
 
 class LabelError(ValueError):
-    """A submission the store refuses; ``status`` is the HTTP status the app answers with."""
+    """A request, file or argument the store refuses; ``status`` is the HTTP status the app answers with."""
 
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
@@ -85,12 +111,58 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def check_text(field: str, value, max_chars: int, status_if_long: int = 400) -> str:
+    """``value`` if it is a string of at most ``max_chars`` that SQLite can store (UTF-8: no lone
+    surrogates), else LabelError naming ``field``."""
+    if not isinstance(value, str):
+        raise LabelError(f"{field}: a string is required, got {type(value).__name__}")
+    if len(value) > max_chars:
+        raise LabelError(f"{field}: {len(value)} characters, at most {max_chars} allowed", status_if_long)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LabelError(f"{field}: not valid text (a lone surrogate such as \\ud800)") from None
+    return value
+
+
+def check_annotator_name(name: str) -> str:
+    letters = name.replace("-", "").replace("_", "")
+    if not name or len(name) > 64 or not (letters.isascii() and letters.isalnum()):
+        raise LabelError(f"annotator name {name!r}: use 1-64 letters, digits, '-' or '_'")
+    return name
+
+
+def check_database_file(path: str) -> None:
+    """Refuse, without writing to it, a file that is not a healthy label database of this code's schema or
+    older. A missing file is fine (it will be created)."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isfile(path):
+        raise LabelError(f"{path}: not a file")
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LabelError(f"{path}: schema version {version} is newer than this code ({SCHEMA_VERSION}); "
+                                 "use a newer rlhf_jax")
+            if version == 0 and db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+                raise LabelError(f"{path}: an SQLite database, but not a label database (it has tables and no "
+                                 "label schema version)")
+            problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as error:
+        raise LabelError(f"{path}: not a readable label database ({error})") from None
+    if problems != ["ok"]:
+        raise LabelError(f"{path}: the database is damaged ({'; '.join(problems[:3])})")
+
+
 class LabelStore:
     """All reads and writes of one database file. Safe to share between threads: each call opens its own
     connection (cheap for SQLite), so no connection crosses a thread."""
 
     def __init__(self, path: str):
         self.path = path
+        check_database_file(path)
         with self._read() as db:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: set once on the file
         self._migrate()
@@ -148,21 +220,61 @@ class LabelStore:
 
     # -- annotators and items ---------------------------------------------------------------------------
     def add_annotator(self, name: str, token: str | None = None) -> str:
-        """Register ``name`` (or give it a new token); returns the token, which is stored only as a digest."""
-        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
-            raise LabelError(f"annotator name {name!r}: use 1-64 letters, digits, '-' or '_'")
-        token = token or secrets.token_urlsafe(24)
+        """Register ``name`` with ``token`` (a fresh random one if None), replacing a token it had; returns
+        the token, which is stored only as a digest."""
+        return self.register_annotators({name: token or secrets.token_urlsafe(24)})[name]
+
+    def register_annotators(self, wanted: Mapping[str, str | None], rotate: bool = False,
+                            known: Mapping[str, str] | None = None) -> dict[str, str | None]:
+        """Register annotators in one transaction (all or none); returns name -> token, None where an existing
+        token was kept but is not known here (only its digest is stored).
+
+        Per name: the token given in ``wanted`` if any; else a new annotator gets its token from ``known``
+        (a token file) or a random one; an existing annotator keeps its token (``rotate``: gets a random
+        new one). Two annotators with one token are refused, naming both."""
+        known = known or {}
+        tokens: dict[str, str | None] = {}
         with self._write() as db:
-            db.execute("INSERT INTO annotators(name, token_sha256, created_at) VALUES (?, ?, ?) "
-                       "ON CONFLICT(name) DO UPDATE SET token_sha256 = excluded.token_sha256",
-                       (name, token_digest(token), time.time()))
-        return token
+            for name, given in wanted.items():
+                check_annotator_name(name)
+                row = db.execute("SELECT token_sha256 FROM annotators WHERE name = ?", (name,)).fetchone()
+                token = given
+                if token is None and row is None:
+                    token = known.get(name) or secrets.token_urlsafe(24)
+                elif token is None and rotate:
+                    token = secrets.token_urlsafe(24)
+                elif token is None:
+                    kept = known.get(name)
+                    tokens[name] = kept if kept and hmac.compare_digest(token_digest(kept), row["token_sha256"]) else None
+                    continue
+                check_text(f"token of {name}", token, 256)
+                if not token:
+                    raise LabelError(f"token of {name}: must not be empty")
+                digest = token_digest(token)
+                owner = db.execute("SELECT name FROM annotators WHERE token_sha256 = ? AND name != ?",
+                                   (digest, name)).fetchone()
+                twin = [other for other, t in tokens.items() if t is not None and token_digest(t) == digest]
+                if owner is not None or twin:
+                    raise LabelError(f"annotators {(owner['name'] if owner else twin[0])!r} and {name!r} would "
+                                     "share one token: give each its own")
+                db.execute("INSERT INTO annotators(name, token_sha256, created_at) VALUES (?, ?, ?) "
+                           "ON CONFLICT(name) DO UPDATE SET token_sha256 = excluded.token_sha256",
+                           (name, digest, time.time()))
+                tokens[name] = token
+        return tokens
+
+    def annotators(self) -> list[str]:
+        with self._read() as db:
+            return [row["name"] for row in db.execute("SELECT name FROM annotators ORDER BY name")]
 
     def authenticate(self, token: str | None) -> str | None:
         """The annotator whose token this is, else None. Every stored digest is compared in constant time."""
         if not token or len(token) > 256:
             return None
-        digest = token_digest(token)
+        try:
+            digest = token_digest(token)
+        except UnicodeEncodeError:
+            return None
         with self._read() as db:
             rows = db.execute("SELECT name, token_sha256 FROM annotators").fetchall()
         name = None
@@ -195,24 +307,22 @@ class LabelStore:
     # -- labeling ---------------------------------------------------------------------------------------
     def next_item(self, annotator: str, k: int, lease_seconds: float = LEASE_SECONDS,
                   prefer: str | None = None) -> dict | None:
-        """The item this annotator should label next, leased to them: ``prefer`` if they hold its lease
-        (an undone item), else the one they already hold, else the first (in queue order) they have not
-        answered whose live answers + others' leases are below k."""
+        """The item this annotator should label next, leased to them (and their other leases released):
+        among the items they have not answered and that have a slot for them, ``prefer`` if they hold its
+        lease (an undone item), else the one they already hold, else the first in queue order."""
         now = time.time()
-        unanswered = ("NOT EXISTS (SELECT 1 FROM answers a WHERE a.item_id = items.id AND a.annotator = ? "
-                      "AND a.undone_at IS NULL)")
+        args = {"me": annotator, "now": now, "k": k, "prefer": prefer}
+        free_for_me = f"{_UNANSWERED_BY_ME} AND {_TAKEN_BY_OTHERS} < :k"
         with self._write() as db:
             db.execute("DELETE FROM leases WHERE expires_at < ?", (now,))
             row = db.execute(
-                f"SELECT items.* FROM leases JOIN items ON items.id = leases.item_id WHERE leases.annotator = ? "
-                f"AND {unanswered} ORDER BY items.id = ? DESC, items.seq LIMIT 1",
-                (annotator, annotator, prefer)).fetchone()
+                f"SELECT items.* FROM leases JOIN items ON items.id = leases.item_id WHERE leases.annotator = :me "
+                f"AND {free_for_me} ORDER BY items.id = :prefer DESC, items.seq LIMIT 1", args).fetchone()
             if row is None:
-                row = db.execute(
-                    f"SELECT items.* FROM items WHERE {unanswered} AND "
-                    "(SELECT COUNT(*) FROM answers a WHERE a.item_id = items.id AND a.undone_at IS NULL) + "
-                    "(SELECT COUNT(*) FROM leases l WHERE l.item_id = items.id AND l.annotator != ?) < ? "
-                    "ORDER BY items.seq LIMIT 1", (annotator, annotator, k)).fetchone()
+                row = db.execute(f"SELECT items.* FROM items WHERE {free_for_me} ORDER BY items.seq LIMIT 1",
+                                 args).fetchone()
+            db.execute("DELETE FROM leases WHERE annotator = ? AND item_id IS NOT ?",
+                       (annotator, row["id"] if row else None))
             if row is None:
                 return None
             _lease(db, row["id"], annotator, now + lease_seconds)
@@ -221,9 +331,15 @@ class LabelStore:
     def submit(self, annotator: str, request_id: str, item_id: str, verdict: str, choice: int | None = None,
                ratings: Sequence[int | None] = (), comment: str = "", k: int | None = None) -> tuple[int, bool]:
         """Record one answer; returns (answer id, whether it is new). A request_id seen before returns its
-        answer unchanged (a retry), whatever the rest of the call says."""
-        if not request_id or len(request_id) > 128:
+        answer unchanged (a retry), whatever the rest of the call says. With ``k``, an answer that is not a
+        skip needs a free slot (see the module docstring); without one it is refused with 409 and the
+        annotator's lease on the item is released."""
+        check_text("request_id", request_id, MAX_ID_CHARS)
+        if not request_id:
             raise LabelError("request_id: a non-empty string of at most 128 characters is required")
+        check_text("item_id", item_id, MAX_ID_CHARS * 8)
+        now = time.time()
+        refusal = None
         with self._write() as db:
             old = db.execute("SELECT id, annotator FROM answers WHERE request_id = ?", (request_id,)).fetchone()
             if old is not None:
@@ -238,30 +354,52 @@ class LabelStore:
             if db.execute("SELECT 1 FROM answers WHERE item_id = ? AND annotator = ? AND undone_at IS NULL",
                           (item_id, annotator)).fetchone():
                 raise LabelError(f"item {item_id!r} is already answered by {annotator}; undo it first", 409)
-            if k is not None:
-                live = db.execute("SELECT COUNT(*) FROM answers WHERE item_id = ? AND undone_at IS NULL",
-                                  (item_id,)).fetchone()[0]
-                if live >= k:
-                    raise LabelError(f"item {item_id!r} already has its {k} answers", 409)
-            cursor = db.execute(
-                "INSERT INTO answers(request_id, item_id, annotator, verdict, choice, ratings, comment, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (request_id, item_id, annotator, verdict, choice, json.dumps(ratings), comment, time.time()))
-            db.execute("DELETE FROM leases WHERE item_id = ? AND annotator = ?", (item_id, annotator))
-            return cursor.lastrowid, True
+            if k is not None and verdict != "skip":
+                refusal = _no_free_slot(db, item_id, annotator, k, now)
+            if refusal is not None:
+                db.execute("DELETE FROM leases WHERE item_id = ? AND annotator = ?", (item_id, annotator))
+            else:
+                cursor = db.execute(
+                    "INSERT INTO answers(request_id, item_id, annotator, verdict, choice, ratings, comment, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (request_id, item_id, annotator, verdict, choice, json.dumps(ratings), comment, now))
+                db.execute("DELETE FROM leases WHERE item_id = ? AND annotator = ?", (item_id, annotator))
+        if refusal is not None:
+            raise refusal  # after the commit: the released lease stays released
+        return cursor.lastrowid, True
 
-    def undo_last(self, annotator: str) -> str | None:
-        """Withdraw this annotator's latest live answer (kept, marked undone); returns its item id, leased
-        back to them so it is shown next."""
+    def undo(self, annotator: str, request_id: str, item_id: str | None = None) -> str | None:
+        """Withdraw this annotator's live answer on ``item_id`` (None: their latest); the answer is kept,
+        marked undone, and its item leased back to them so it is shown next. Returns the item id (None when
+        there was nothing to undo). A request_id seen before returns what it did then and does nothing more."""
+        check_text("request_id", request_id, MAX_ID_CHARS)
+        if not request_id:
+            raise LabelError("request_id: a non-empty string of at most 128 characters is required")
+        if item_id is not None:
+            check_text("item_id", item_id, MAX_ID_CHARS * 8)
         now = time.time()
         with self._write() as db:
-            row = db.execute("SELECT id, item_id FROM answers WHERE annotator = ? AND undone_at IS NULL "
-                             "ORDER BY id DESC LIMIT 1", (annotator,)).fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE answers SET undone_at = ? WHERE id = ?", (now, row["id"]))
-            _lease(db, row["item_id"], annotator, now + LEASE_SECONDS)
-            return row["item_id"]
+            seen = db.execute("SELECT u.annotator, a.item_id FROM undos u LEFT JOIN answers a ON a.id = u.answer_id "
+                              "WHERE u.request_id = ?", (request_id,)).fetchone()
+            if seen is not None:
+                if seen["annotator"] != annotator:
+                    raise LabelError(f"request_id {request_id!r} belongs to another annotator", 409)
+                return seen["item_id"]
+            if item_id is None:
+                row = db.execute("SELECT id, item_id FROM answers WHERE annotator = ? AND undone_at IS NULL "
+                                 "ORDER BY id DESC LIMIT 1", (annotator,)).fetchone()
+            else:
+                row = db.execute("SELECT id, item_id FROM answers WHERE annotator = ? AND item_id = ? "
+                                 "AND undone_at IS NULL", (annotator, item_id)).fetchone()
+                if row is None:
+                    raise LabelError(f"item_id: {annotator} has no live answer on item {item_id!r} to undo", 404)
+            if row is not None:
+                db.execute("UPDATE answers SET undone_at = ? WHERE id = ?", (now, row["id"]))
+                db.execute("DELETE FROM leases WHERE annotator = ?", (annotator,))
+                _lease(db, row["item_id"], annotator, now + LEASE_SECONDS)
+            db.execute("INSERT INTO undos(request_id, annotator, answer_id, created_at) VALUES (?, ?, ?, ?)",
+                       (request_id, annotator, row["id"] if row else None, now))
+            return row["item_id"] if row else None
 
     # -- reading ----------------------------------------------------------------------------------------
     def answers(self, include_undone: bool = False) -> list[dict]:
@@ -273,11 +411,20 @@ class LabelStore:
         return [{**dict(row), "responses": json.loads(row["responses"]), "ratings": json.loads(row["ratings"])}
                 for row in rows]
 
+    def leases(self) -> list[tuple[str, str]]:
+        """(item id, annotator) of every unexpired lease."""
+        with self._read() as db:
+            return [(row["item_id"], row["annotator"]) for row in db.execute(
+                "SELECT item_id, annotator FROM leases WHERE expires_at >= ? ORDER BY item_id, annotator",
+                (time.time(),))]
+
     def progress(self, annotator: str, k: int) -> dict:
+        """Items in all, items complete (k answers that are not skips), this annotator's live answers, and
+        their agreement with others' non-skip votes on the same items."""
         with self._read() as db:
             total = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
             complete = db.execute("SELECT COUNT(*) FROM (SELECT item_id FROM answers WHERE undone_at IS NULL "
-                                  "GROUP BY item_id HAVING COUNT(*) >= ?)", (k,)).fetchone()[0]
+                                  "AND verdict != 'skip' GROUP BY item_id HAVING COUNT(*) >= ?)", (k,)).fetchone()[0]
             mine = db.execute("SELECT COUNT(*) FROM answers WHERE annotator = ? AND undone_at IS NULL",
                               (annotator,)).fetchone()[0]
             # My non-skip votes against other annotators' on the same items: same verdict and same choice.
@@ -306,11 +453,22 @@ def validate_answer(verdict: str, choice, ratings, comment, n_responses: int):
     for rating in ratings:
         if rating is not None and (not isinstance(rating, int) or isinstance(rating, bool) or not lo <= rating <= hi):
             raise LabelError(f"ratings: each must be an integer {lo}-{hi} or null, got {rating!r}")
-    if not isinstance(comment, str):
-        raise LabelError("comment: must be a string")
-    if len(comment) > MAX_COMMENT_CHARS:
-        raise LabelError(f"comment: {len(comment)} characters, at most {MAX_COMMENT_CHARS} allowed", 413)
+    comment = check_text("comment", comment, MAX_COMMENT_CHARS, status_if_long=413)
     return verdict, choice, ratings, comment.strip()
+
+
+def _no_free_slot(db: sqlite3.Connection, item_id: str, annotator: str, k: int, now: float) -> LabelError | None:
+    """Why ``annotator`` may not answer ``item_id`` now (all k slots taken by others), or None."""
+    args = {"me": annotator, "now": now, "item": item_id}
+    live, taken = db.execute(
+        "SELECT (SELECT COUNT(*) FROM answers a WHERE a.item_id = items.id AND a.undone_at IS NULL "
+        f"AND a.verdict != 'skip'), {_TAKEN_BY_OTHERS} FROM items WHERE items.id = :item", args).fetchone()
+    if live >= k:
+        return LabelError(f"item {item_id!r} already has its {k} answers; it will not be shown again", 409)
+    if taken >= k:
+        return LabelError(f"item {item_id!r} is being labelled by the annotators it was shown to (all {k} of its "
+                          "slots are taken; yours expired or was never given); it will not be shown again", 409)
+    return None
 
 
 def _lease(db: sqlite3.Connection, item_id: str, annotator: str, expires_at: float) -> None:
