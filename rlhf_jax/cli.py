@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_jax.assets import AssetError
     from rlhf_jax.config import ConfigError
     from rlhf_jax.data.records import DataError
-    from rlhf_jax.labeling.store import LabelError
+    from rlhf_jax.labeling.validation import LabelError
     from rlhf_jax.models.convert import CheckpointError
 
     try:

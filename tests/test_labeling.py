@@ -11,7 +11,9 @@ from rlhf_jax.labeling.app import create_app
 from rlhf_jax.labeling.export import agreement, export
 from rlhf_jax.labeling.load import run_load
 from rlhf_jax.labeling.queue import read_queue
-from rlhf_jax.labeling.store import SCHEMA_VERSION, LabelError, LabelStore
+from rlhf_jax.labeling.schema import SCHEMA_VERSION
+from rlhf_jax.labeling.store import LabelStore
+from rlhf_jax.labeling.validation import LabelError
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from rlhf_jax.data import records
 from rlhf_jax.labeling.app import create_app
 from rlhf_jax.labeling.export import export
 from rlhf_jax.labeling.load import ServerProcess, free_port
-from rlhf_jax.labeling.store import SCHEMA_VERSION, LabelStore
+from rlhf_jax.labeling.schema import SCHEMA_VERSION
+from rlhf_jax.labeling.store import LabelStore
 
 ITEMS = [{"id": f"i{n}", "prompt": f"prompt {n}", "responses": [f"a{n}", f"b{n}"]} for n in range(4)]
 

@@ -43,7 +43,8 @@ import uuid
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from rlhf_jax.labeling.store import MAX_COMMENT_CHARS, LabelError, LabelStore, check_text
+from rlhf_jax.labeling.store import LabelStore
+from rlhf_jax.labeling.validation import MAX_COMMENT_CHARS, LabelError, check_text
 
 COOKIE = "rlhf_label_token"
 SESSION_SECONDS = 14 * 24 * 3600  # how long a browser stays signed in

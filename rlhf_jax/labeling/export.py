@@ -30,7 +30,8 @@ import os
 
 from rlhf_jax.data import records
 from rlhf_jax.feedback.collect import write_jsonl
-from rlhf_jax.labeling.store import LabelError, LabelStore
+from rlhf_jax.labeling.store import LabelStore
+from rlhf_jax.labeling.validation import LabelError
 from rlhf_jax.metrics import write_json
 
 

@@ -19,7 +19,8 @@ import os
 import socket
 
 from rlhf_jax.labeling.app import MAX_REQUEST_BYTES, create_app
-from rlhf_jax.labeling.store import LabelError, LabelStore, check_annotator_name
+from rlhf_jax.labeling.store import LabelStore
+from rlhf_jax.labeling.validation import LabelError, check_annotator_name
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

@@ -25,70 +25,17 @@ Tokens are stored as SHA-256 digests and compared in constant time; all SQL is p
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
-import os
 import secrets
 import sqlite3
 import time
-import urllib.parse
 from typing import Iterator, Mapping, Sequence
 
-# Each entry moves the schema from version i to i + 1 (PRAGMA user_version); never edit a released one.
-# Statements are split at ";", so none may hold one, comments included.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE items (
-        id TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL UNIQUE,
-        prompt TEXT NOT NULL,
-        responses TEXT NOT NULL,            -- JSON list of >= 2 strings
-        source TEXT NOT NULL DEFAULT '',
-        added_at REAL NOT NULL
-    );
-    CREATE TABLE annotators (
-        name TEXT PRIMARY KEY,
-        token_sha256 TEXT NOT NULL UNIQUE,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE answers (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        request_id TEXT NOT NULL UNIQUE,
-        item_id TEXT NOT NULL REFERENCES items(id),
-        annotator TEXT NOT NULL REFERENCES annotators(name),
-        verdict TEXT NOT NULL CHECK (verdict IN ('choice', 'tie', 'skip')),
-        choice INTEGER,                     -- index of the better response when verdict = 'choice'
-        ratings TEXT NOT NULL DEFAULT '[]', -- JSON list: a 1-7 rating or null per response
-        comment TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL,
-        undone_at REAL                      -- set by undo (the row is kept for the audit trail)
-    );
-    CREATE UNIQUE INDEX one_live_answer ON answers(item_id, annotator) WHERE undone_at IS NULL;
-    """,
-    """
-    CREATE TABLE leases (
-        item_id TEXT NOT NULL REFERENCES items(id),
-        annotator TEXT NOT NULL REFERENCES annotators(name),
-        expires_at REAL NOT NULL,
-        PRIMARY KEY (item_id, annotator)
-    );
-    CREATE INDEX answers_by_annotator ON answers(annotator, created_at);
-    """,
-    """
-    CREATE TABLE undos (
-        request_id TEXT PRIMARY KEY,
-        annotator TEXT NOT NULL REFERENCES annotators(name),
-        answer_id INTEGER REFERENCES answers(id),  -- the answer withdrawn, NULL when there was none
-        created_at REAL NOT NULL
-    );
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-VERDICTS = ("choice", "tie", "skip")
-MAX_COMMENT_CHARS = 2000
-MAX_ID_CHARS = 128
-RATING_RANGE = (1, 7)
+from rlhf_jax.labeling.schema import MIGRATIONS, SCHEMA_VERSION, check_database_file
+from rlhf_jax.labeling.validation import (MAX_ID_CHARS, LabelError, check_annotator_name, check_text, token_digest,
+                                          validate_answer)
+
 LEASE_SECONDS = 600.0  # how long an item shown to an annotator stays reserved for them
 
 # Slots of `items.id` taken by others than :me: live answers that are not skips, and others' unexpired leases.
@@ -97,63 +44,6 @@ _TAKEN_BY_OTHERS = (
     "(SELECT COUNT(*) FROM leases l WHERE l.item_id = items.id AND l.annotator != :me AND l.expires_at >= :now))")
 _UNANSWERED_BY_ME = ("NOT EXISTS (SELECT 1 FROM answers a WHERE a.item_id = items.id AND a.annotator = :me "
                      "AND a.undone_at IS NULL)")
-
-
-class LabelError(ValueError):
-    """A request, file or argument the store refuses; ``status`` is the HTTP status the app answers with."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def check_text(field: str, value, max_chars: int, status_if_long: int = 400) -> str:
-    """``value`` if it is a string of at most ``max_chars`` that SQLite can store (UTF-8: no lone
-    surrogates), else LabelError naming ``field``."""
-    if not isinstance(value, str):
-        raise LabelError(f"{field}: a string is required, got {type(value).__name__}")
-    if len(value) > max_chars:
-        raise LabelError(f"{field}: {len(value)} characters, at most {max_chars} allowed", status_if_long)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise LabelError(f"{field}: not valid text (a lone surrogate such as \\ud800)") from None
-    return value
-
-
-def check_annotator_name(name: str) -> str:
-    letters = name.replace("-", "").replace("_", "")
-    if not name or len(name) > 64 or not (letters.isascii() and letters.isalnum()):
-        raise LabelError(f"annotator name {name!r}: use 1-64 letters, digits, '-' or '_'")
-    return name
-
-
-def check_database_file(path: str) -> None:
-    """Refuse, without writing to it, a file that is not a healthy label database of this code's schema or
-    older. A missing file is fine (it will be created)."""
-    if not os.path.exists(path):
-        return
-    if not os.path.isfile(path):
-        raise LabelError(f"{path}: not a file")
-    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
-    try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise LabelError(f"{path}: schema version {version} is newer than this code ({SCHEMA_VERSION}); "
-                                 "use a newer rlhf_jax")
-            if version == 0 and db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
-                raise LabelError(f"{path}: an SQLite database, but not a label database (it has tables and no "
-                                 "label schema version)")
-            problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
-    except sqlite3.DatabaseError as error:
-        raise LabelError(f"{path}: not a readable label database ({error})") from None
-    if problems != ["ok"]:
-        raise LabelError(f"{path}: the database is damaged ({'; '.join(problems[:3])})")
 
 
 class LabelStore:
@@ -435,26 +325,6 @@ class LabelStore:
                 "AND m.verdict != 'skip' AND o.verdict != 'skip'", (annotator,)).fetchone()
         return {"total": total, "complete": complete, "mine": mine, "compared": compared,
                 "agreement": agreed / compared if compared else None}
-
-
-def validate_answer(verdict: str, choice, ratings, comment, n_responses: int):
-    """The answer in canonical form, or LabelError naming the bad field."""
-    if verdict not in VERDICTS:
-        raise LabelError(f"verdict: {verdict!r} is not one of {VERDICTS}")
-    if verdict == "choice":
-        if not isinstance(choice, int) or isinstance(choice, bool) or not 0 <= choice < n_responses:
-            raise LabelError(f"choice: must be a response index in [0, {n_responses}), got {choice!r}")
-    else:
-        choice = None
-    ratings = list(ratings or [])
-    if len(ratings) not in (0, n_responses):
-        raise LabelError(f"ratings: give none or one per response ({n_responses}), got {len(ratings)}")
-    lo, hi = RATING_RANGE
-    for rating in ratings:
-        if rating is not None and (not isinstance(rating, int) or isinstance(rating, bool) or not lo <= rating <= hi):
-            raise LabelError(f"ratings: each must be an integer {lo}-{hi} or null, got {rating!r}")
-    comment = check_text("comment", comment, MAX_COMMENT_CHARS, status_if_long=413)
-    return verdict, choice, ratings, comment.strip()
 
 
 def _no_free_slot(db: sqlite3.Connection, item_id: str, annotator: str, k: int, now: float) -> LabelError | None:
