@@ -46,7 +46,7 @@ def ours(args):
                 "kl_target": 6.0}})
     run = ppo_trainer.prepare(exp, None)
     run.sampling = ppo.sampling_config(exp.ppo, None, 0)  # no EOS stop, like the peer
-    run.functions = ppo.jit_functions(ppo.make_functions(run.graphdef, run.ref_graphdef, exp.ppo, run.sampling),
+    run.functions = ppo.jit_functions(ppo.Programs(run.graphdef, run.ref_graphdef, exp.ppo, run.sampling),
                                       run.state_sharding, jax.tree.map(lambda x: x.sharding, run.ref_params),
                                       run.mesh, run.rules)
     rm_model = from_pretrained("minilm-l6", head="scalar")

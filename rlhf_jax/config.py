@@ -355,15 +355,15 @@ class PPOConfig:
     checkpoint_every: int = 5
     log_samples: int = 4  # continuations written to samples.jsonl per iteration
     seed: int = 0
-    algorithm: str = "ppo"  # 'ppo' or 'reinforce' (REINFORCE with a leave-one-out baseline; see rl.py)
+    algorithm: str = "ppo"  # a name in rlhf_jax.algorithms.ALGORITHMS ('ppo', 'reinforce')
     reward: str = "reward_model"  # 'reward_model', or 'language': the scored comment of a simulated human
 
     def __post_init__(self):
-        _require(self.algorithm in ("ppo", "reinforce"), "ppo.algorithm", f"{self.algorithm!r} is not 'ppo' or 'reinforce'")
-        _require(self.algorithm != "reinforce" or self.rollout_prompts >= 2, "ppo.rollout_prompts",
-                 "REINFORCE's leave-one-out baseline needs at least 2 samples per rollout")
-        _require(self.algorithm != "reinforce" or self.epochs == 1, "ppo.epochs",
-                 f"REINFORCE is on-policy: one pass over each rollout (epochs=1), got {self.epochs}")
+        from rlhf_jax.algorithms import ALGORITHMS
+
+        _require(self.algorithm in ALGORITHMS, "ppo.algorithm", f"{self.algorithm!r} is not one of {sorted(ALGORITHMS)}")
+        unsuited = ALGORITHMS[self.algorithm].check(self)
+        _require(unsuited is None, *(unsuited or ("", "")))
         _require(self.reward in ("reward_model", "language"), "ppo.reward",
                  f"{self.reward!r} is not 'reward_model' or 'language'")
         _require(self.value in ("shared", "separate"), "ppo.value", f"{self.value!r} is not 'shared' or 'separate'")

@@ -8,12 +8,12 @@ One iteration is two XLA programs with a host step between them:
    entropies and values and the frozen reference's log-probs of those tokens.
 2. host: decode the tokens, re-tokenise prompt and response for the reward model (its vocabulary
    may differ), score them (``rlhf_jax.scoring``), normalise with the reward model's gain and bias.
-3. ``update(state, rollout, scores_B, key)``: per-token KL penalty, score at the last token, GAE,
-   advantage whitening over the whole (sharded) batch, then ``epochs`` x ``minibatches`` Adam steps
-   on the clipped objective as a nested ``lax.scan``, and the KL controller's update. The state is
-   donated. With ``algorithm='reinforce'`` the same program uses one advantage per sequence (the
-   KL-regularised return minus a leave-one-out baseline, ``rl.reinforce_advantages``) and the plain
-   score-function loss; the value head is left untouched.
+3. ``update(state, rollout, scores_B)``: per-token KL, the configured algorithm's advantages (PPO:
+   KL-shaped rewards, GAE, whitening over the whole sharded batch; see ``rlhf_jax.algorithms``), then
+   ``epochs`` x ``minibatches`` Adam steps on its loss as a nested ``lax.scan``, and the KL
+   controller's update. The state is donated.
+
+Both are module-level functions of a static ``Programs`` (graphdefs, config, sampling) and arrays.
 
 The log-probs of step 1 and of the update come from the same function on the same rows and shapes,
 so with a learning rate of 0 the ratio is 1 up to float32 rounding (XLA compiles the two programs
@@ -23,6 +23,7 @@ separately; tests/test_ppo.py measures it) and the parameters do not move at all
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +32,12 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlhf_jax import rl, sharding
+from rlhf_jax.algorithms import ALGORITHMS, Algorithm, Minibatch, PolicyOutputs
 from rlhf_jax.config import PPOConfig
 from rlhf_jax.models.heads import Model
 from rlhf_jax.models.transformer import dense
 from rlhf_jax.sampling import SamplingConfig, sample
+from rlhf_jax.steps import optimizer_shardings
 
 
 class ActorCritic(nnx.Module):
@@ -124,127 +127,128 @@ def _chunked(fn, minibatches: int, *arrays):
 
 
 @dataclasses.dataclass(frozen=True)
+class Programs:
+    """What the rollout and update programs are specialised on (static under ``jax.jit``)."""
+
+    graphdef: object  # the ActorCritic's
+    ref_graphdef: object
+    cfg: PPOConfig
+    sampling: SamplingConfig
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return ALGORITHMS[self.cfg.algorithm]
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        return make_optimizer(self.cfg)
+
+
+def rollout(programs: Programs, params, ref_params, prompt_ids_BxP, prompt_mask_BxP, key) -> Rollout:
+    """Sample the responses, then score them with the policy, its value function and the reference
+    (in the update's minibatch chunks, so the update recomputes the same numbers)."""
+    cfg = programs.cfg
+    model: ActorCritic = nnx.merge(programs.graphdef, params)
+    reference: Model = nnx.merge(programs.ref_graphdef, ref_params)
+    generation = sample(model.policy, prompt_ids_BxP, prompt_mask_BxP, key, programs.sampling)
+    ids_BxT = jnp.concatenate([prompt_ids_BxP, generation.tokens_BxN], axis=1)
+    mask_BxT = jnp.concatenate([prompt_mask_BxP, generation.response_mask_BxN], axis=1)
+    prompt_len = prompt_ids_BxP.shape[1]
+
+    def score(ids, mask):
+        logp, entropy, values = policy_outputs(model, ids, mask, prompt_len, cfg.temperature)
+        ref_logp_BxNxV = rl.log_softmax(reference_logits(reference, ids, mask, prompt_len), cfg.temperature)
+        return logp, values, entropy, rl.token_logprobs(ref_logp_BxNxV, ids[:, prompt_len:])
+
+    logp, values, entropy, ref_logp = _chunked(score, cfg.minibatches, ids_BxT, mask_BxT)
+    mask_BxN = generation.response_mask_BxN.astype(jnp.float32)
+    return Rollout(ids_BxT=ids_BxT, mask_BxT=mask_BxT, response_mask_BxN=mask_BxN, logp_BxN=logp * mask_BxN,
+                   ref_logp_BxN=ref_logp * mask_BxN, values_BxN=values * mask_BxN, entropy_BxN=entropy)
+
+
+def minibatch_loss(programs: Programs, params, batch: Minibatch):
+    """The configured algorithm's loss of one minibatch under ``params``; returns (loss, metrics)."""
+    model: ActorCritic = nnx.merge(programs.graphdef, params)
+    prompt_len = batch.ids_BxT.shape[1] - batch.mask_BxN.shape[1]
+    logp, entropy_BxN, values = policy_outputs(model, batch.ids_BxT, batch.mask_BxT, prompt_len,
+                                               programs.cfg.temperature)
+    outputs = PolicyOutputs(logp_BxN=logp, entropy_BxN=entropy_BxN, values_BxN=values)
+    return programs.algorithm.loss(programs.cfg, outputs, batch)
+
+
+def update(programs: Programs, state: PPOState, experience: Rollout, scores_B):
+    """Per-token KL, the algorithm's advantages, then ``epochs`` x ``minibatches`` Adam steps (a nested
+    ``lax.scan``), then the KL controller. Returns (new state, mean metrics)."""
+    cfg, algorithm, tx = programs.cfg, programs.algorithm, programs.tx
+    mask = experience.response_mask_BxN
+    kl_BxN = rl.kl_per_token(experience.logp_BxN, experience.ref_logp_BxN, cfg.kl_estimator) * mask
+    advantages, returns = algorithm.advantages(cfg, scores_B, kl_BxN, experience.values_BxN, mask, state.kl_coef)
+    data = Minibatch(ids_BxT=experience.ids_BxT, mask_BxT=experience.mask_BxT, mask_BxN=mask,
+                     old_logp_BxN=experience.logp_BxN, old_values_BxN=experience.values_BxN, advantages=advantages,
+                     returns_BxN=returns)
+    batch = scores_B.shape[0]
+
+    def minibatch_step(carry, minibatch):
+        params, opt_state = carry
+        grads, metrics = jax.grad(functools.partial(minibatch_loss, programs), has_aux=True)(params, minibatch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return (optax.apply_updates(params, updates), opt_state), metrics
+
+    # The minibatches are the rollout's chunks (a random partition already: prompts come shuffled),
+    # visited in a new random order every epoch: the same rows in the same shapes as the rollout's
+    # forward, so the recomputed log-probs match the rollout's to rounding.
+    chunks = jax.tree.map(lambda x: x.reshape((cfg.minibatches, -1) + x.shape[1:]), data)
+
+    def epoch_step(carry, epoch_key):
+        order = jax.random.permutation(epoch_key, cfg.minibatches)
+        return jax.lax.scan(minibatch_step, carry, jax.tree.map(lambda x: x[order], chunks))
+
+    (params, opt_state), metrics_ExM = jax.lax.scan(epoch_step, (state.params, state.opt_state),
+                                                    jax.random.split(update_key(state.rng), cfg.epochs))
+    kl_B = jnp.sum(kl_BxN, axis=1)
+    kl_coef = state.kl_coef
+    if cfg.kl_target is not None:
+        kl_coef = rl.adaptive_kl_coef(kl_coef, jnp.mean(kl_B), batch, cfg.kl_target, cfg.kl_horizon)
+    metrics = {name: jnp.mean(value) for name, value in metrics_ExM.items()}
+    metrics.update(
+        score=jnp.mean(scores_B), kl=jnp.mean(kl_B), kl_coef=state.kl_coef,
+        non_score_reward=jnp.mean(jnp.sum(-state.kl_coef * kl_BxN, axis=1)),
+        entropy=rl.masked_mean(experience.entropy_BxN, mask), response_length=jnp.mean(jnp.sum(mask, axis=1)),
+        first_ratio=metrics_ExM["ratio"][0, 0])
+    if algorithm.uses_critic:
+        metrics.update(value=rl.masked_mean(experience.values_BxN, mask), returns=rl.masked_mean(returns, mask),
+                       explained_variance=rl.explained_variance(experience.values_BxN, returns, mask))
+    new_state = PPOState(step=state.step + 1, params=params, opt_state=opt_state, kl_coef=kl_coef,
+                         rng=jax.random.fold_in(state.rng, 2))
+    return new_state, metrics
+
+
+@dataclasses.dataclass(frozen=True)
 class PPOFunctions:
-    """The compiled programs of one PPO setup (graphdefs and the config are static)."""
+    """The compiled programs of one PPO setup."""
 
     rollout: callable
     update: callable
 
 
-def make_functions(graphdef, ref_graphdef, cfg: PPOConfig, sampling: SamplingConfig) -> PPOFunctions:
-    """Pure (unjitted) rollout and update functions; ``jit_functions`` compiles them with shardings."""
-    tx = make_optimizer(cfg)
-
-    def rollout(params, ref_params, prompt_ids_BxP, prompt_mask_BxP, key) -> Rollout:
-        model: ActorCritic = nnx.merge(graphdef, params)
-        reference: Model = nnx.merge(ref_graphdef, ref_params)
-        generation = sample(model.policy, prompt_ids_BxP, prompt_mask_BxP, key, sampling)
-        ids_BxT = jnp.concatenate([prompt_ids_BxP, generation.tokens_BxN], axis=1)
-        mask_BxT = jnp.concatenate([prompt_mask_BxP, generation.response_mask_BxN], axis=1)
-        prompt_len = prompt_ids_BxP.shape[1]
-
-        def score(ids, mask):
-            logp, entropy, values = policy_outputs(model, ids, mask, prompt_len, cfg.temperature)
-            ref_logp_BxNxV = rl.log_softmax(reference_logits(reference, ids, mask, prompt_len), cfg.temperature)
-            return logp, values, entropy, rl.token_logprobs(ref_logp_BxNxV, ids[:, prompt_len:])
-
-        logp, values, entropy, ref_logp = _chunked(score, cfg.minibatches, ids_BxT, mask_BxT)
-        mask_BxN = generation.response_mask_BxN.astype(jnp.float32)
-        return Rollout(ids_BxT=ids_BxT, mask_BxT=mask_BxT, response_mask_BxN=mask_BxN, logp_BxN=logp * mask_BxN,
-                       ref_logp_BxN=ref_logp * mask_BxN, values_BxN=values * mask_BxN, entropy_BxN=entropy)
-
-    def minibatch_loss(params, batch):
-        model: ActorCritic = nnx.merge(graphdef, params)
-        prompt_len = batch["ids_BxT"].shape[1] - batch["mask_BxN"].shape[1]
-        logp, entropy_BxN, values = policy_outputs(model, batch["ids_BxT"], batch["mask_BxT"], prompt_len,
-                                                   cfg.temperature)
-        mask = batch["mask_BxN"]
-        entropy = rl.masked_mean(entropy_BxN, mask)
-        pg_loss, pg_metrics = rl.policy_loss(logp, batch["old_logp_BxN"], batch["advantages_BxN"], mask, cfg.clip_ratio)
-        if cfg.algorithm == "reinforce":  # PPO's ratio diagnostics are kept; its loss is not used
-            pg_loss = rl.reinforce_loss(logp, batch["advantages_BxN"][:, 0], mask)
-            loss = pg_loss - cfg.entropy_coef * entropy
-            return loss, {"loss": loss, "policy_loss": pg_loss, **pg_metrics}
-        vf_loss, vf_metrics = rl.value_loss(values, batch["old_values_BxN"], batch["returns_BxN"], mask,
-                                            cfg.clip_value)
-        loss = pg_loss + cfg.value_coef * vf_loss - cfg.entropy_coef * entropy
-        return loss, {"loss": loss, "policy_loss": pg_loss, "value_loss": vf_loss, **pg_metrics, **vf_metrics}
-
-    def update(state: PPOState, experience: Rollout, scores_B):
-        mask = experience.response_mask_BxN
-        kl_BxN = rl.kl_per_token(experience.logp_BxN, experience.ref_logp_BxN, cfg.kl_estimator) * mask
-        if cfg.algorithm == "reinforce":  # one advantage per sequence, stored at every token; no critic
-            advantages = rl.reinforce_advantages(scores_B, kl_BxN, mask, state.kl_coef)[:, None] * jnp.ones_like(mask)
-            returns = jnp.zeros_like(mask)
-        else:
-            rewards_BxN = rl.shaped_rewards(scores_B, kl_BxN, mask, state.kl_coef)
-            if cfg.whiten_rewards:
-                rewards_BxN = rl.masked_whiten(rewards_BxN, mask, shift_mean=False)
-            advantages, returns = rl.gae(rewards_BxN, experience.values_BxN, mask, cfg.gamma, cfg.lam)
-            advantages = rl.masked_whiten(advantages, mask)
-        data = {"ids_BxT": experience.ids_BxT, "mask_BxT": experience.mask_BxT, "mask_BxN": mask,
-                "old_logp_BxN": experience.logp_BxN, "old_values_BxN": experience.values_BxN,
-                "advantages_BxN": advantages, "returns_BxN": returns}
-        batch = scores_B.shape[0]
-
-        def minibatch_step(carry, minibatch):
-            params, opt_state = carry
-            grads, metrics = jax.grad(minibatch_loss, has_aux=True)(params, minibatch)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            metrics["grad_norm"] = optax.global_norm(grads)
-            return (optax.apply_updates(params, updates), opt_state), metrics
-
-        # The minibatches are the rollout's chunks (a random partition already: prompts come shuffled),
-        # visited in a new random order every epoch: the same rows in the same shapes as the rollout's
-        # forward, so the recomputed log-probs match the rollout's to rounding.
-        chunks = jax.tree.map(lambda x: x.reshape((cfg.minibatches, -1) + x.shape[1:]), data)
-
-        def epoch_step(carry, epoch_key):
-            order = jax.random.permutation(epoch_key, cfg.minibatches)
-            return jax.lax.scan(minibatch_step, carry, jax.tree.map(lambda x: x[order], chunks))
-
-        (params, opt_state), metrics_ExM = jax.lax.scan(epoch_step, (state.params, state.opt_state),
-                                                        jax.random.split(update_key(state.rng), cfg.epochs))
-        kl_B = jnp.sum(kl_BxN, axis=1)
-        kl_coef = state.kl_coef
-        if cfg.kl_target is not None:
-            kl_coef = rl.adaptive_kl_coef(kl_coef, jnp.mean(kl_B), batch, cfg.kl_target, cfg.kl_horizon)
-        metrics = {name: jnp.mean(value) for name, value in metrics_ExM.items()}
-        metrics.update(
-            score=jnp.mean(scores_B), kl=jnp.mean(kl_B), kl_coef=state.kl_coef,
-            non_score_reward=jnp.mean(jnp.sum(-state.kl_coef * kl_BxN, axis=1)),
-            entropy=rl.masked_mean(experience.entropy_BxN, mask), response_length=jnp.mean(jnp.sum(mask, axis=1)),
-            first_ratio=metrics_ExM["ratio"][0, 0])
-        if cfg.algorithm == "ppo":
-            metrics.update(value=rl.masked_mean(experience.values_BxN, mask), returns=rl.masked_mean(returns, mask),
-                           explained_variance=rl.explained_variance(experience.values_BxN, returns, mask))
-        new_state = PPOState(step=state.step + 1, params=params, opt_state=opt_state, kl_coef=kl_coef,
-                             rng=jax.random.fold_in(state.rng, 2))
-        return new_state, metrics
-
-    return PPOFunctions(rollout=rollout, update=update)
-
-
 def state_shardings(state: PPOState, tx, mesh: Mesh, rules: dict) -> PPOState:
-    from rlhf_jax.steps import optimizer_shardings
-
     replicated = NamedSharding(mesh, PartitionSpec())
     params = sharding.state_shardings(state.params, mesh, rules)
     return PPOState(step=replicated, params=params, opt_state=optimizer_shardings(tx, state.opt_state, params, mesh),
                     kl_coef=replicated, rng=replicated)
 
 
-def jit_functions(functions: PPOFunctions, state_sharding: PPOState, ref_sharding, mesh: Mesh,
-                  rules: dict) -> PPOFunctions:
-    """Compile with explicit shardings: parameters by logical axes, experience along the batch axis,
-    the PPO state donated to the update."""
+def jit_functions(programs: Programs, state_sharding: PPOState, ref_sharding, mesh: Mesh, rules: dict) -> PPOFunctions:
+    """Compile rollout and update with explicit shardings: parameters by logical axes, experience along
+    the batch axis, the PPO state donated to the update."""
     batch = sharding.batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
-    rollout = jax.jit(functions.rollout, in_shardings=(state_sharding.params, ref_sharding, batch, batch, replicated),
-                      out_shardings=batch)
-    update = jax.jit(functions.update, in_shardings=(state_sharding, batch, batch),
-                     out_shardings=(state_sharding, replicated), donate_argnums=0)
-    return PPOFunctions(rollout=rollout, update=update)
+    return PPOFunctions(
+        rollout=jax.jit(functools.partial(rollout, programs), out_shardings=batch,
+                        in_shardings=(state_sharding.params, ref_sharding, batch, batch, replicated)),
+        update=jax.jit(functools.partial(update, programs), in_shardings=(state_sharding, batch, batch),
+                       out_shardings=(state_sharding, replicated), donate_argnums=0))
 
 
 def rollout_key(rng):

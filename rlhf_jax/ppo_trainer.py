@@ -110,7 +110,7 @@ def prepare(exp: ExperimentConfig, workdir: str | None) -> PPOSetup:
     state = jax.device_put(state, state_sharding)
     eos = model.policy.config.eos_token_id if model.policy.config.eos_token_id is not None else tokenizer.eos_token_id
     sampling = ppo.sampling_config(cfg, eos, pad_token_id(tokenizer))
-    functions = ppo.jit_functions(ppo.make_functions(graphdef, ref_graphdef, cfg, sampling), state_sharding,
+    functions = ppo.jit_functions(ppo.Programs(graphdef, ref_graphdef, cfg, sampling), state_sharding,
                                   sharding.state_shardings(ref_params, mesh, rules), mesh, rules)
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=2) if workdir else None
     return PPOSetup(cfg, mesh, rules, tokenizer, graphdef, ref_graphdef, ref_params, state, state_sharding, functions,

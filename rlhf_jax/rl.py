@@ -135,20 +135,24 @@ def reinforce_advantages(score_B, kl_BxN, mask_BxN, kl_coef):
     return returns_B - (jnp.sum(returns_B) - returns_B) / (batch - 1)
 
 
-def reinforce_loss(logp_BxN, advantages_B, mask_BxN):
+def reinforce_surrogate(logp_BxN, advantages_B, mask_BxN):
     """The REINFORCE surrogate, to minimise: L = -(1/B) sum_b A_b sum_t m_bt log pi(y_bt); its gradient
     is the score-function estimate of -grad E[R]."""
     return -jnp.mean(advantages_B * masked_sum(logp_BxN, mask_BxN, axis=1))
 
 
 def value_loss(values_BxN, old_values_BxN, returns_BxN, mask_BxN, clip: float):
-    """Clipped value loss: 0.5 mean_t max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)."""
+    """Clipped value loss: 0.5 mean_t max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2).
+
+    value_clip_fraction: the share of tokens where the clipped term is the one used, i.e. V moved
+    further than eps from V_old and clipping it raised the loss. Inside the range V_old + (V - V_old)
+    is V only up to float32 rounding, so the first condition is tested on |V - V_old| itself."""
     clipped_BxN = old_values_BxN + jnp.clip(values_BxN - old_values_BxN, -clip, clip)
     losses_BxN = jnp.maximum((values_BxN - returns_BxN) ** 2, (clipped_BxN - returns_BxN) ** 2)
     loss = 0.5 * masked_mean(losses_BxN, mask_BxN)
-    clipped = masked_mean(((clipped_BxN - returns_BxN) ** 2 > (values_BxN - returns_BxN) ** 2).astype(jnp.float32),
-                          mask_BxN)
-    return loss, {"value_clip_fraction": clipped}
+    used_BxN = (jnp.abs(values_BxN - old_values_BxN) > clip) & (
+        (clipped_BxN - returns_BxN) ** 2 > (values_BxN - returns_BxN) ** 2)
+    return loss, {"value_clip_fraction": masked_mean(used_BxN.astype(jnp.float32), mask_BxN)}
 
 
 def explained_variance(values_BxN, returns_BxN, mask_BxN):

@@ -16,6 +16,7 @@ import os
 import time
 
 from rlhf_jax import assets, ppo_trainer, reward_experiment
+from rlhf_jax.algorithms import ALGORITHMS
 from rlhf_jax.config import ConfigError, ExperimentConfig, to_dict
 from rlhf_jax.feedback import language
 from rlhf_jax.feedback.collect import gold_scorer, sentiment_prompts
@@ -120,7 +121,7 @@ def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluati
     def fmt(value, digits=3):
         return "n/a" if value is None else f"{value:.{digits}f}"
 
-    algorithm = {"ppo": "PPO", "reinforce": "REINFORCE (leave-one-out baseline)"}[cfg.algorithm]
+    algorithm = ALGORITHMS[cfg.algorithm].title
     if cfg.reward == "language":
         reward_line = (f"reward: the simulated human's free-text comment on each sample, scored by "
                        f"`{fb.comment_scorer}` (no reward model)")
@@ -142,7 +143,7 @@ def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluati
         f"simulated human at temperature {fb.temperature}.", "",
         *reward_section,
         f"## {algorithm} ({cfg.iterations} iterations x {cfg.rollout_prompts} prompts, {cfg.epochs} epochs x "
-        f"{cfg.minibatches} minibatches{', value head ' + cfg.value if cfg.algorithm == 'ppo' else ''})", "",
+        f"{cfg.minibatches} minibatches{', value head ' + cfg.value if ALGORITHMS[cfg.algorithm].uses_critic else ''})", "",
         _table([("reward score, first -> last iteration", f"{fmt(first.get('score'))} -> {fmt(last.get('score'))}"),
                 ("gold score, first -> last iteration", f"{fmt(first.get('gold_score'))} -> {fmt(last.get('gold_score'))}"),
                 ("KL to reference (nats/sequence), last iteration", fmt(last.get("kl"))),

@@ -55,8 +55,10 @@ def test_language_reward_is_the_scored_comment_of_the_simulated_human():
     np.testing.assert_array_equal(scores, reward(prompts, responses))  # deterministic given the seed
 
 
-def test_reinforce_raises_the_likelihood_of_better_than_average_samples(tiny_policy):
-    exp = tiny(tiny_policy, "--config.ppo.algorithm=reinforce", "--config.ppo.epochs=1", "--config.ppo.minibatches=1",
+def likelihood_change(tiny_policy, algorithm: str, scores_B):
+    """One update of ``algorithm`` on 16 rollouts given these scores: how much each sampled sequence's
+    log-likelihood moved, and the update's metrics."""
+    exp = tiny(tiny_policy, f"--config.ppo.algorithm={algorithm}", "--config.ppo.epochs=1", "--config.ppo.minibatches=1",
                "--config.ppo.learning_rate=1e-3", "--config.mesh.shape={'data': 1, 'fsdp': 1, 'tensor': 1}")
     from rlhf_jax.feedback.collect import sentiment_prompts
     from rlhf_jax.models import load_tokenizer
@@ -66,7 +68,6 @@ def test_reinforce_raises_the_likelihood_of_better_than_average_samples(tiny_pol
     arrays, _ = ppo_trainer.encode_prompts(run.tokenizer, prompts, exp.ppo.prompt_tokens)
     ids, mask = ppo_trainer.to_mesh((arrays["ids"], arrays["mask"]), run)
     experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, ppo.rollout_key(run.state.rng))
-    scores_B = np.where(np.arange(16) < 8, 1.0, -1.0).astype(np.float32)
 
     def sequence_logp(params):
         model = nnx.merge(run.graphdef, params)
@@ -75,9 +76,37 @@ def test_reinforce_raises_the_likelihood_of_better_than_average_samples(tiny_pol
 
     before = sequence_logp(run.state.params)
     state, metrics = run.functions.update(run.state, experience, ppo_trainer.to_mesh(scores_B, run))
-    change = sequence_logp(state.params) - before
+    return sequence_logp(state.params) - before, metrics
+
+
+def test_reinforce_raises_the_likelihood_of_better_than_average_samples(tiny_policy):
+    scores_B = np.where(np.arange(16) < 8, 1.0, -1.0).astype(np.float32)
+    change, metrics = likelihood_change(tiny_policy, "reinforce", scores_B)
     assert change[:8].mean() > 0 > change[8:].mean()
     assert "value_loss" not in metrics and np.isfinite(float(metrics["policy_loss"]))
+
+
+def test_a_new_algorithm_is_one_registry_entry(tiny_policy, monkeypatch):
+    """An algorithm defined only here runs through the unchanged update and trainer: imitate the samples
+    scored above zero, push away from the others (advantage = sign of the score, no baseline)."""
+    import jax.numpy as jnp
+
+    from rlhf_jax import algorithms, rl
+
+    def sign_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
+        return jnp.sign(scores_B), jnp.zeros_like(mask_BxN)
+
+    def sign_loss(cfg, out, batch):
+        loss = rl.reinforce_surrogate(out.logp_BxN, batch.advantages, batch.mask_BxN)
+        ratio = rl.masked_mean(jnp.exp(out.logp_BxN - batch.old_logp_BxN), batch.mask_BxN)
+        return loss, {"loss": loss, "ratio": ratio, "imitated": jnp.mean(batch.advantages > 0)}
+
+    monkeypatch.setitem(algorithms.ALGORITHMS, "imitate_positive", algorithms.Algorithm(
+        "imitate_positive", "imitation of positive samples", sign_advantages, sign_loss, uses_critic=False))
+    scores_B = np.where(np.arange(16) % 4 == 0, 0.5, -0.5).astype(np.float32)
+    change, metrics = likelihood_change(tiny_policy, "imitate_positive", scores_B)
+    assert change[::4].mean() > 0 > np.delete(change, np.s_[::4]).mean()
+    assert float(metrics["imitated"]) == 0.25 and "explained_variance" not in metrics
 
 
 def test_reinforce_needs_one_epoch():

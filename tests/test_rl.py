@@ -133,6 +133,33 @@ def test_value_loss_matches_a_loop(rollout):
     assert float(loss) == pytest.approx(0.5 * sum(terms) / len(terms), rel=1e-5)
 
 
+def test_value_clip_fraction_matches_a_loop(rollout):
+    r, clip = rollout, 0.2
+    values = r["values"] + np.random.default_rng(2).normal(scale=0.3, size=(B, N))
+    _, metrics = rl.value_loss(f32(values), f32(r["values"]), f32(r["returns"]), f32(r["mask"]), clip)
+    used = []
+    for b in range(B):
+        for t in range(N):
+            if r["mask"][b, t]:
+                v, old, ret = values[b, t], r["values"][b, t], r["returns"][b, t]
+                v_clipped = old + min(max(v - old, -clip), clip)
+                used.append(abs(v - old) > clip and (v_clipped - ret) ** 2 > (v - ret) ** 2)
+    assert float(metrics["value_clip_fraction"]) == pytest.approx(sum(used) / len(used), abs=1e-6)
+    assert 0 < sum(used) < len(used)  # both branches
+
+
+def test_value_clip_fraction_is_zero_when_no_value_moved_past_the_range():
+    """V_old + clip(V - V_old) is not exactly V in float32; that rounding is not clipping."""
+    rng = np.random.default_rng(3)
+    old = rng.normal(size=(64, 16))
+    old_values, values = f32(old), f32(old + rng.uniform(-0.19, 0.19, size=(64, 16)))  # |V - V_old| < 0.2
+    returns = f32(rng.normal(size=(64, 16)))
+    clipped = old_values + jnp.clip(values - old_values, -0.2, 0.2)
+    assert bool(jnp.any(clipped != values))  # the rounding the old count mistook for clipping is there
+    _, metrics = rl.value_loss(values, old_values, returns, jnp.ones((64, 16)), 0.2)
+    assert float(metrics["value_clip_fraction"]) == 0.0
+
+
 def test_logprobs_and_entropy_match_a_loop(rollout):
     logits, tokens = rollout["logits"], rollout["tokens"]
     for temperature in (1.0, 0.7):
@@ -185,7 +212,7 @@ def test_reinforce_advantages_and_loss_match_a_loop(rollout):
     advantages = rl.reinforce_advantages(f32(rollout["scores"]), f32(kl), f32(mask), beta)
     np.testing.assert_allclose(advantages, expected, rtol=1e-5, atol=1e-6)
     loss = -sum(expected[b] * sum(rollout["logp"][b, t] for t in range(N) if mask[b, t]) for b in range(B)) / B
-    np.testing.assert_allclose(rl.reinforce_loss(f32(rollout["logp"]), f32(expected), f32(mask)), loss, rtol=1e-5)
+    np.testing.assert_allclose(rl.reinforce_surrogate(f32(rollout["logp"]), f32(expected), f32(mask)), loss, rtol=1e-5)
     # The gradient with respect to each log-prob is -A_b m_bt / B.
-    grad = jax.grad(lambda logp: rl.reinforce_loss(logp, f32(expected), f32(mask)))(f32(rollout["logp"]))
+    grad = jax.grad(lambda logp: rl.reinforce_surrogate(logp, f32(expected), f32(mask)))(f32(rollout["logp"]))
     np.testing.assert_allclose(grad, -np.asarray(expected)[:, None] * mask / B, rtol=1e-5, atol=1e-7)
