@@ -183,13 +183,6 @@ class MeshConfig:
 # ----------------------------------------------------------------------------------------------
 # Experiment configs: configs/*.py define get_config() -> ConfigDict; these dataclasses validate it.
 
-TASKS = ("classification", "causal_lm", "masked_lm", "reward_pairwise", "reward_grouped", "reward_best_of_n",
-         "reward_regression")
-TASK_HEADS = {"classification": ("classification",), "causal_lm": ("causal_lm",), "masked_lm": ("masked_lm",),
-              "reward_pairwise": ("scalar",), "reward_grouped": ("scalar",), "reward_best_of_n": ("scalar",),
-              "reward_regression": ("scalar",)}
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """Which model to train. source: asset name or transformers directory / .gguf (None: random init
@@ -252,7 +245,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self):
-        _require(self.task in TASKS, "train.task", f"{self.task!r} is not one of {TASKS}")
+        from rlhf_jax.tasks import TASKS
+
+        _require(self.task in TASKS, "train.task", f"{self.task!r} is not one of {sorted(TASKS)}")
         _require_positive_ints(self, ("steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
                                       "keep_checkpoints"), "train.")
         _require(self.learning_rate >= 0, "train.learning_rate", f"must be >= 0, got {self.learning_rate}")
@@ -388,8 +383,11 @@ class ExperimentConfig:
     ppo: PPOConfig | None = None
 
     def __post_init__(self):
-        _require(self.model.head in TASK_HEADS[self.train.task], "model.head",
-                 f"task {self.train.task!r} needs head {TASK_HEADS[self.train.task]}, got {self.model.head!r}")
+        from rlhf_jax.tasks import TASKS
+
+        head = TASKS[self.train.task].head
+        _require(self.model.head == head, "model.head", f"task {self.train.task!r} needs head {head!r}, "
+                 f"got {self.model.head!r}")
 
 
 def _tupled(value):

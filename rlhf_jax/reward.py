@@ -1,4 +1,5 @@
-"""Reward models on preference / rating feedback: data, losses by name, normalisation, evaluation.
+"""Reward models on preference / rating feedback: data, losses (``rlhf_jax.tasks`` names them),
+normalisation, evaluation.
 
 A reward model is a ``scalar`` head on a trunk (MiniLM: the pooled [CLS]; a causal trunk: the last
 real token). It scores the pair (prompt, response), encoded as the tokenizer's text pair
@@ -13,21 +14,13 @@ from rlhf_jax import losses
 from rlhf_jax.data.records import DataError
 from rlhf_jax.scoring import encode
 
-REWARD_TASKS = ("reward_pairwise", "reward_grouped", "reward_best_of_n", "reward_regression")
 
-
-def tokenize_feedback(task: str, examples: list[dict], tokenizer, max_length: int) -> dict[str, np.ndarray]:
-    """Pairs -> chosen_* and rejected_* arrays (+ margin, gold scores when present); ratings -> ids + score."""
+def tokenize_pairs(examples: list[dict], tokenizer, max_length: int, data=None) -> dict[str, np.ndarray]:
+    """Preference pairs -> chosen_* and rejected_* arrays (ids, mask, types), margin, gold scores (NaN when
+    absent) and weights."""
     if not examples:
         raise DataError("no feedback examples to tokenize")
-    n = len(examples)
-    arrays = {"weights": np.ones(n, np.float32)}
-    if task == "reward_regression":
-        arrays.update(encode(tokenizer, [e["prompt"] for e in examples], max_length, [e["response"] for e in examples]))
-        arrays["score"] = np.asarray([e["score"] for e in examples], np.float32)
-        return arrays
-    if task == "reward_grouped":
-        return tokenize_groups(examples, tokenizer, max_length)
+    arrays = {"weights": np.ones(len(examples), np.float32)}
     for side in ("chosen", "rejected"):
         enc = encode(tokenizer, [e["prompt"] for e in examples], max_length, [e[side] for e in examples])
         arrays[f"{side}_ids"], arrays[f"{side}_mask"], arrays[f"{side}_types"] = (
@@ -37,12 +30,24 @@ def tokenize_feedback(task: str, examples: list[dict], tokenizer, max_length: in
     return arrays
 
 
-def tokenize_groups(examples: list[dict], tokenizer, max_length: int) -> dict[str, np.ndarray]:
+def tokenize_ratings(examples: list[dict], tokenizer, max_length: int, data=None) -> dict[str, np.ndarray]:
+    """Scored (prompt, response) rows -> input_ids, attention_mask, token_type_ids, score, weights."""
+    if not examples:
+        raise DataError("no feedback examples to tokenize")
+    arrays = {"weights": np.ones(len(examples), np.float32)}
+    arrays.update(encode(tokenizer, [e["prompt"] for e in examples], max_length, [e["response"] for e in examples]))
+    arrays["score"] = np.asarray([e["score"] for e in examples], np.float32)
+    return arrays
+
+
+def tokenize_groups(examples: list[dict], tokenizer, max_length: int, data=None) -> dict[str, np.ndarray]:
     """Pairs -> one row per prompt: its K distinct responses (K = the most any prompt has; missing ones
     all padding) and its P labelled pairs as (winner, loser) indices with a weight (0 for padding).
 
     ids_GxKxL, mask_GxKxL, types_GxKxL, winner_GxP, loser_GxP, pair_weights_GxP, weights_G.
     """
+    if not examples:
+        raise DataError("no feedback examples to tokenize")
     groups: dict[str, dict] = {}
     for e in examples:
         group = groups.setdefault(e["prompt"], {"responses": {}, "pairs": []})
@@ -108,10 +113,6 @@ def best_of_n(model, batch, rng):
 def regression(model, batch, rng):
     scores_B = model(batch["input_ids"], batch["attention_mask"], token_type_ids_BxT=batch["token_type_ids"])
     return losses.regression_loss(scores_B, batch["score"], batch["weights"], centered=True)
-
-
-LOSSES = {"reward_pairwise": pairwise, "reward_grouped": grouped, "reward_best_of_n": best_of_n,
-          "reward_regression": regression}
 
 
 def rank(values: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from rlhf_jax import reward
+from rlhf_jax.tasks import TASKS
 from rlhf_jax.config import ConfigError, ExperimentConfig, FeedbackConfig
 from rlhf_jax.data import records
 from rlhf_jax.feedback import collect
@@ -130,12 +131,14 @@ def reward_model_stage(exp: ExperimentConfig, rm_dir: str, progress: bool = True
 def check_reward_config(exp: ExperimentConfig) -> None:
     if exp.feedback is None:
         raise ConfigError("config field 'feedback': a reward-model run needs a feedback section")
-    if not exp.train.task.startswith("reward_"):
+    reads = TASKS[exp.train.task].feedback
+    if reads is None:
         raise ConfigError(f"config field 'train.task': a reward-model run needs a reward task, got {exp.train.task!r}")
-    if (exp.feedback.kind != "preferences") != (exp.train.task == "reward_regression"):
-        raise ConfigError(f"config field 'train.task': feedback.kind={exp.feedback.kind!r} needs "
-                          f"{'a pairwise reward task' if exp.feedback.kind == 'preferences' else 'reward_regression'}, "
-                          f"got {exp.train.task!r}")
+    needs = "pairs" if exp.feedback.kind == "preferences" else "scores"
+    if reads != needs:
+        fitting = sorted(name for name, task in TASKS.items() if task.feedback == needs)
+        raise ConfigError(f"config field 'train.task': feedback.kind={exp.feedback.kind!r} needs a task that reads "
+                          f"{needs} ({', '.join(fitting)}), got {exp.train.task!r}")
 
 
 def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:

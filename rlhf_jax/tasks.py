@@ -1,13 +1,19 @@
-"""Task losses: ``loss_fn(model, batch, rng) -> (loss, metrics)``, each a model call plus a pure loss.
-
-A registry by name, so a config picks a task and a researcher adds one without touching the trainer.
+"""Supervised tasks, one record each: the head it trains, how examples become arrays, its loss
+``loss_fn(model, batch, rng) -> (loss, metrics)`` (a model call plus a pure loss from ``losses``), and
+how its evaluation is summarised. A config picks a task by name (``train.task``); a researcher adds one
+with one entry here, without touching the trainer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
-from rlhf_jax import losses
+import jax
+import numpy as np
+
+from rlhf_jax import losses, reward
+from rlhf_jax.data import pipeline
 
 LossFn = Callable  # (model, batch: dict[str, Array], rng) -> (loss, metrics)
 
@@ -22,7 +28,12 @@ def causal_lm(model, batch, rng):
     return losses.causal_lm_loss(logits_BxTxV, batch["input_ids"], batch["loss_mask"])
 
 
-def make_masked_lm(mask_token_id: int, vocab_size: int, probability: float) -> LossFn:
+def make_masked_lm(tokenizer, vocab_size: int, train) -> LossFn:
+    """BERT's masked-LM loss with masks drawn from the step's key (80/10/10 of ``train.mlm_probability``)."""
+    if tokenizer is None or tokenizer.mask_token_id is None:
+        raise ValueError("masked_lm needs a tokenizer with a mask token")
+    mask_token_id, probability = tokenizer.mask_token_id, train.mlm_probability
+
     def masked_lm(model, batch, rng):
         inputs_BxT, labels_BxT, label_mask_BxT = losses.mask_tokens(
             rng, batch["input_ids"], batch["maskable"], mask_token_id=mask_token_id, vocab_size=vocab_size,
@@ -33,17 +44,69 @@ def make_masked_lm(mask_token_id: int, vocab_size: int, probability: float) -> L
     return masked_lm
 
 
-def make_loss_fn(task: str, *, tokenizer=None, vocab_size: int | None = None, mlm_probability: float = 0.15) -> LossFn:
-    if task == "classification":
-        return classification
-    if task == "causal_lm":
-        return causal_lm
-    if task == "masked_lm":
-        if tokenizer is None or tokenizer.mask_token_id is None:
-            raise ValueError("masked_lm needs a tokenizer with a mask token")
-        return make_masked_lm(tokenizer.mask_token_id, vocab_size, mlm_probability)
-    if task.startswith("reward_"):
-        from rlhf_jax.reward import LOSSES
+def eval_key(seed: int):
+    """The fixed PRNG key of every evaluation (the same MLM masks each time)."""
+    return jax.random.PRNGKey(seed + 1_000_003)
 
-        return LOSSES[task]
-    raise ValueError(f"unknown task {task!r}")
+
+def unigram_baseline(train: dict, held_out: dict, batch_size: int, seed: int, mask_token_id: int, vocab_size: int,
+                     probability: float) -> dict:
+    """MLM baseline on exactly the evaluation's masked positions: predict every masked token from
+    train-set unigram frequencies (add-one smoothed)."""
+    counts = np.bincount(train["input_ids"][train["maskable"].astype(bool)], minlength=vocab_size).astype(np.float64) + 1
+    log_probs = np.log(counts / counts.sum())
+    key = eval_key(seed)
+    nll, correct, count = 0.0, 0.0, 0.0
+    for index, batch in enumerate(pipeline.eval_batches(held_out, batch_size)):
+        _, labels, label_mask = losses.mask_tokens(jax.random.fold_in(key, index), batch["input_ids"], batch["maskable"],
+                                                   mask_token_id=mask_token_id, vocab_size=vocab_size,
+                                                   probability=probability)
+        labels, label_mask = np.asarray(labels), np.asarray(label_mask).astype(bool)
+        nll -= log_probs[labels[label_mask]].sum()
+        correct += (labels[label_mask] == np.argmax(counts)).sum()
+        count += label_mask.sum()
+    return {"unigram_loss": nll / count, "unigram_perplexity": float(np.exp(nll / count)),
+            "unigram_accuracy": correct / count}
+
+
+def _masked_lm_baseline(train_arrays, held_out, train, tokenizer, vocab_size) -> dict:
+    return unigram_baseline(train_arrays, held_out, train.eval_batch_size, train.seed, tokenizer.mask_token_id,
+                            vocab_size, train.mlm_probability)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """head: the model head it trains. tokenize(examples, tokenizer, max_length, data_config) -> arrays.
+    make_loss(tokenizer, vocab_size, train_config) -> loss_fn. perplexity: its evaluation reports
+    exp(loss). baseline(train_arrays, held_out_arrays, train_config, tokenizer, vocab_size) -> extra
+    evaluation metrics, or None. feedback: the human-feedback rows a reward-model task trains on,
+    'pairs' (preferences) or 'scores' (ratings, scored comments); None for the other tasks."""
+
+    head: str
+    tokenize: Callable
+    make_loss: Callable
+    perplexity: bool = False
+    baseline: Callable | None = None
+    feedback: str | None = None
+
+
+def _fixed(loss_fn: LossFn) -> Callable:
+    return lambda tokenizer, vocab_size, train: loss_fn
+
+
+TASKS: dict[str, Task] = {
+    "classification": Task("classification", pipeline.tokenize_classification, _fixed(classification)),
+    "causal_lm": Task("causal_lm", pipeline.tokenize_causal_lm, _fixed(causal_lm), perplexity=True),
+    "masked_lm": Task("masked_lm", pipeline.tokenize_masked_lm, make_masked_lm, perplexity=True,
+                      baseline=_masked_lm_baseline),
+    "reward_pairwise": Task("scalar", reward.tokenize_pairs, _fixed(reward.pairwise), feedback="pairs"),
+    "reward_grouped": Task("scalar", reward.tokenize_groups, _fixed(reward.grouped), feedback="pairs"),
+    "reward_best_of_n": Task("scalar", reward.tokenize_pairs, _fixed(reward.best_of_n), feedback="pairs"),
+    "reward_regression": Task("scalar", reward.tokenize_ratings, _fixed(reward.regression), feedback="scores"),
+}
+
+
+def task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r} (tasks: {sorted(TASKS)})")
+    return TASKS[name]

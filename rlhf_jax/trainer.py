@@ -24,12 +24,12 @@ from rlhf_jax import assets, losses, sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.config import ConfigError, DataConfig, ExperimentConfig, ModelConfig, ModelSpec, to_dict
 from rlhf_jax.data import builders
-from rlhf_jax.data.pipeline import Batches, eval_batches, tokenize
+from rlhf_jax.data.pipeline import Batches, eval_batches
 from rlhf_jax.metrics import MetricsWriter
 from rlhf_jax.models import build_model, from_pretrained, load_tokenizer
 from rlhf_jax.plots import plot_training
 from rlhf_jax.steps import jit_steps, make_optimizer, put_batch, train_state_shardings
-from rlhf_jax.tasks import make_loss_fn
+from rlhf_jax.tasks import TASKS, eval_key
 from rlhf_jax.train_state import TrainState
 
 log = logging.getLogger(__name__)
@@ -82,41 +82,20 @@ def load_examples(data: DataConfig) -> dict[str, list[dict]]:
 
 
 def tokenized_splits(exp: ExperimentConfig, tokenizer) -> dict[str, dict[str, np.ndarray]]:
-    d = exp.data
-    return {split: tokenize(exp.train.task, examples, tokenizer, d.max_length, text_field=d.text_field,
-                            prompt_field=d.prompt_field, label_field=d.label_field)
-            for split, examples in load_examples(d).items()}
+    tokenize = TASKS[exp.train.task].tokenize
+    return {split: tokenize(examples, tokenizer, exp.data.max_length, exp.data)
+            for split, examples in load_examples(exp.data).items()}
 
 
 def evaluate(eval_step, params, arrays: dict, batch_size: int, mesh, rules, seed: int, perplexity: bool = True) -> dict:
     """Summed metrics over the whole split (padding rows weigh 0), then means. Fixed eval PRNG: the
     same MLM masks at every evaluation."""
     sums = None
-    key = jax.random.PRNGKey(seed + 1_000_003)
+    key = eval_key(seed)
     for index, batch in enumerate(eval_batches(arrays, batch_size)):
         out = eval_step(params, put_batch(batch, mesh, rules), jax.random.fold_in(key, index))
         sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
     return losses.summarize(jax.device_get(sums), perplexity=perplexity)
-
-
-def unigram_baseline(train: dict, held_out: dict, batch_size: int, seed: int, mask_token_id: int, vocab_size: int,
-                     probability: float) -> dict:
-    """MLM baseline on exactly the evaluation's masked positions: predict every masked token from
-    train-set unigram frequencies (add-one smoothed)."""
-    counts = np.bincount(train["input_ids"][train["maskable"].astype(bool)], minlength=vocab_size).astype(np.float64) + 1
-    log_probs = np.log(counts / counts.sum())
-    key = jax.random.PRNGKey(seed + 1_000_003)
-    nll, correct, count = 0.0, 0.0, 0.0
-    for index, batch in enumerate(eval_batches(held_out, batch_size)):
-        _, labels, label_mask = losses.mask_tokens(jax.random.fold_in(key, index), batch["input_ids"], batch["maskable"],
-                                                   mask_token_id=mask_token_id, vocab_size=vocab_size,
-                                                   probability=probability)
-        labels, label_mask = np.asarray(labels), np.asarray(label_mask).astype(bool)
-        nll -= log_probs[labels[label_mask]].sum()
-        correct += (labels[label_mask] == np.argmax(counts)).sum()
-        count += label_mask.sum()
-    return {"unigram_loss": nll / count, "unigram_perplexity": float(np.exp(nll / count)),
-            "unigram_accuracy": correct / count}
 
 
 def _same_files(a, b) -> bool:
@@ -178,8 +157,7 @@ def prepare(exp: ExperimentConfig, workdir: str, with_data: bool = True) -> Setu
     for split in ("train", "validation"):
         if with_data and split not in splits:
             raise ConfigError(f"config field 'data.source': the dataset has no '{split}' split")
-    loss_fn = make_loss_fn(t.task, tokenizer=tokenizer, vocab_size=model.config.vocab_size,
-                           mlm_probability=t.mlm_probability)
+    loss_fn = TASKS[t.task].make_loss(tokenizer, model.config.vocab_size, t)
     tx = make_optimizer(t)
     graphdef, params = nnx.split(model)
     state = TrainState.create(params, tx, t.seed)
@@ -192,12 +170,11 @@ def prepare(exp: ExperimentConfig, workdir: str, with_data: bool = True) -> Setu
 
 
 def evaluate_split(run: Setup, exp: ExperimentConfig, params, split: str) -> dict:
-    t = exp.train
+    t, task = exp.train, TASKS[exp.train.task]
     metrics = evaluate(run.eval_step, params, run.splits[split], t.eval_batch_size, run.mesh, run.rules, t.seed,
-                       perplexity=t.task in ("causal_lm", "masked_lm"))
-    if t.task == "masked_lm":
-        metrics.update(unigram_baseline(run.splits["train"], run.splits[split], t.eval_batch_size, t.seed,
-                                        run.tokenizer.mask_token_id, run.vocab_size, t.mlm_probability))
+                       perplexity=task.perplexity)
+    if task.baseline is not None:
+        metrics.update(task.baseline(run.splits["train"], run.splits[split], t, run.tokenizer, run.vocab_size))
     return metrics
 
 

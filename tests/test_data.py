@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from rlhf_jax.data import builders, records
-from rlhf_jax.data.pipeline import Batches, eval_batches, tokenize
+from rlhf_jax.config import DataConfig
+from rlhf_jax.data.pipeline import Batches, eval_batches
+from rlhf_jax.tasks import TASKS
 
 GOOD = {"id": "a1", "prompt": "The film", "chosen": "is wonderful.", "rejected": "is dull.", "annotator": "sim"}
 
@@ -107,7 +109,8 @@ def test_causal_tokenization_masks_the_prompt(smollm2_dir):
     from rlhf_jax.models import load_tokenizer
 
     tokenizer = load_tokenizer(smollm2_dir)
-    arrays = tokenize("causal_lm", [{"prompt": "Review:", "text": " great fun"}], tokenizer, 12, prompt_field="prompt")
+    arrays = TASKS["causal_lm"].tokenize([{"prompt": "Review:", "text": " great fun"}], tokenizer, 12,
+                                         DataConfig(prompt_field="prompt"))
     prompt_len = len(tokenizer("Review:", add_special_tokens=False)["input_ids"])
     text_len = len(tokenizer(" great fun", add_special_tokens=False)["input_ids"]) + 1  # + EOS
     assert arrays["loss_mask"][0].tolist() == [0] * prompt_len + [1] * text_len + [0] * (12 - prompt_len - text_len)

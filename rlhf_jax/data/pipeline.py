@@ -1,4 +1,5 @@
-"""Tokenisation to fixed-length arrays, and deterministic batching whose position is one integer.
+"""Tokenisation of text examples to fixed-length arrays (one function per task kind; ``rlhf_jax.tasks``
+says which task uses which), and deterministic batching whose position is one integer.
 
 Every array has a leading example axis N and, for tokens, a length L = max_length (fixed shapes:
 one compilation). ``Batches(arrays, batch_size, seed)(i)`` is the i-th training batch: epoch
@@ -15,45 +16,44 @@ import numpy as np
 from rlhf_jax.data.records import DataError
 from rlhf_jax.models.pretrained import pad_token_id
 
-TASKS = ("classification", "causal_lm", "masked_lm", "reward_pairwise", "reward_grouped", "reward_best_of_n",
-         "reward_regression")
-
-
-def tokenize(task: str, examples: list[dict], tokenizer, max_length: int, *, text_field: str = "text",
-             prompt_field: str | None = None, label_field: str = "label") -> dict[str, np.ndarray]:
-    """Examples -> arrays for ``task``.
-
-    classification: input_ids, attention_mask, token_type_ids, labels, weights.
-    causal_lm: input_ids, attention_mask, loss_mask (1 on the text tokens, and on the EOS closing
-      them; 0 on the prompt when ``prompt_field`` is given, and on padding).
-    masked_lm: input_ids, attention_mask, token_type_ids, maskable (real, non-special tokens).
-    reward_*: see ``rlhf_jax.reward.tokenize_feedback``.
-    """
-    if task not in TASKS:
-        raise DataError(f"unknown task {task!r} (tasks: {TASKS})")
+def _texts(examples: list[dict], field: str) -> list[str]:
     if not examples:
         raise DataError("no examples to tokenize")
-    if task.startswith("reward_"):
-        from rlhf_jax.reward import tokenize_feedback
-
-        return tokenize_feedback(task, examples, tokenizer, max_length)
     for index, example in enumerate(examples):
-        if not isinstance(example.get(text_field), str) or not example[text_field]:
-            raise DataError(f"example {index}: field '{text_field}' is missing or empty")
-    texts = [example[text_field] for example in examples]
-    if task == "causal_lm":
-        return _tokenize_causal(tokenizer, texts, max_length,
-                                [example[prompt_field] for example in examples] if prompt_field else None)
+        if not isinstance(example.get(field), str) or not example[field]:
+            raise DataError(f"example {index}: field '{field}' is missing or empty")
+    return [example[field] for example in examples]
+
+
+def _encode(tokenizer, texts: list[str], max_length: int):
     enc = tokenizer(texts, max_length=max_length, truncation=True, padding="max_length",
                     return_special_tokens_mask=True, return_token_type_ids=True, return_tensors="np")
     arrays = {"input_ids": enc["input_ids"].astype(np.int32), "attention_mask": enc["attention_mask"].astype(np.int32),
               "token_type_ids": enc["token_type_ids"].astype(np.int32)}
-    if task == "classification":
-        arrays["labels"] = np.asarray([example[label_field] for example in examples], np.int32)
-        arrays["weights"] = np.ones(len(examples), np.float32)
-    else:
-        arrays["maskable"] = (enc["attention_mask"] * (1 - enc["special_tokens_mask"])).astype(np.int32)
+    return arrays, enc
+
+
+def tokenize_classification(examples: list[dict], tokenizer, max_length: int, data) -> dict[str, np.ndarray]:
+    """input_ids, attention_mask, token_type_ids, labels, weights."""
+    arrays, _ = _encode(tokenizer, _texts(examples, data.text_field), max_length)
+    arrays["labels"] = np.asarray([example[data.label_field] for example in examples], np.int32)
+    arrays["weights"] = np.ones(len(examples), np.float32)
     return arrays
+
+
+def tokenize_masked_lm(examples: list[dict], tokenizer, max_length: int, data) -> dict[str, np.ndarray]:
+    """input_ids, attention_mask, token_type_ids, maskable (real, non-special tokens)."""
+    arrays, enc = _encode(tokenizer, _texts(examples, data.text_field), max_length)
+    arrays["maskable"] = (enc["attention_mask"] * (1 - enc["special_tokens_mask"])).astype(np.int32)
+    return arrays
+
+
+def tokenize_causal_lm(examples: list[dict], tokenizer, max_length: int, data) -> dict[str, np.ndarray]:
+    """input_ids, attention_mask, loss_mask (1 on the text tokens, and on the EOS closing them; 0 on the
+    prompt when ``data.prompt_field`` is given, and on padding)."""
+    texts = _texts(examples, data.text_field)
+    prompts = [example[data.prompt_field] for example in examples] if data.prompt_field else None
+    return _tokenize_causal(tokenizer, texts, max_length, prompts)
 
 
 def _tokenize_causal(tokenizer, texts, max_length, prompts):
