@@ -1,10 +1,6 @@
 """MiniLM-L6 + a new classification head, fine-tuned on Rotten Tomatoes fresh (1) vs rotten (0)."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import base  # noqa: E402
+from . import base
 
 
 def get_config():

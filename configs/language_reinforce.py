@@ -6,11 +6,7 @@ the frozen original) maximises that score. Evaluated like the main job, by the g
     rlhf-jax run --config configs/language_reinforce.py          (workdir: runs/language_reinforce)
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import sentiment_quick  # noqa: E402
+from . import sentiment_quick
 
 
 def get_config():

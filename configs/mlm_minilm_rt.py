@@ -1,10 +1,6 @@
 """MiniLM-L6 + a new MLM head (BERT transform + decoder tied to the embedding) on Rotten Tomatoes text."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import base  # noqa: E402
+from . import base
 
 
 def get_config():

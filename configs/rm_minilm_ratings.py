@@ -6,11 +6,7 @@ pairwise model, on the labelled pairs of the held-out prompts.
     rlhf-jax run --config configs/rm_minilm_ratings.py --workdir runs/rm_ratings
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import rm_minilm_sentiment  # noqa: E402
+from . import rm_minilm_sentiment
 
 
 def get_config():

@@ -4,11 +4,7 @@ SmolLM2-135M continuations of each Rotten Tomatoes prompt, labelled by a simulat
     rlhf-jax run --config configs/rm_minilm_sentiment.py --workdir runs/rm_minilm
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import base  # noqa: E402
+from . import base
 
 
 def get_config():
@@ -31,7 +27,5 @@ def get_config():
     config.train.eval_every = 250
     # 8 continuations per prompt, all 28 pairs labelled: 140k pairs for the sampling cost of 40k responses.
     # Simulated human over VADER: T = 0.28 makes ~15-20% of labels disagree with the gold order on these samples.
-    config.feedback = {"policy": "smollm2-135m-instruct", "labeler": "vader", "temperature": 0.28, "tie_margin": 0.0,
-                       "prompts": 5000, "samples_per_prompt": 8, "prompt_tokens": 8, "response_tokens": 24,
-                       "sampling_temperature": 1.0, "top_k": 0, "top_p": 1.0, "batch_size": 64, "seed": 0}
+    config.feedback = {"temperature": 0.28, "prompts": 5000, "samples_per_prompt": 8, "batch_size": 64}
     return config

@@ -4,11 +4,7 @@ pairwise on the same simulated preferences as configs/rm_minilm_sentiment.py.
     rlhf-jax run --config configs/rm_smollm2_sentiment.py --workdir runs/rm_smollm2
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import rm_minilm_sentiment  # noqa: E402
+from . import rm_minilm_sentiment
 
 
 def get_config():

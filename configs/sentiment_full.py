@@ -7,12 +7,7 @@ A workdir that already holds a finished rm_minilm_sentiment run (feedback/ and r
 reused for those stages: the configs are the same.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import rm_minilm_sentiment  # noqa: E402
-import sentiment_quick  # noqa: E402
+from . import rm_minilm_sentiment, sentiment_quick
 
 
 def get_config():

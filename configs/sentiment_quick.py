@@ -9,11 +9,7 @@ SmolLM2 against it, KL-penalised to the frozen original -> evaluate on 256 held-
 gold labeler -> report.md. configs/sentiment_full.py is the same, bigger and longer.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import rm_minilm_sentiment  # noqa: E402
+from . import rm_minilm_sentiment
 
 
 def get_config():
@@ -32,11 +28,5 @@ def get_config():
     config.train.learning_rate = 5e-5
     config.train.checkpoint_every = 160
     config.train.eval_every = 0
-    config.ppo = {
-        "policy": "smollm2-135m-instruct", "value": "shared", "iterations": 20, "rollout_prompts": 32,
-        "epochs": 2, "minibatches": 2, "learning_rate": 5e-5, "prompt_tokens": 8, "response_tokens": 24,
-        "temperature": 1.0, "kl_estimator": "k1", "kl_coef": 0.03, "kl_target": 6.0, "kl_horizon": 10000.0,
-        "gamma": 1.0, "lam": 0.95, "clip_ratio": 0.2, "clip_value": 0.2, "value_coef": 0.1, "entropy_coef": 0.0,
-        "whiten_rewards": False, "eval_prompts": 256, "eval_batch_size": 64, "checkpoint_every": 4,
-        "log_samples": 4, "seed": 0}
+    config.ppo = {"epochs": 2, "minibatches": 2, "learning_rate": 5e-5, "kl_coef": 0.03, "checkpoint_every": 4}
     return config

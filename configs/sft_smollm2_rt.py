@@ -1,10 +1,6 @@
 """SmolLM2-135M-Instruct fine-tuned as a causal LM on fresh Rotten Tomatoes reviews."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import base  # noqa: E402
+from . import base
 
 
 def get_config():

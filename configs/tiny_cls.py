@@ -1,10 +1,6 @@
 """Tiny random BERT classifier on a slice of Rotten Tomatoes: for tests (seconds on a CPU)."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import base  # noqa: E402
+from . import base
 
 
 def get_config():

@@ -1,10 +1,6 @@
 """Tiny random BERT with an MLM head on a slice of Rotten Tomatoes text: for tests."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import tiny_cls  # noqa: E402
+from . import tiny_cls
 
 
 def get_config():

@@ -1,11 +1,7 @@
 """Tiny reward-model run for tests: a tiny random BERT scalar head, few prompts, few steps.
 feedback.policy must be set to a local causal-LM directory (tests make a tiny random one)."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import rm_minilm_sentiment  # noqa: E402
+from . import rm_minilm_sentiment
 
 
 def get_config():

@@ -1,10 +1,6 @@
 """Tiny random Llama (SmolLM2's tokenizer) trained as a causal LM on fresh reviews: for tests."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-import tiny_cls  # noqa: E402
+from . import tiny_cls
 
 
 def get_config():

@@ -44,6 +44,13 @@ def _generate(args) -> int:
     return 0
 
 
+def _config_show(args) -> int:
+    from rlhf_jax.config import describe, load_config
+
+    print(describe(load_config(args.config, args.overrides)))
+    return 0
+
+
 def _train(args) -> int:
     from rlhf_jax.config import load_config
     from rlhf_jax.trainer import train
@@ -223,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--votes", default="majority", choices=["majority", "all"])
     export.set_defaults(run=_label_export)
 
+    config = commands.add_parser("config", help="experiment configs")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print a config resolved (defaults, file, overrides), each field with its doc",
+                                 epilog="override any config field with --config.SECTION.FIELD=VALUE")
+    show.add_argument("--config", required=True, help="configs/*.py with get_config()")
+    show.set_defaults(run=_config_show)
+
     for name, run, help_text in (("train", _train, "train (or resume) an experiment config"),
                                  ("eval", _eval, "evaluate the latest checkpoint of a workdir"),
                                  ("export", _export, "write a workdir's latest model as a transformers directory"),
@@ -252,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     args.overrides = [u for u in unknown if u.startswith("--config.")]
     rest = [u for u in unknown if not u.startswith("--config.")]
-    if rest or (args.overrides and args.command not in ("train", "eval", "export", "run", "loop")):
+    if rest or (args.overrides and args.command not in ("config", "train", "eval", "export", "run", "loop")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
     from rlhf_jax.assets import AssetError
     from rlhf_jax.config import ConfigError

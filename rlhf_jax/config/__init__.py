@@ -1,0 +1,21 @@
+"""Frozen, validated configuration dataclasses, each field with its default and a one-line doc.
+
+Experiment configs are ml_collections ``ConfigDict`` files (``configs/*.py``) that set only what differs
+from these defaults; where they meet the code they become the dataclasses, so a bad value fails at start
+with a message that names the field instead of deep inside a jitted function.
+
+  core.py        ConfigError, field(default, doc), the checks
+  model.py       ModelConfig (one transformer), MeshConfig (devices and sharding rules)
+  experiment.py  the sections of an experiment: ModelSpec, DataConfig, TrainConfig, FeedbackConfig, PPOConfig
+  loading.py     load_config (file + overrides), experiment_from_dict, to_dict, describe
+"""
+
+from rlhf_jax.config.core import ConfigError, field
+from rlhf_jax.config.experiment import (FEEDBACK_KINDS, SECTIONS, DataConfig, ExperimentConfig, FeedbackConfig,
+                                        ModelSpec, PPOConfig, TrainConfig)
+from rlhf_jax.config.loading import describe, experiment_from_dict, json_ready, load_config, parse_override, to_dict
+from rlhf_jax.config.model import DTYPES, FAMILIES, HEADS, POOLINGS, MeshConfig, ModelConfig
+
+__all__ = ["ConfigError", "field", "FEEDBACK_KINDS", "SECTIONS", "DataConfig", "ExperimentConfig", "FeedbackConfig",
+           "ModelSpec", "PPOConfig", "TrainConfig", "describe", "experiment_from_dict", "json_ready", "load_config",
+           "parse_override", "to_dict", "DTYPES", "FAMILIES", "HEADS", "POOLINGS", "MeshConfig", "ModelConfig"]

@@ -1,0 +1,209 @@
+"""The sections of an experiment config: which model, which data, how to train, how feedback is
+collected, how the policy is trained against the reward. Every default lives here, once."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rlhf_jax.config.core import field, require, require_positive_ints
+from rlhf_jax.config.model import HEADS, MeshConfig
+
+FEEDBACK_KINDS = ("preferences", "ratings", "language")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Which model to train."""
+
+    source: str | None = field(None, "asset name, transformers directory or .gguf file; None: a random model "
+                                     "of model.config")
+    tokenizer: str | None = field(None, "asset name or directory of the tokenizer; None: the source's")
+    head: str = field("causal_lm", "'causal_lm', 'masked_lm', 'classification' or 'scalar' (the task's head)")
+    config: tuple[tuple[str, Any], ...] = field((), "ModelConfig fields: overrides of the pretrained config, or "
+                                                    "the whole config of a random model")
+    seed: int = field(0, "initialisation of new parameters (a new head, a random model)")
+
+    def __post_init__(self):
+        require(self.head in HEADS, "model.head", f"{self.head!r} is not one of {HEADS}")
+        require(self.source is not None or self.tokenizer is not None, "model.tokenizer",
+                "a model without a pretrained source needs a tokenizer (asset name or path)")
+        require(self.source is not None or "family" in dict(self.config), "model.config",
+                "a model without a pretrained source needs model.config.family")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The supervised data."""
+
+    dataset: str = field("rotten_tomatoes", "a builder of rlhf_jax.data.builders (rotten_tomatoes, text, "
+                                            "preferences, ratings, language)")
+    source: str | tuple[str, ...] = field("rotten-tomatoes", "asset name or local file(s)")
+    max_length: int = field(64, "tokens per example (padded and truncated to it)")
+    text_field: str = field("text", "the example field holding the text")
+    label_field: str = field("label", "the example field holding the class label")
+    prompt_field: str | None = field(None, "causal LM: the field of a prompt the loss skips")
+    labels: tuple[int, ...] | None = field(None, "keep only examples with these labels (e.g. (1,): fresh reviews)")
+    max_train_examples: int | None = field(None, "keep the first N training examples; None: all")
+    max_eval_examples: int | None = field(None, "keep the first N examples of each held-out split; None: all")
+    root: str | None = field(None, "where datasets are written; None: $RLHF_JAX_CACHE/datasets")
+
+    def __post_init__(self):
+        require(self.max_length >= 4, "data.max_length", f"must be >= 4, got {self.max_length}")
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            require(value is None or value > 0, f"data.{name}", f"must be positive or None, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping of the supervised trainer (AdamW; linear warm-up, then cosine decay to 0
+    over ``steps``)."""
+
+    task: str = field("classification", "a name in rlhf_jax.tasks.TASKS")
+    steps: int = field(100, "optimiser steps")
+    batch_size: int = field(32, "examples per step (groups for reward_grouped)")
+    eval_batch_size: int = field(64, "examples per evaluation batch")
+    learning_rate: float = field(5e-5, "peak learning rate")
+    warmup_steps: int = field(10, "linear warm-up steps")
+    weight_decay: float = field(0.01, "AdamW weight decay")
+    grad_clip: float = field(1.0, "global gradient-norm clip")
+    mlm_probability: float = field(0.15, "masked LM: share of tokens masked (BERT's 80/10/10)")
+    seed: int = field(0, "batch order and the PRNG of each step")
+    log_every: int = field(10, "steps per logged training row")
+    eval_every: int = field(0, "steps between validation evaluations; 0: at the start and end only")
+    checkpoint_every: int = field(100, "steps between checkpoints")
+    keep_checkpoints: int = field(2, "checkpoints kept")
+
+    def __post_init__(self):
+        from rlhf_jax.tasks import TASKS
+
+        require(self.task in TASKS, "train.task", f"{self.task!r} is not one of {sorted(TASKS)}")
+        require_positive_ints(self, ("steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
+                                     "keep_checkpoints"), "train.")
+        require(self.learning_rate >= 0, "train.learning_rate", f"must be >= 0, got {self.learning_rate}")
+        require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", f"must be in [0, steps], got {self.warmup_steps}")
+        require(0 < self.mlm_probability < 1, "train.mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
+        require(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackConfig:
+    """Simulated (or human) feedback on policy samples: the first stage of ``rlhf-jax run``. The simulated
+    human prefers A to B with P = sigmoid((g(A) - g(B)) / temperature), g the gold labeler's score; every
+    one of a prompt's n (n - 1) / 2 pairs is labelled, and all pairs of a prompt land in one split."""
+
+    policy: str = field("smollm2-135m-instruct", "asset or directory of the model whose continuations are compared")
+    labeler: str = field("vader", "gold scorer: 'vader' or 'classifier' (a trained sentiment classifier)")
+    temperature: float = field(0.1, "the simulated human's preference temperature T (0: always the gold order)")
+    tie_margin: float = field(0.0, "gold-score differences below this are ties (dropped)")
+    prompts: int = field(512, "how many prompts (Rotten Tomatoes openings)")
+    samples_per_prompt: int = field(2, "continuations of each prompt; all their pairs are labelled")
+    prompt_tokens: int = field(8, "tokens of each opening")
+    response_tokens: int = field(24, "tokens of each continuation")
+    sampling_temperature: float = field(1.0, "sampling temperature of the continuations")
+    top_k: int = field(0, "top-k sampling; 0: off")
+    top_p: float = field(1.0, "nucleus sampling; 1: off")
+    batch_size: int = field(32, "prompts per sampling batch")
+    seed: int = field(0, "sampling keys and the simulated human's draws")
+    classifier_config: str | None = field(None, "labeler 'classifier': the classifier's config")
+    classifier_workdir: str | None = field(None, "labeler 'classifier': the classifier's training workdir")
+    kind: str = field("preferences", "what the reward model learns from: 'preferences' (labelled pairs), 'ratings' "
+                                     "(1-7 per sample) or 'language' (a scored comment per sample)")
+    comment_scorer: str = field("vader", "'vader' or 'classifier': what turns a comment into a number")
+    labels_from: str = field("simulated", "who labels in rlhf-jax loop: 'simulated' or 'app' (people)")
+
+    def __post_init__(self):
+        require(self.kind in FEEDBACK_KINDS, "feedback.kind", f"{self.kind!r} is not one of {FEEDBACK_KINDS}")
+        require(self.comment_scorer in ("vader", "classifier"), "feedback.comment_scorer",
+                f"{self.comment_scorer!r} is not 'vader' or 'classifier'")
+        require(self.labels_from in ("simulated", "app"), "feedback.labels_from",
+                f"{self.labels_from!r} is not 'simulated' or 'app'")
+        require(self.labels_from == "simulated" or self.kind == "preferences", "feedback.labels_from",
+                f"the labeling app's export feeds the loop preference pairs; kind={self.kind!r} needs 'simulated'")
+        require(self.labeler in ("vader", "classifier"), "feedback.labeler",
+                f"{self.labeler!r} is not one of ('vader', 'classifier')")
+        require("classifier" not in (self.labeler, self.comment_scorer) or (self.classifier_config and self.classifier_workdir),
+                "feedback.classifier_workdir",
+                "the 'classifier' labeler or comment scorer needs classifier_config and classifier_workdir")
+        require(self.temperature >= 0, "feedback.temperature", f"must be >= 0, got {self.temperature}")
+        require_positive_ints(self, ("prompts", "prompt_tokens", "response_tokens", "batch_size"), "feedback.")
+        require(self.samples_per_prompt >= 2, "feedback.samples_per_prompt", f"must be >= 2, got {self.samples_per_prompt}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """RL of a causal LM against a reward (Ziegler et al. 2019; Stiennon et al. 2020). One iteration: sample
+    ``rollout_prompts`` continuations, score them, subtract beta * KL(policy || reference) per token, then
+    ``epochs`` x ``minibatches`` Adam steps on the algorithm's loss."""
+
+    policy: str = field("smollm2-135m-instruct", "asset or directory of the policy; its frozen copy is the reference")
+    value: str = field("shared", "'shared': a zero-initialised value head on the policy's trunk; 'separate': "
+                                 "its own trunk")
+    iterations: int = field(20, "rollout + update iterations")
+    rollout_prompts: int = field(32, "prompts (one continuation each) per iteration")
+    epochs: int = field(4, "passes over each rollout")
+    minibatches: int = field(4, "Adam steps per pass")
+    learning_rate: float = field(1e-5, "Adam learning rate")
+    grad_clip: float = field(1.0, "global gradient-norm clip")
+    prompt_tokens: int = field(8, "tokens of each prompt (left-padded)")
+    response_tokens: int = field(24, "tokens sampled per response")
+    temperature: float = field(1.0, "sampling temperature; the log-probs use the same")
+    kl_estimator: str = field("k1", "per-token KL in the reward: 'k1' (log ratio) or 'k3'")
+    kl_coef: float = field(0.05, "initial KL coefficient beta")
+    kl_target: float | None = field(6.0, "adaptive controller's target KL, nats per sequence; None: fixed beta")
+    kl_horizon: float = field(10000.0, "adaptive controller's horizon")
+    gamma: float = field(1.0, "discount")
+    lam: float = field(0.95, "GAE lambda")
+    clip_ratio: float = field(0.2, "policy ratio clip epsilon")
+    clip_value: float = field(0.2, "value clip epsilon")
+    value_coef: float = field(0.1, "weight of the value loss")
+    entropy_coef: float = field(0.0, "weight of the entropy bonus")
+    whiten_rewards: bool = field(False, "scale per-token rewards to unit variance before GAE")
+    eval_prompts: int = field(256, "held-out (test-split) prompts of the final evaluation")
+    eval_batch_size: int = field(64, "prompts per evaluation batch")
+    checkpoint_every: int = field(5, "iterations between checkpoints")
+    log_samples: int = field(4, "continuations written to samples.jsonl per iteration")
+    seed: int = field(0, "prompt order, sampling keys, value-head initialisation")
+    algorithm: str = field("ppo", "a name in rlhf_jax.algorithms.ALGORITHMS ('ppo', 'reinforce')")
+    reward: str = field("reward_model", "'reward_model', or 'language': a simulated human's scored comment")
+
+    def __post_init__(self):
+        from rlhf_jax.algorithms import ALGORITHMS
+
+        require(self.algorithm in ALGORITHMS, "ppo.algorithm", f"{self.algorithm!r} is not one of {sorted(ALGORITHMS)}")
+        unsuited = ALGORITHMS[self.algorithm].check(self)
+        require(unsuited is None, *(unsuited or ("", "")))
+        require(self.reward in ("reward_model", "language"), "ppo.reward",
+                f"{self.reward!r} is not 'reward_model' or 'language'")
+        require(self.value in ("shared", "separate"), "ppo.value", f"{self.value!r} is not 'shared' or 'separate'")
+        require(self.kl_estimator in ("k1", "k3"), "ppo.kl_estimator", f"{self.kl_estimator!r} is not 'k1' or 'k3'")
+        require_positive_ints(self, ("iterations", "rollout_prompts", "epochs", "minibatches", "prompt_tokens",
+                                     "response_tokens", "eval_prompts", "eval_batch_size", "checkpoint_every"), "ppo.")
+        require(self.rollout_prompts % self.minibatches == 0, "ppo.minibatches",
+                f"{self.minibatches} minibatches do not divide rollout_prompts={self.rollout_prompts}")
+        require(self.learning_rate >= 0, "ppo.learning_rate", f"must be >= 0, got {self.learning_rate}")
+        require(self.temperature > 0, "ppo.temperature", f"must be > 0, got {self.temperature}")
+        require(self.kl_target is None or self.kl_target > 0, "ppo.kl_target", f"must be > 0 or None, got {self.kl_target}")
+        require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "ppo.gamma", "gamma and lam must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelSpec = field(doc="which model to train")
+    data: DataConfig = field(doc="the supervised data")
+    train: TrainConfig = field(doc="the supervised trainer")
+    mesh: MeshConfig = field(MeshConfig(), "the device mesh and sharding rules")
+    feedback: FeedbackConfig | None = field(None, "feedback collection (rlhf-jax run / loop)")
+    ppo: PPOConfig | None = field(None, "RL of the policy (rlhf-jax run / loop)")
+
+    def __post_init__(self):
+        from rlhf_jax.tasks import TASKS
+
+        head = TASKS[self.train.task].head
+        require(self.model.head == head, "model.head", f"task {self.train.task!r} needs head {head!r}, "
+                f"got {self.model.head!r}")
+
+
+SECTIONS = {"model": ModelSpec, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig,
+            "feedback": FeedbackConfig, "ppo": PPOConfig}
