@@ -28,13 +28,26 @@ class Checkpointer:
     def restore(self, step: int, target, shardings):
         """(state, meta) at ``step``, placed with ``shardings`` (the current mesh: resharding is fine)."""
         abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
+        restored = self._restore(step, state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        return restored.state, restored.meta
+
+    def meta(self, step: int) -> dict:
+        """The JSON metadata saved with ``step`` (its config, data position...), without the state."""
+        return self._restore(step, meta=ocp.args.JsonRestore()).meta
+
+    def restore_params(self, step: int, abstract_params):
+        """Only the ``params`` of the state saved at ``step`` (no optimiser state is read), into the
+        structure, dtypes and shardings of ``abstract_params`` (jax.ShapeDtypeStruct leaves)."""
+        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), abstract_params)
+        return self._restore(step, state=ocp.args.PyTreeRestore(
+            item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True)).state["params"]
+
+    def _restore(self, step: int, **items):
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                          meta=ocp.args.JsonRestore()))
+            return self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:  # orbax/tensorstore raise many types for a damaged or foreign checkpoint
             raise CheckpointError(f"{self.directory}/{step}: cannot restore this checkpoint ({type(error).__name__}: "
                                   f"{str(error)[:500]})") from error
-        return restored.state, restored.meta
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

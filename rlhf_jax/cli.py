@@ -74,10 +74,11 @@ def _export(args) -> int:
 
     from rlhf_jax.config import load_config
     from rlhf_jax.models import save_pretrained
-    from rlhf_jax.trainer import restore_trained
+    from rlhf_jax.trained import restore
 
-    run, params, step = restore_trained(load_config(args.config, args.overrides), args.workdir, with_data=False)
-    path = save_pretrained(nnx.merge(run.graphdef, params), args.out, run.tokenizer)
+    trained = restore(args.workdir, load_config(args.config, args.overrides))
+    path = save_pretrained(nnx.merge(trained.graphdef, trained.params), args.out, trained.tokenizer)
+    step = trained.step
     print(f"step {step} of {args.workdir} -> {path} (a transformers directory; also a model.source for configs)")
     return 0
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from rlhf_jax import reward
 from rlhf_jax.tasks import TASKS
+from rlhf_jax.trained import restore
 from rlhf_jax.config import ConfigError, ExperimentConfig, FeedbackConfig
 from rlhf_jax.data import records
 from rlhf_jax.feedback import collect
@@ -64,9 +65,10 @@ def _same_feedback(saved: dict, fb: FeedbackConfig) -> bool:
 def evaluate_stage(exp: ExperimentConfig, rm_dir: str, pairs: str | None = None) -> dict:
     """Held-out pair metrics against labels and gold; calibration plot; normalisation on policy samples.
     pairs: the preference file to evaluate on, when the model was trained on something else (ratings)."""
-    from rlhf_jax.trainer import load_examples, restore_trained
+    from rlhf_jax.trainer import load_examples
 
-    run, params, step = restore_trained(exp, rm_dir, with_data=False)  # scores raw examples, below
+    trained = restore(rm_dir, exp)  # scores raw examples, below
+    step = trained.step
     data = exp.data if pairs is None else dataclasses.replace(exp.data, dataset="preferences", source=pairs)
     examples = load_examples(data)
     length = exp.data.max_length
@@ -74,8 +76,9 @@ def evaluate_stage(exp: ExperimentConfig, rm_dir: str, pairs: str | None = None)
     def scores(split, limit=None):
         rows = examples[split][:limit]
         prompts = [r["prompt"] for r in rows]
-        chosen = score_texts(run.graphdef, params, run.tokenizer, prompts, length, responses=[r["chosen"] for r in rows])
-        rejected = score_texts(run.graphdef, params, run.tokenizer, prompts, length,
+        chosen = score_texts(trained.graphdef, trained.params, trained.tokenizer, prompts, length,
+                             responses=[r["chosen"] for r in rows])
+        rejected = score_texts(trained.graphdef, trained.params, trained.tokenizer, prompts, length,
                                responses=[r["rejected"] for r in rows])
         gold = np.asarray([[r["gold_chosen"], r["gold_rejected"]] for r in rows], np.float64)
         return chosen, rejected, gold

@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def load_reward_model(exp: ExperimentConfig, rm_dir: str, normalization: dict) -> ppo_trainer.RewardModel:
-    from rlhf_jax.trainer import restore_trained
+    from rlhf_jax.trained import restore
 
-    run, params, _ = restore_trained(exp, rm_dir, with_data=False)
-    return ppo_trainer.RewardModel(run.graphdef, params, run.tokenizer, exp.data.max_length,
+    trained = restore(rm_dir, exp)
+    return ppo_trainer.RewardModel(trained.graphdef, trained.params, trained.tokenizer, exp.data.max_length,
                                    gain=normalization["gain"], bias=normalization["bias"])
 
 

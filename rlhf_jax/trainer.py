@@ -22,38 +22,17 @@ from tqdm.auto import tqdm
 
 from rlhf_jax import assets, losses, sharding
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.config import ConfigError, DataConfig, ExperimentConfig, ModelConfig, ModelSpec, to_dict
+from rlhf_jax.config import ConfigError, DataConfig, ExperimentConfig, to_dict
 from rlhf_jax.data import builders
 from rlhf_jax.data.pipeline import Batches, eval_batches
 from rlhf_jax.metrics import MetricsWriter
-from rlhf_jax.models import build_model, from_pretrained, load_tokenizer
 from rlhf_jax.plots import plot_training
 from rlhf_jax.steps import jit_steps, make_optimizer, put_batch, train_state_shardings
 from rlhf_jax.tasks import TASKS, eval_key
 from rlhf_jax.train_state import TrainState
+from rlhf_jax.trained import check_same_run, load_model, restore
 
 log = logging.getLogger(__name__)
-# Train fields that may change between a run and its resumption (bookkeeping, not maths).
-RESUMABLE_CHANGES = {"steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"}
-
-
-def load_model(spec: ModelSpec):
-    """(model, tokenizer) for a model spec: pretrained weights, or a random model of the given config."""
-    tokenizer = load_tokenizer(spec.tokenizer or spec.source)
-    overrides = dict(spec.config)
-    if spec.source is not None:
-        model = from_pretrained(spec.source, head=spec.head, seed=spec.seed, **overrides)
-    else:
-        overrides.setdefault("vocab_size", len(tokenizer))
-        overrides.setdefault("pad_token_id", tokenizer.pad_token_id)
-        overrides.setdefault("eos_token_id", tokenizer.eos_token_id)
-        model = build_model(ModelConfig(head=spec.head, **overrides), seed=spec.seed)
-    if len(tokenizer) > model.config.vocab_size:
-        raise ConfigError(f"config field 'model.config.vocab_size': the tokenizer has {len(tokenizer)} tokens, "
-                          f"the model only {model.config.vocab_size}")
-    return model, tokenizer
-
-
 def data_root(data: DataConfig) -> str:
     return data.root or os.path.join(os.path.dirname(assets.cache_dir()), "datasets")
 
@@ -96,29 +75,6 @@ def evaluate(eval_step, params, arrays: dict, batch_size: int, mesh, rules, seed
         out = eval_step(params, put_batch(batch, mesh, rules), jax.random.fold_in(key, index))
         sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
     return losses.summarize(jax.device_get(sums), perplexity=perplexity)
-
-
-def _same_files(a, b) -> bool:
-    """Two data sources naming files with the same contents (e.g. a workdir that was moved)."""
-    from rlhf_jax.data.records import file_digest
-
-    def files(source):
-        paths = [source] if isinstance(source, str) else list(source or [])
-        return paths if paths and all(isinstance(p, str) and os.path.isfile(p) for p in paths) else None
-
-    return files(a) is not None and files(b) is not None and file_digest(files(a)) == file_digest(files(b))
-
-
-def _check_resumable(saved: dict, current: dict) -> None:
-    for section in ("model", "data", "train"):
-        for field, value in current[section].items():
-            before = saved.get(section, {}).get(field)
-            if before == value or (section == "train" and field in RESUMABLE_CHANGES):
-                continue
-            if (section, field) == ("data", "source") and _same_files(before, value):
-                continue
-            raise ConfigError(f"config field '{section}.{field}': the checkpoint was made with {before!r}, "
-                              f"this run has {value!r}; use a new workdir")
 
 
 def check_mesh(exp: ExperimentConfig, mesh) -> None:
@@ -188,7 +144,7 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     start = run.checkpoints.latest_step()
     if start is not None:
         state, meta = run.checkpoints.restore(start, state, run.state_sharding)
-        _check_resumable(meta["config"], config_dict)
+        check_same_run(meta["config"], config_dict)
         if meta["data_position"] != start:
             raise ConfigError(f"checkpoint {start}: data position {meta['data_position']} does not match its step")
         log.info("resumed from step %d", start)
@@ -236,21 +192,12 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     return {"step": step, "metrics": last_eval, "params": state.params, "graphdef": run.graphdef}
 
 
-def restore_trained(exp: ExperimentConfig, workdir: str, with_data: bool = True):
-    """(setup, parameters, step) of the latest checkpoint in ``workdir``, made by this config."""
-    run = prepare(exp, workdir, with_data)
-    step = run.checkpoints.latest_step()
-    if step is None:
-        raise ConfigError(f"--workdir {workdir}: no checkpoint")
-    state, meta = run.checkpoints.restore(step, run.state, run.state_sharding)
-    _check_resumable(meta["config"], to_dict(exp))
-    run.checkpoints.close()
-    return run, state.params, step
-
-
 def evaluate_checkpoint(exp: ExperimentConfig, workdir: str) -> dict:
     """Validation and test metrics of the latest checkpoint in ``workdir`` (also appended to metrics.jsonl)."""
-    run, params, step = restore_trained(exp, workdir)
+    run = prepare(exp, workdir)
+    run.checkpoints.close()
+    trained = restore(workdir, exp)
+    params, step = trained.params, trained.step
     writer = MetricsWriter(workdir)
     results = {}
     for split in ("validation", "test"):

@@ -33,7 +33,7 @@ class LengthGold:
 
 @pytest.fixture(scope="module")
 def reward_model(tiny_policy):
-    from rlhf_jax.trainer import load_model
+    from rlhf_jax.trained import load_model
 
     exp = tiny(tiny_policy)
     model, tokenizer = load_model(exp.model)

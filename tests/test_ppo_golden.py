@@ -28,7 +28,7 @@ def logged_metrics(tmp_path, tiny_policy, algorithm):
     from rlhf_jax import ppo_trainer
     from rlhf_jax.feedback.collect import sentiment_prompts
     from rlhf_jax.models import load_tokenizer
-    from rlhf_jax.trainer import load_model
+    from rlhf_jax.trained import load_model
     from flax import nnx
 
     exp = tiny(tiny_policy, *ONE_DEVICE, *ALGORITHMS[algorithm])

@@ -83,11 +83,11 @@ def check_export_matches_checkpoint(exp, workdir, exported):
     import transformers
     from flax import nnx
 
-    from rlhf_jax.trainer import restore_trained
+    from rlhf_jax.trained import restore
 
-    run, params, _ = restore_trained(exp, workdir, with_data=False)
+    trained = restore(workdir, exp)
     ids = np.array([[101, 2023, 3185, 2001, 2307, 102]], np.int32)
-    ours = np.asarray(nnx.merge(run.graphdef, params)(ids, np.ones_like(ids)))
+    ours = np.asarray(nnx.merge(trained.graphdef, trained.params)(ids, np.ones_like(ids)))
     reference = transformers.AutoModelForSequenceClassification.from_pretrained(exported).eval()
     with torch.no_grad():
         expected = reference(input_ids=torch.tensor(ids, dtype=torch.long)).logits.numpy()

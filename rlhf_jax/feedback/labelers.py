@@ -47,11 +47,13 @@ class ClassifierScorer:
 
     def __init__(self, config_path: str, workdir: str, batch_size: int = 64):
         from rlhf_jax.config import load_config
-        from rlhf_jax.trainer import restore_trained
+        from rlhf_jax.trained import restore
 
         self.exp = load_config(config_path)
-        run, self.params, self.step = restore_trained(self.exp, workdir, with_data=False)
-        self.graphdef, self.tokenizer, self.batch_size = run.graphdef, run.tokenizer, batch_size
+        trained = restore(workdir, self.exp)
+        self.graphdef, self.params, self.tokenizer = trained.graphdef, trained.params, trained.tokenizer
+        self.step = trained.step
+        self.batch_size = batch_size
 
     def score(self, prompts, responses):
         from rlhf_jax.scoring import score_texts

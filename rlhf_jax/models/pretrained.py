@@ -15,6 +15,7 @@ import tempfile
 from safetensors.numpy import save_file
 
 from rlhf_jax import assets
+from rlhf_jax.config import ModelConfig
 from rlhf_jax.models import convert
 from rlhf_jax.models.convert import CheckpointError
 from rlhf_jax.models.heads import Model, abstract_model, build_model
@@ -47,6 +48,14 @@ def read_checkpoint(path: str) -> tuple[dict, dict]:
     """(transformers config dict, tensors with canonical names) from a directory or a GGUF file."""
     if path.endswith(".gguf"):
         return convert.read_gguf(path)
+    hf = read_hf_config(path)
+    return hf, convert.canonical_names(convert.read_safetensors_dir(path), hf["model_type"])
+
+
+def read_hf_config(path: str) -> dict:
+    """The transformers config dict of a directory (or of a GGUF file, whose tensors are read for it)."""
+    if path.endswith(".gguf"):
+        return convert.read_gguf(path)[0]
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{path}: no config.json (expected a transformers directory or a .gguf file)")
@@ -58,7 +67,17 @@ def read_checkpoint(path: str) -> tuple[dict, dict]:
     if hf.get("model_type") not in convert.BASE_PREFIX:
         raise CheckpointError(f"{config_path}: model_type {hf.get('model_type')!r} is not supported "
                               f"(supported: {', '.join(convert.BASE_PREFIX)})")
-    return hf, convert.canonical_names(convert.read_safetensors_dir(path), hf["model_type"])
+    return hf
+
+
+def pretrained_config(name_or_path: str, head: str | None = None, **overrides) -> ModelConfig:
+    """The ModelConfig ``from_pretrained`` builds, from the source's config alone (no weights read)."""
+    path = resolve_source(name_or_path)
+    hf = read_hf_config(path)
+    head = head or _head_from_architectures(hf)
+    if head is None:
+        raise CheckpointError(f"{path}: the checkpoint has no head ({hf.get('architectures')}); pass head=...")
+    return convert.model_config_from_hf(hf, head, source=path, **overrides)
 
 
 def from_pretrained(name_or_path: str, head: str | None = None, seed: int = 0, **overrides) -> Model:

@@ -1,0 +1,117 @@
+"""Models as an experiment config names them: built fresh for training (``load_model``), or trained and
+restored from a workdir to score or export with (``restore``), the one way every caller does it.
+
+``restore`` builds the model from abstract shapes (its config from the source's config.json, no
+pretrained weights read) and reads only the parameters of the latest checkpoint (no optimiser state),
+placed on the config's mesh by the logical-axis rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+from flax import nnx
+
+from rlhf_jax import sharding
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.config import ConfigError, ExperimentConfig, ModelConfig, ModelSpec, experiment_from_dict, to_dict
+from rlhf_jax.models import abstract_model, build_model, from_pretrained, load_tokenizer, pretrained_config
+
+# Train fields that may change between a run and its resumption (bookkeeping, not maths).
+RESUMABLE_CHANGES = {"steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"}
+
+
+def _random_model_overrides(spec: ModelSpec, tokenizer) -> dict:
+    overrides = dict(spec.config)
+    overrides.setdefault("vocab_size", len(tokenizer))
+    overrides.setdefault("pad_token_id", tokenizer.pad_token_id)
+    overrides.setdefault("eos_token_id", tokenizer.eos_token_id)
+    return overrides
+
+
+def model_config(spec: ModelSpec, tokenizer) -> ModelConfig:
+    """The ModelConfig of a spec: the pretrained source's with the overrides, or the spec's own."""
+    if spec.source is not None:
+        return pretrained_config(spec.source, head=spec.head, **dict(spec.config))
+    return ModelConfig(head=spec.head, **_random_model_overrides(spec, tokenizer))
+
+
+def _check_vocabulary(cfg: ModelConfig, tokenizer) -> None:
+    if len(tokenizer) > cfg.vocab_size:
+        raise ConfigError(f"config field 'model.config.vocab_size': the tokenizer has {len(tokenizer)} tokens, "
+                          f"the model only {cfg.vocab_size}")
+
+
+def load_model(spec: ModelSpec):
+    """(model, tokenizer) to train: pretrained weights, or a random model of the given config."""
+    tokenizer = load_tokenizer(spec.tokenizer or spec.source)
+    if spec.source is not None:
+        model = from_pretrained(spec.source, head=spec.head, seed=spec.seed, **dict(spec.config))
+    else:
+        model = build_model(ModelConfig(head=spec.head, **_random_model_overrides(spec, tokenizer)), seed=spec.seed)
+    _check_vocabulary(model.config, tokenizer)
+    return model, tokenizer
+
+
+def _same_files(a, b) -> bool:
+    """Two data sources naming files with the same contents (e.g. a workdir that was moved)."""
+    from rlhf_jax.data.records import file_digest
+
+    def files(source):
+        paths = [source] if isinstance(source, str) else list(source or [])
+        return paths if paths and all(isinstance(p, str) and os.path.isfile(p) for p in paths) else None
+
+    return files(a) is not None and files(b) is not None and file_digest(files(a)) == file_digest(files(b))
+
+
+def check_same_run(saved: dict, current: dict) -> None:
+    """Refuse a checkpoint made by another model, data or training config than ``current`` (JSON dicts),
+    naming the first field that differs; bookkeeping fields may change."""
+    for section in ("model", "data", "train"):
+        for field, value in current[section].items():
+            before = saved.get(section, {}).get(field)
+            if before == value or (section == "train" and field in RESUMABLE_CHANGES):
+                continue
+            if (section, field) == ("data", "source") and _same_files(before, value):
+                continue
+            raise ConfigError(f"config field '{section}.{field}': the checkpoint was made with {before!r}, "
+                              f"this run has {value!r}; use a new workdir")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A trained model: ``nnx.merge(graphdef, params)`` is it; ``config`` is the config that trained it."""
+
+    graphdef: object
+    params: object
+    tokenizer: object
+    config: ExperimentConfig
+    step: int
+
+
+def restore(workdir: str, expected: ExperimentConfig | None = None) -> Trained:
+    """The latest checkpoint of a supervised workdir; with ``expected``, refused unless that config made it
+    (and placed on ``expected``'s mesh, else on the checkpoint config's)."""
+    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        step = checkpoints.latest_step()
+        if step is None:
+            raise ConfigError(f"--workdir {workdir}: no checkpoint")
+        saved = checkpoints.meta(step)["config"]
+        if expected is not None:
+            check_same_run(saved, to_dict(expected))
+        exp = experiment_from_dict(saved)
+        tokenizer = load_tokenizer(exp.model.tokenizer or exp.model.source)
+        cfg = model_config(exp.model, tokenizer)
+        _check_vocabulary(cfg, tokenizer)
+        graphdef, shapes = nnx.split(abstract_model(cfg))
+        mesh_config = (expected or exp).mesh
+        mesh, rules = sharding.make_mesh(mesh_config), dict(mesh_config.rules)
+        placement = sharding.state_shardings(shapes, mesh, rules)
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, placement)
+        params = checkpoints.restore_params(step, abstract)
+    finally:
+        checkpoints.close()
+    return Trained(graphdef, params, tokenizer, exp, step)
