@@ -16,10 +16,10 @@ import time
 
 import jax
 import numpy as np
+from rt_prompts import fixed_length_prompts
 
 from rlhf_jax.models import from_pretrained, load_tokenizer
 from rlhf_jax.sampling import SamplingConfig, generate
-from rt_prompts import fixed_length_prompts
 
 MODEL = "smollm2-135m-instruct"
 

@@ -26,12 +26,14 @@ import time
 import jax
 import numpy as np
 from flax import nnx
+from rt_prompts import fixed_length_prompts
 
-from rlhf_jax import ppo, ppo_trainer
+from rlhf_jax import ppo
 from rlhf_jax.config import experiment_from_dict
 from rlhf_jax.models import from_pretrained, load_tokenizer
+from rlhf_jax.runs import policy_training
 from rlhf_jax.sampling import decode_responses
-from rt_prompts import fixed_length_prompts
+from rlhf_jax.scoring import RewardModel
 
 POLICY = "smollm2-135m-instruct"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,25 +46,25 @@ def ours(args):
         "ppo": {"policy": POLICY, "value": args.value, "iterations": 1, "rollout_prompts": args.prompts,
                 "epochs": 4, "minibatches": 4, "prompt_tokens": args.prompt_len, "response_tokens": 24,
                 "kl_target": 6.0}})
-    run = ppo_trainer.prepare(exp, None)
+    run = policy_training.prepare(exp, None)
     run.sampling = ppo.sampling_config(exp.ppo, None, 0)  # no EOS stop, like the peer
     run.functions = ppo.jit_functions(ppo.Programs(run.graphdef, run.ref_graphdef, exp.ppo, run.sampling),
                                       run.state_sharding, jax.tree.map(lambda x: x.sharding, run.ref_params),
                                       run.mesh, run.rules)
     rm_model = from_pretrained("minilm-l6", head="scalar")
     graphdef, params = nnx.split(rm_model)
-    reward_model = ppo_trainer.RewardModel(graphdef, params, load_tokenizer("minilm-l6"), 64)
+    reward_model = RewardModel(graphdef, params, load_tokenizer("minilm-l6"), 64)
     ids = np.asarray(fixed_length_prompts(run.tokenizer, args.prompts, args.prompt_len), np.int32)
     texts = [run.tokenizer.decode(row) for row in ids]
     state, seconds = run.state, []
     for _ in range(args.iterations + 1):
         start = time.perf_counter()
-        experience = run.functions.rollout(state.params, run.ref_params, *ppo_trainer.to_mesh((ids, np.ones_like(ids)), run),
+        experience = run.functions.rollout(state.params, run.ref_params, *policy_training.to_mesh((ids, np.ones_like(ids)), run),
                                            ppo.rollout_key(state.rng))
         responses = decode_responses(run.tokenizer, experience.ids_BxT[:, args.prompt_len:],
                                                  experience.response_mask_BxN)
-        scores = reward_model(texts, responses)
-        state, metrics = run.functions.update(state, experience, ppo_trainer.to_mesh(scores, run))
+        scores = reward_model.score(texts, responses)
+        state, metrics = run.functions.update(state, experience, policy_training.to_mesh(scores, run))
         jax.block_until_ready(metrics)
         seconds.append(time.perf_counter() - start)
     return seconds

@@ -53,7 +53,7 @@ def _config_show(args) -> int:
 
 def _train(args) -> int:
     from rlhf_jax.config import load_config
-    from rlhf_jax.trainer import train
+    from rlhf_jax.runs.supervised import train
 
     config = load_config(args.config, args.overrides)
     result = train(config, args.workdir, stop_at=args.stop_after)
@@ -63,7 +63,7 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from rlhf_jax.config import load_config
-    from rlhf_jax.trainer import evaluate_checkpoint
+    from rlhf_jax.runs.supervised import evaluate_checkpoint
 
     _print_metrics(evaluate_checkpoint(load_config(args.config, args.overrides), args.workdir))
     return 0
@@ -125,14 +125,14 @@ def _label_export(args) -> int:
 
 
 def _loop(args) -> int:
-    from rlhf_jax import loop
     from rlhf_jax.config import load_config
+    from rlhf_jax.runs import rounds
 
     exp = load_config(args.config, args.overrides)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0] + "_loop")
     try:
-        history = loop.run(exp, workdir, args.rounds)
-    except loop.AwaitingLabels as waiting:
+        history = rounds.run(exp, workdir, args.rounds)
+    except rounds.AwaitingLabels as waiting:
         print(waiting)
         return 3
     for h in history:
@@ -144,17 +144,17 @@ def _loop(args) -> int:
 
 
 def _run(args) -> int:
-    from rlhf_jax import reward_experiment, rlhf_experiment
     from rlhf_jax.config import load_config
+    from rlhf_jax.runs import pipeline, reward_training
 
     exp = load_config(args.config, args.overrides)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     if exp.ppo is not None:
-        results = rlhf_experiment.run(exp, workdir)
+        results = pipeline.run(exp, workdir)
         print("eval: " + ", ".join(f"{k}={v:.4f}" for k, v in results["ppo"].items()))
         print(f"report: {results['report']}")
         return 0
-    results = reward_experiment.run(exp, workdir)
+    results = reward_training.run(exp, workdir)
     for split in ("validation", "test"):
         if split in results:
             print(f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in results[split].items()))

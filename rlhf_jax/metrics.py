@@ -7,12 +7,7 @@ import json
 import math
 import os
 
-
-def write_json(path: str, value) -> None:
-    """Write JSON atomically: a reader (or a resumed run) never sees half a file."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
+from rlhf_jax.files import write_atomic
 
 
 def truncate_after(path: str, step: int) -> None:
@@ -22,10 +17,7 @@ def truncate_after(path: str, step: int) -> None:
         return
     with open(path) as f:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    write_atomic(path, "".join(kept))
 
 
 class MetricsWriter:

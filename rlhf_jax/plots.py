@@ -1,4 +1,5 @@
-"""PNG plots of a run's metrics.jsonl: training loss and every validation metric against step."""
+"""Every PNG plot of the project: a supervised run's curves, PPO's scores against iteration and KL, a
+reward model's calibration, feedback rounds side by side. Matplotlib draws off-screen (Agg)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ from rlhf_jax.metrics import read_metrics
 CURVES = ("loss", "accuracy", "perplexity", "f1")
 
 
-def plot_training(workdir: str, filename: str = "training.png") -> str | None:
-    """One panel per metric (train and validation curves); returns the PNG path, None if nothing to plot."""
+def pyplot():
+    """matplotlib.pyplot on the off-screen Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training(workdir: str, filename: str = "training.png") -> str | None:
+    """One panel per metric (train and validation curves); returns the PNG path, None if nothing to plot."""
+    plt = pyplot()
 
     rows = read_metrics(workdir)
     names = [n for n in CURVES if any(n in r for r in rows)]
@@ -34,6 +42,81 @@ def plot_training(workdir: str, filename: str = "training.png") -> str | None:
         axes[0][names.index("perplexity")].set_yscale("log")
     figure.tight_layout()
     path = os.path.join(workdir, filename)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_ppo(workdir: str, filename: str = "ppo.png") -> str | None:
+    """Gold and reward-model scores against iteration and against KL (over-optimisation shows as the
+    two curves parting), and the KL coefficient."""
+    plt = pyplot()
+
+    rows = [r for r in read_metrics(workdir) if r["split"] == "train" and "gold_score" in r]
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(steps, [r["score"] for r in rows], label="reward model (normalised)")
+    axes[0].plot(steps, [r["gold_score"] for r in rows], label="gold")
+    axes[0].set_xlabel("PPO iteration")
+    axes[1].plot([r["kl"] for r in rows], [r["score"] for r in rows], "o", markersize=4, label="reward model")
+    axes[1].plot([r["kl"] for r in rows], [r["gold_score"] for r in rows], "s", markersize=4, label="gold")
+    axes[1].set_xlabel("KL(policy || reference), nats per sequence")
+    axes[2].plot(steps, [r["kl"] for r in rows], label="KL")
+    axes[2].plot(steps, [r["kl_coef"] * 100 for r in rows], label="beta x 100")
+    axes[2].set_xlabel("PPO iteration")
+    for axis, title in zip(axes, ("score against iteration", "score against KL", "KL and its coefficient")):
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    path = os.path.join(workdir, filename)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_calibration(table: list[dict], path: str) -> str:
+    plt = pyplot()
+
+    figure, axis = plt.subplots(figsize=(4, 4))
+    axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect")
+    axis.plot([r["predicted"] for r in table], [r["observed"] for r in table], "o-", label="reward model")
+    for row in table:
+        axis.annotate(str(row["count"]), (row["predicted"], row["observed"]), fontsize=6, xytext=(3, -8),
+                      textcoords="offset points")
+    axis.set_xlabel("predicted P(A preferred)")
+    axis.set_ylabel("observed rate")
+    axis.set_title("reward model calibration")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_rounds(history: list[dict], path: str) -> str:
+    """Per round: the policy's gold score against its reference's, the win rate over it, the reward
+    model's held-out gold accuracy, and the KL to the round's reference."""
+    plt = pyplot()
+    rounds = [h["round"] for h in history]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(rounds, [h["gold_score"] for h in history], "o-", label="policy after the round")
+    axes[0].plot(rounds, [h["reference_gold_score"] for h in history], "s--", label="policy before the round")
+    axes[0].set_title("gold score (held-out prompts)")
+    axes[1].plot(rounds, [h["gold_win_rate"] for h in history], "o-", label="gold win rate over the round's start")
+    axes[1].plot(rounds, [h["rm_gold_accuracy"] if h["rm_gold_accuracy"] is not None else float("nan")
+                          for h in history], "s-", label="reward model gold accuracy")
+    axes[1].set_title("win rate and reward-model accuracy")
+    axes[2].plot(rounds, [h["kl"] for h in history], "o-", label="KL to the round's start")
+    axes[2].set_title("KL, nats per sequence")
+    for axis in axes:
+        axis.set_xlabel("round")
+        axis.set_xticks(rounds)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path

@@ -187,25 +187,3 @@ def calibration(p_chosen: np.ndarray, bins: int = 10) -> list[dict]:
     index = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
     return [{"predicted": float(p[index == b].mean()), "observed": float(outcome[index == b].mean()),
              "count": int((index == b).sum())} for b in range(bins) if (index == b).any()]
-
-
-def plot_calibration(table: list[dict], path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(4, 4))
-    axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect")
-    axis.plot([r["predicted"] for r in table], [r["observed"] for r in table], "o-", label="reward model")
-    for row in table:
-        axis.annotate(str(row["count"]), (row["predicted"], row["observed"]), fontsize=6, xytext=(3, -8),
-                      textcoords="offset points")
-    axis.set_xlabel("predicted P(A preferred)")
-    axis.set_ylabel("observed rate")
-    axis.set_title("reward model calibration")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from rlhf_jax.config import ConfigError
+from rlhf_jax.config.core import ConfigError
 from rlhf_jax.models.heads import Model, last_token_index
 from rlhf_jax.models.transformer import KVCache
 

@@ -7,6 +7,7 @@ what was asked from what was answered; for byte-level BPE tokenizers, the two co
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -50,3 +51,22 @@ def score_texts(graphdef, params, tokenizer, texts: Sequence[str], max_length: i
                               positive_class)
         out.append(np.asarray(scores)[:n])
     return np.concatenate(out)
+
+
+@dataclasses.dataclass
+class RewardModel:
+    """A trained reward model with its own tokenizer as a scorer like the gold ones:
+    score(prompts, responses) = gain * r(prompt, response) + bias (normalised on the reference policy)."""
+
+    graphdef: object
+    params: object
+    tokenizer: object
+    max_length: int
+    gain: float = 1.0
+    bias: float = 0.0
+    batch_size: int = 64
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        raw = score_texts(self.graphdef, self.params, self.tokenizer, list(prompts), self.max_length,
+                          self.batch_size, responses=list(responses))
+        return (self.gain * raw.astype(np.float64) + self.bias).astype(np.float32)

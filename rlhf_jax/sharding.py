@@ -16,7 +16,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rlhf_jax.config import ConfigError, MeshConfig
+from rlhf_jax.config.core import ConfigError
+from rlhf_jax.config.model import MeshConfig
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:

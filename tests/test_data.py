@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from rlhf_jax.data import builders, records
 from rlhf_jax.config import DataConfig
+from rlhf_jax.data import builders, records
 from rlhf_jax.data.pipeline import Batches, eval_batches
 from rlhf_jax.tasks import TASKS
 

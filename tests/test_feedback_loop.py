@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlhf_jax import ppo, ppo_trainer
+from rlhf_jax import ppo
 from rlhf_jax.config import ConfigError, load_config
 from rlhf_jax.feedback.labelers import SimulatedHuman, VaderScorer
 from rlhf_jax.feedback.language import LanguageReward, comment_ratings
 from rlhf_jax.metrics import read_metrics
+from rlhf_jax.runs import policy_training
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -48,11 +49,11 @@ def test_language_reward_is_the_scored_comment_of_the_simulated_human():
     reward = LanguageReward(human, VaderScorer())
     prompts = ["The film"] * 4
     responses = ["is a joyous, wonderful delight.", "is awful and boring.", "is a film.", "is terrible, I hated it."]
-    scores = reward(prompts, responses)
+    scores = reward.score(prompts, responses)
     expected = VaderScorer().score(prompts, human.comment(prompts, responses)["comments"])
     np.testing.assert_allclose(scores, expected.astype(np.float32))
     assert scores[0] > scores[1] and scores[0] > scores[3]  # the comments track the sentiment
-    np.testing.assert_array_equal(scores, reward(prompts, responses))  # deterministic given the seed
+    np.testing.assert_array_equal(scores, reward.score(prompts, responses))  # deterministic given the seed
 
 
 def likelihood_change(tiny_policy, algorithm: str, scores_B):
@@ -64,9 +65,9 @@ def likelihood_change(tiny_policy, algorithm: str, scores_B):
     from rlhf_jax.models import load_tokenizer
 
     prompts = sentiment_prompts(16, 8, load_tokenizer(tiny_policy), split="train")
-    run = ppo_trainer.prepare(exp, None)
-    arrays, _ = ppo_trainer.encode_prompts(run.tokenizer, prompts, exp.ppo.prompt_tokens)
-    ids, mask = ppo_trainer.to_mesh((arrays["ids"], arrays["mask"]), run)
+    run = policy_training.prepare(exp, None)
+    arrays, _ = policy_training.encode_prompts(run.tokenizer, prompts, exp.ppo.prompt_tokens)
+    ids, mask = policy_training.to_mesh((arrays["ids"], arrays["mask"]), run)
     experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, ppo.rollout_key(run.state.rng))
 
     def sequence_logp(params):
@@ -75,7 +76,7 @@ def likelihood_change(tiny_policy, algorithm: str, scores_B):
         return np.asarray(jax.device_get((logp * experience.response_mask_BxN).sum(axis=1)))
 
     before = sequence_logp(run.state.params)
-    state, metrics = run.functions.update(run.state, experience, ppo_trainer.to_mesh(scores_B, run))
+    state, metrics = run.functions.update(run.state, experience, policy_training.to_mesh(scores_B, run))
     return sequence_logp(state.params) - before, metrics
 
 

@@ -78,7 +78,7 @@ def test_classifier_scorer_reads_the_trained_checkpoint(tmp_path):
     from rlhf_jax.config import load_config
     from rlhf_jax.feedback.labelers import ClassifierScorer
     from rlhf_jax.models import load_tokenizer
-    from rlhf_jax.trainer import train
+    from rlhf_jax.runs.supervised import train
 
     config_path = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_cls.py")
     result = train(load_config(config_path), str(tmp_path / "cls"), progress=False)

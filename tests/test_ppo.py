@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlhf_jax import ppo, ppo_trainer
+from rlhf_jax import ppo
 from rlhf_jax.config import load_config
 from rlhf_jax.metrics import read_metrics
+from rlhf_jax.runs import policy_training
+from rlhf_jax.scoring import RewardModel
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 ONE_DEVICE = ["--config.mesh.shape={'data': 1, 'fsdp': 1, 'tensor': 1}"]
@@ -38,7 +40,7 @@ def reward_model(tiny_policy):
     exp = tiny(tiny_policy)
     model, tokenizer = load_model(exp.model)
     graphdef, params = nnx.split(model)
-    return ppo_trainer.RewardModel(graphdef, params, tokenizer, exp.data.max_length)
+    return RewardModel(graphdef, params, tokenizer, exp.data.max_length)
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +53,15 @@ def prompts(tiny_policy):
 
 def one_iteration(exp, prompts, scores_B=None):
     """(setup, rollout, scores, new state, metrics) of the first PPO iteration."""
-    run = ppo_trainer.prepare(exp, None)
-    arrays, _ = ppo_trainer.encode_prompts(run.tokenizer, prompts[:exp.ppo.rollout_prompts], exp.ppo.prompt_tokens)
-    ids, mask = ppo_trainer.to_mesh((arrays["ids"], arrays["mask"]), run)
+    run = policy_training.prepare(exp, None)
+    arrays, _ = policy_training.encode_prompts(run.tokenizer, prompts[:exp.ppo.rollout_prompts], exp.ppo.prompt_tokens)
+    ids, mask = policy_training.to_mesh((arrays["ids"], arrays["mask"]), run)
     params_before = jax.device_get(run.state.params)
     experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, ppo.rollout_key(run.state.rng))
     experience_host = jax.device_get(experience)
     if scores_B is None:
         scores_B = np.random.default_rng(0).normal(size=exp.ppo.rollout_prompts).astype(np.float32)
-    state, metrics = run.functions.update(run.state, experience, ppo_trainer.to_mesh(scores_B, run))
+    state, metrics = run.functions.update(run.state, experience, policy_training.to_mesh(scores_B, run))
     return params_before, experience_host, scores_B, jax.device_get(state), jax.device_get(metrics)
 
 
@@ -107,10 +109,10 @@ def test_eight_devices_match_one(tiny_policy, prompts):
 
 def test_resume_equals_uninterrupted(tmp_path, tiny_policy, prompts, reward_model):
     exp = tiny(tiny_policy, *ONE_DEVICE)
-    straight = ppo_trainer.train(exp, str(tmp_path / "a"), reward_model, LengthGold(), prompts, progress=False)
-    ppo_trainer.train(exp, str(tmp_path / "b"), reward_model, LengthGold(), prompts, stop_at=2, progress=False)
+    straight = policy_training.train(exp, str(tmp_path / "a"), reward_model, LengthGold(), prompts, progress=False)
+    policy_training.train(exp, str(tmp_path / "b"), reward_model, LengthGold(), prompts, stop_at=2, progress=False)
     assert len(read_metrics(str(tmp_path / "b"))) == 2
-    resumed = ppo_trainer.train(exp, str(tmp_path / "b"), reward_model, LengthGold(), prompts, progress=False)
+    resumed = policy_training.train(exp, str(tmp_path / "b"), reward_model, LengthGold(), prompts, progress=False)
     a, b = jax.device_get(straight["state"]), jax.device_get(resumed["state"])
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
@@ -125,9 +127,9 @@ def test_resume_refuses_a_changed_config(tmp_path, tiny_policy, prompts, reward_
     from rlhf_jax.config import ConfigError
 
     exp = tiny(tiny_policy, *ONE_DEVICE)
-    ppo_trainer.train(exp, str(tmp_path), reward_model, LengthGold(), prompts, stop_at=2, progress=False)
+    policy_training.train(exp, str(tmp_path), reward_model, LengthGold(), prompts, stop_at=2, progress=False)
     with pytest.raises(ConfigError, match="ppo.learning_rate"):
-        ppo_trainer.train(tiny(tiny_policy, "--config.ppo.learning_rate=0.5", *ONE_DEVICE), str(tmp_path),
+        policy_training.train(tiny(tiny_policy, "--config.ppo.learning_rate=0.5", *ONE_DEVICE), str(tmp_path),
                           reward_model, LengthGold(), prompts, progress=False)
 
 

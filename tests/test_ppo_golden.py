@@ -23,21 +23,22 @@ CORRECTED = {"value_clip_fraction"}
 
 
 def logged_metrics(tmp_path, tiny_policy, algorithm):
+    from flax import nnx
     from test_ppo import ONE_DEVICE, LengthGold, tiny
 
-    from rlhf_jax import ppo_trainer
     from rlhf_jax.feedback.collect import sentiment_prompts
     from rlhf_jax.models import load_tokenizer
+    from rlhf_jax.runs import policy_training
+    from rlhf_jax.scoring import RewardModel
     from rlhf_jax.trained import load_model
-    from flax import nnx
 
     exp = tiny(tiny_policy, *ONE_DEVICE, *ALGORITHMS[algorithm])
     model, tokenizer = load_model(exp.model)
     graphdef, params = nnx.split(model)
-    reward_model = ppo_trainer.RewardModel(graphdef, params, tokenizer, exp.data.max_length)
+    reward_model = RewardModel(graphdef, params, tokenizer, exp.data.max_length)
     prompts = sentiment_prompts(64, 8, load_tokenizer(tiny_policy), split="train")
     workdir = str(tmp_path / algorithm)
-    ppo_trainer.train(exp, workdir, reward_model, LengthGold(), prompts, stop_at=2, progress=False)
+    policy_training.train(exp, workdir, reward_model, LengthGold(), prompts, stop_at=2, progress=False)
     return [{name: value for name, value in row.items() if name != "seconds_per_iteration"}
             for row in read_metrics(workdir)]
 

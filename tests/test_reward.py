@@ -56,7 +56,7 @@ def test_normalization_and_calibration():
 
 
 def test_tiny_reward_run_end_to_end(tmp_path, tiny_policy):
-    from rlhf_jax.reward_experiment import run
+    from rlhf_jax.runs.reward_training import run
 
     exp = load_config(os.path.join(CONFIGS, "tiny_rm.py"), [f"--config.feedback.policy='{tiny_policy}'"])
     results = run(exp, str(tmp_path), progress=False)
@@ -100,8 +100,8 @@ def test_grouped_loss_equals_the_pairwise_loss_on_the_same_pairs():
     """Scoring each prompt's responses once and comparing all their pairs gives the pairwise loss."""
     import jax.numpy as jnp
 
-    from rlhf_jax.models import build_model, load_tokenizer
     from rlhf_jax.config import ModelConfig
+    from rlhf_jax.models import build_model, load_tokenizer
 
     tokenizer = load_tokenizer("minilm-l6")
     model = build_model(ModelConfig(family="bert", head="scalar", vocab_size=len(tokenizer), hidden_size=32,

@@ -11,7 +11,7 @@ import pytest
 
 from rlhf_jax.config import ConfigError, load_config
 from rlhf_jax.metrics import read_metrics
-from rlhf_jax.trainer import train
+from rlhf_jax.runs.supervised import train
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 

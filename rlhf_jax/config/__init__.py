@@ -11,8 +11,16 @@ with a message that names the field instead of deep inside a jitted function.
 """
 
 from rlhf_jax.config.core import ConfigError, field
-from rlhf_jax.config.experiment import (FEEDBACK_KINDS, SECTIONS, DataConfig, ExperimentConfig, FeedbackConfig,
-                                        ModelSpec, PPOConfig, TrainConfig)
+from rlhf_jax.config.experiment import (
+                                        FEEDBACK_KINDS,
+                                        SECTIONS,
+                                        DataConfig,
+                                        ExperimentConfig,
+                                        FeedbackConfig,
+                                        ModelSpec,
+                                        PPOConfig,
+                                        TrainConfig,
+)
 from rlhf_jax.config.loading import describe, experiment_from_dict, json_ready, load_config, parse_override, to_dict
 from rlhf_jax.config.model import DTYPES, FAMILIES, HEADS, POOLINGS, MeshConfig, ModelConfig
 

@@ -16,6 +16,7 @@ import numpy as np
 from rlhf_jax.data.records import DataError
 from rlhf_jax.models.pretrained import pad_token_id
 
+
 def _texts(examples: list[dict], field: str) -> list[str]:
     if not examples:
         raise DataError("no examples to tokenize")

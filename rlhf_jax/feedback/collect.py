@@ -4,7 +4,6 @@ labels from a labeler -> preference JSONL that the tfds ``preferences`` builder 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Sequence
 
@@ -13,8 +12,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rlhf_jax import assets
-from rlhf_jax.config import ConfigError, FeedbackConfig
+from rlhf_jax.config import FeedbackConfig
 from rlhf_jax.data import records
+from rlhf_jax.feedback.labelers import simulated_human
+from rlhf_jax.feedback.language import comment_ratings, comment_scorer
+from rlhf_jax.files import write_jsonl
 from rlhf_jax.sampling import SamplingConfig, decode_responses, generate, left_pad
 
 
@@ -72,34 +74,6 @@ def label_pairs(prompts: Sequence[str], samples: Sequence[Sequence[str]], labele
     return rows
 
 
-def write_jsonl(rows: list[dict], path: str) -> str:
-    """Write atomically: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def gold_scorer(fb: FeedbackConfig):
-    from rlhf_jax.feedback.labelers import ClassifierScorer, VaderScorer
-
-    if fb.labeler == "vader":
-        return VaderScorer()
-    if fb.labeler == "classifier":
-        return ClassifierScorer(fb.classifier_config, fb.classifier_workdir)
-    raise ConfigError(f"config field 'feedback.labeler': unknown labeler {fb.labeler!r}")
-
-
-def simulated_human(fb: FeedbackConfig):
-    """The simulated human of a feedback config: its gold scorer, temperature, seed and tie margin."""
-    from rlhf_jax.feedback.labelers import SimulatedHuman
-
-    return SimulatedHuman(gold_scorer(fb), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)
-
-
 def sample_groups(fb: FeedbackConfig, progress: bool = True) -> tuple[list[str], list[list[str]]]:
     """Prompts, and ``fb.samples_per_prompt`` continuations of each from ``fb.policy``."""
     from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
@@ -154,8 +128,6 @@ def collect_preferences(fb: FeedbackConfig, path: str, progress: bool = True) ->
     if fb.kind == "ratings":
         ratings = rating_rows(prompts, samples, human, annotator, fb.policy, prefix)
     elif fb.kind == "language":
-        from rlhf_jax.feedback.language import comment_ratings, comment_scorer
-
         language_rows = comment_rows(prompts, samples, human, annotator, fb.policy, prefix)
         ratings = comment_ratings(language_rows, comment_scorer(fb))
         write_jsonl(language_rows, os.path.join(directory, "language.jsonl"))

@@ -130,3 +130,26 @@ class SimulatedHuman:
             options = COMMENTS[bucket]
             comments.append(options[_item_rng(self.seed, "comment", p, r).integers(len(options))])
         return {"comments": comments, **rated}
+
+
+SCORERS = {"vader": lambda fb: VaderScorer(),
+           "classifier": lambda fb: ClassifierScorer(fb.classifier_config, fb.classifier_workdir)}
+
+
+def make_scorer(name: str, fb):
+    """The scorer called ``name`` ('vader' or 'classifier': the trained classifier of ``fb``)."""
+    if name not in SCORERS:
+        from rlhf_jax.config import ConfigError
+
+        raise ConfigError(f"config field 'feedback.labeler': unknown scorer {name!r} (scorers: {sorted(SCORERS)})")
+    return SCORERS[name](fb)
+
+
+def gold_scorer(fb):
+    """The gold labeler of a feedback config."""
+    return make_scorer(fb.labeler, fb)
+
+
+def simulated_human(fb) -> SimulatedHuman:
+    """The simulated human of a feedback config: its gold scorer, temperature, seed and tie margin."""
+    return SimulatedHuman(gold_scorer(fb), temperature=fb.temperature, seed=fb.seed, tie_margin=fb.tie_margin)

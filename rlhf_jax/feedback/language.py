@@ -16,14 +16,12 @@ from typing import Sequence
 import numpy as np
 
 from rlhf_jax.config import FeedbackConfig
+from rlhf_jax.feedback.labelers import make_scorer, simulated_human
+
 
 def comment_scorer(fb: FeedbackConfig):
     """``fb.comment_scorer`` as a scorer whose ``score(prompts, comments)`` maps each comment to [-1, 1]."""
-    from rlhf_jax.feedback.labelers import ClassifierScorer, VaderScorer
-
-    if fb.comment_scorer == "classifier":  # FeedbackConfig checked that the classifier's workdir is given
-        return ClassifierScorer(fb.classifier_config, fb.classifier_workdir)
-    return VaderScorer()
+    return make_scorer(fb.comment_scorer, fb)
 
 
 def comment_ratings(language_rows: Sequence[dict], scorer) -> list[dict]:
@@ -42,12 +40,10 @@ class LanguageReward:
 
     @classmethod
     def from_config(cls, fb: FeedbackConfig) -> "LanguageReward":
-        from rlhf_jax.feedback.collect import simulated_human
-
         return cls(simulated_human(fb), comment_scorer(fb))
 
     def comments(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
         return self.human.comment(list(prompts), list(responses))["comments"]
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         return np.asarray(self.scorer.score(list(prompts), self.comments(prompts, responses)), np.float32)

@@ -29,10 +29,9 @@ import collections
 import os
 
 from rlhf_jax.data import records
-from rlhf_jax.feedback.collect import write_jsonl
+from rlhf_jax.files import write_json, write_jsonl
 from rlhf_jax.labeling.store import LabelStore
 from rlhf_jax.labeling.validation import LabelError
-from rlhf_jax.metrics import write_json
 
 
 def _vote(answer: dict):

@@ -18,6 +18,7 @@ import json
 import os
 import socket
 
+from rlhf_jax.files import write_json
 from rlhf_jax.labeling.app import MAX_REQUEST_BYTES, create_app
 from rlhf_jax.labeling.store import LabelStore
 from rlhf_jax.labeling.validation import LabelError, check_annotator_name
@@ -55,16 +56,6 @@ def read_token_file(path: str | None) -> dict[str, str]:
     if not isinstance(tokens, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tokens.items()):
         raise LabelError(f"--token-file {path}: expected a JSON object of annotator name -> token")
     return tokens
-
-
-def write_token_file(path: str, tokens: dict[str, str]) -> None:
-    """Write {name: token} readable by its owner only, replacing the old file in one rename."""
-    tmp = f"{path}.tmp"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
-        json.dump(tokens, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -111,7 +102,7 @@ def serve(db_path: str, queue_paths: list[str], annotators: list[str], host: str
         links = {name: token for name, token in known.items() if store.authenticate(token) == name}
         links.update({name: token for name, token in tokens.items() if token is not None})
         if token_file:
-            write_token_file(token_file, links)
+            write_json(token_file, links, mode=0o600)
         port = sock.getsockname()[1]
         for name in store.annotators():
             if name in links:

@@ -33,8 +33,14 @@ import time
 from typing import Iterator, Mapping, Sequence
 
 from rlhf_jax.labeling.schema import MIGRATIONS, SCHEMA_VERSION, check_database_file
-from rlhf_jax.labeling.validation import (MAX_ID_CHARS, LabelError, check_annotator_name, check_text, token_digest,
-                                          validate_answer)
+from rlhf_jax.labeling.validation import (
+    MAX_ID_CHARS,
+    LabelError,
+    check_annotator_name,
+    check_text,
+    token_digest,
+    validate_answer,
+)
 
 LEASE_SECONDS = 600.0  # how long an item shown to an annotator stays reserved for them
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlhf_jax.config import ModelConfig
+from rlhf_jax.config.model import ModelConfig
 
 log = logging.getLogger(__name__)
 

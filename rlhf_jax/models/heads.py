@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rlhf_jax.config import ModelConfig
+from rlhf_jax.config.model import ModelConfig
 from rlhf_jax.models.transformer import KVCache, Transformer, activation, dense, norm
 
 

@@ -15,7 +15,7 @@ import tempfile
 from safetensors.numpy import save_file
 
 from rlhf_jax import assets
-from rlhf_jax.config import ModelConfig
+from rlhf_jax.config.model import ModelConfig
 from rlhf_jax.models import convert
 from rlhf_jax.models.convert import CheckpointError
 from rlhf_jax.models.heads import Model, abstract_model, build_model

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from rlhf_jax.config import ModelConfig
+from rlhf_jax.config.model import ModelConfig
 
 INIT_STD = 0.02
 

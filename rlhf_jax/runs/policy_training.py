@@ -26,29 +26,11 @@ from rlhf_jax.config import ConfigError, ExperimentConfig, PPOConfig, to_dict
 from rlhf_jax.data.pipeline import Batches
 from rlhf_jax.metrics import MetricsWriter, truncate_after
 from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
+from rlhf_jax.plots import plot_ppo
 from rlhf_jax.sampling import decode_responses, generate, left_pad
-from rlhf_jax.scoring import score_texts
 
 log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_samples", "eval_prompts", "eval_batch_size"}
-
-
-@dataclasses.dataclass
-class RewardModel:
-    """A trained reward model with its own tokenizer: (prompt, response) texts -> gain * r + bias."""
-
-    graphdef: object
-    params: object
-    tokenizer: object
-    max_length: int
-    gain: float = 1.0
-    bias: float = 0.0
-    batch_size: int = 64
-
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-        raw = score_texts(self.graphdef, self.params, self.tokenizer, list(prompts), self.max_length,
-                          self.batch_size, responses=list(responses))
-        return (self.gain * raw.astype(np.float64) + self.bias).astype(np.float32)
 
 
 def encode_prompts(tokenizer, texts: Sequence[str], width: int) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -129,7 +111,7 @@ def _check_resumable(saved: dict, current: dict) -> None:
                               f"run has {value!r}; use a new workdir")
 
 
-def train(exp: ExperimentConfig, workdir: str, reward_model: RewardModel, gold, prompts: Sequence[str],
+def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequence[str],
           stop_at: int | None = None, progress: bool = True) -> dict:
     """Run PPO to ``exp.ppo.iterations`` (resuming from the latest checkpoint in ``workdir``).
 
@@ -165,7 +147,7 @@ def train(exp: ExperimentConfig, workdir: str, reward_model: RewardModel, gold, 
         responses = decode_responses(run.tokenizer, experience.ids_BxT[:, cfg.prompt_tokens:],
                                      experience.response_mask_BxN)
         batch_prompts = [texts[i] for i in batch["index"]]
-        scores = reward_model(batch_prompts, responses)
+        scores = reward_model.score(batch_prompts, responses)
         gold_scores = gold.score(batch_prompts, responses)
         state, metrics = run.functions.update(state, experience, to_mesh(jnp.asarray(scores), run))
         iteration += 1
@@ -208,7 +190,7 @@ def save_policy(run: PPOSetup, state: ppo.PPOState, path: str) -> str:
     return save_pretrained(model.policy, path, run.tokenizer)
 
 
-def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model: RewardModel, gold, prompts: Sequence[str],
+def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model, gold, prompts: Sequence[str],
              seed: int = 1234) -> dict:
     """The PPO policy against the reference on held-out prompts: one continuation of each prompt from
     each (same PRNG keys), scored by the gold labeler and by the reward model.
@@ -236,8 +218,8 @@ def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model: RewardModel, gold
         out["kl"] += np.asarray(kl_B)[:keep].tolist()
     gold_policy = np.asarray(gold.score(texts, out["policy"]), np.float64)
     gold_reference = np.asarray(gold.score(texts, out["reference"]), np.float64)
-    rm_policy = reward_model(texts, out["policy"]).astype(np.float64)
-    rm_reference = reward_model(texts, out["reference"]).astype(np.float64)
+    rm_policy = reward_model.score(texts, out["policy"]).astype(np.float64)
+    rm_reference = reward_model.score(texts, out["reference"]).astype(np.float64)
     metrics = {
         "prompts": float(len(texts)),
         "gold_win_rate": float(np.mean((gold_policy > gold_reference) + 0.5 * (gold_policy == gold_reference))),
@@ -248,38 +230,3 @@ def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model: RewardModel, gold
     samples = [{"prompt": p, "reference": r, "policy": q, "gold_reference": float(gr), "gold_policy": float(gp)}
                for p, r, q, gr, gp in zip(texts, out["reference"], out["policy"], gold_reference, gold_policy)]
     return {"metrics": metrics, "samples": samples}
-
-
-def plot_ppo(workdir: str, filename: str = "ppo.png") -> str | None:
-    """Gold and reward-model scores against iteration and against KL (over-optimisation shows as the
-    two curves parting), and the KL coefficient."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rlhf_jax.metrics import read_metrics
-
-    rows = [r for r in read_metrics(workdir) if r["split"] == "train" and "gold_score" in r]
-    if not rows:
-        return None
-    steps = [r["step"] for r in rows]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    axes[0].plot(steps, [r["score"] for r in rows], label="reward model (normalised)")
-    axes[0].plot(steps, [r["gold_score"] for r in rows], label="gold")
-    axes[0].set_xlabel("PPO iteration")
-    axes[1].plot([r["kl"] for r in rows], [r["score"] for r in rows], "o", markersize=4, label="reward model")
-    axes[1].plot([r["kl"] for r in rows], [r["gold_score"] for r in rows], "s", markersize=4, label="gold")
-    axes[1].set_xlabel("KL(policy || reference), nats per sequence")
-    axes[2].plot(steps, [r["kl"] for r in rows], label="KL")
-    axes[2].plot(steps, [r["kl_coef"] * 100 for r in rows], label="beta x 100")
-    axes[2].set_xlabel("PPO iteration")
-    for axis, title in zip(axes, ("score against iteration", "score against KL", "KL and its coefficient")):
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    path = os.path.join(workdir, filename)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path

@@ -20,11 +20,13 @@ import dataclasses
 import logging
 import os
 
-from rlhf_jax import reward_experiment, rlhf_experiment
 from rlhf_jax.config import ConfigError, ExperimentConfig
 from rlhf_jax.data import records
 from rlhf_jax.feedback import collect
-from rlhf_jax.metrics import write_json
+from rlhf_jax.feedback.labelers import gold_scorer
+from rlhf_jax.files import write_json, write_jsonl
+from rlhf_jax.plots import plot_rounds
+from rlhf_jax.runs import pipeline, reward_training
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def feedback_stage(exp_r: ExperimentConfig, directory: str, db: str, progress: b
     """Collect the round's feedback: simulated, or through the labeling app (raises AwaitingLabels until
     the round's export exists)."""
     if exp_r.feedback.labels_from == "simulated":
-        reward_experiment.collect_stage(exp_r, os.path.join(directory, "feedback"), progress)
+        reward_training.collect_stage(exp_r, os.path.join(directory, "feedback"), progress)
         return feedback_file(exp_r, directory)
     labels = feedback_file(exp_r, directory)
     if os.path.exists(labels):
@@ -72,7 +74,7 @@ def feedback_stage(exp_r: ExperimentConfig, directory: str, db: str, progress: b
 def combine(paths: list[str], out: str, kind: str) -> int:
     """All rounds' rows in one validated file (a duplicate id across rounds is an error); returns the count."""
     rows = records.read_feedback(paths, kind)
-    collect.write_jsonl(rows, out)
+    write_jsonl(rows, out)
     return len(rows)
 
 
@@ -83,9 +85,9 @@ def run(exp: ExperimentConfig, workdir: str, rounds: int, progress: bool = True)
         raise ConfigError("config field 'ppo.reward': the loop retrains a reward model each round; use 'reward_model'")
     if rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {rounds}")
-    reward_experiment.check_reward_config(exp)
-    rlhf_experiment.fetch_assets(exp)
-    gold = collect.gold_scorer(exp.feedback)
+    reward_training.check_reward_config(exp)
+    pipeline.fetch_assets(exp)
+    gold = gold_scorer(exp.feedback)
     db = os.path.join(workdir, "labels.sqlite")
     kind = collect.TRAINING_FEEDBACK[exp.feedback.kind][1] if exp.feedback.labels_from == "simulated" else "preference"
     history, own_files = [], []
@@ -95,14 +97,14 @@ def run(exp: ExperimentConfig, workdir: str, rounds: int, progress: bool = True)
         own_files.append(feedback_stage(exp_r, directory, db, progress))
         data = os.path.join(directory, "all_feedback.jsonl")
         feedback_rows = combine(own_files, data, kind)
-        rm_exp = reward_experiment.with_feedback_data(exp_r, directory, data)
+        rm_exp = reward_training.with_feedback_data(exp_r, directory, data)
         pairs = os.path.join(directory, "feedback", "preferences.jsonl") if kind == "rating" else None
         rm_dir = os.path.join(directory, "reward_model")
-        rm_results = reward_experiment.reward_model_stage(rm_exp, rm_dir, progress, pairs)
-        reward_fn = rlhf_experiment.load_reward_model(rm_exp, rm_dir, rm_results["normalization"])
-        evaluation, timings = rlhf_experiment.policy_stage(exp_r, os.path.join(directory, "ppo"), reward_fn, gold,
+        rm_results = reward_training.reward_model_stage(rm_exp, rm_dir, progress, pairs)
+        reward_fn = pipeline.load_reward_model(rm_exp, rm_dir, rm_results["normalization"])
+        evaluation, timings = pipeline.policy_stage(exp_r, os.path.join(directory, "ppo"), reward_fn, gold,
                                                            progress, save_policy=True)
-        rlhf_experiment.write_report(exp_r, directory, rm_results, evaluation, timings)
+        pipeline.write_report(exp_r, directory, rm_results, evaluation, timings)
         test = rm_results.get("test", {})
         history.append({"round": r, "policy": exp_r.ppo.policy, "feedback_rows": feedback_rows,
                         "rm_gold_accuracy": test.get("gold_accuracy"), "rm_label_accuracy": test.get("label_accuracy"),
@@ -111,33 +113,3 @@ def run(exp: ExperimentConfig, workdir: str, rounds: int, progress: bool = True)
         log.info("round %d: %s", r, history[-1])
     plot_rounds(history, os.path.join(workdir, "rounds.png"))
     return history
-
-
-def plot_rounds(history: list[dict], path: str) -> str:
-    """Per round: the policy's gold score against its reference's, the win rate over it, the reward
-    model's held-out gold accuracy, and the KL to the round's reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [h["round"] for h in history]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    axes[0].plot(rounds, [h["gold_score"] for h in history], "o-", label="policy after the round")
-    axes[0].plot(rounds, [h["reference_gold_score"] for h in history], "s--", label="policy before the round")
-    axes[0].set_title("gold score (held-out prompts)")
-    axes[1].plot(rounds, [h["gold_win_rate"] for h in history], "o-", label="gold win rate over the round's start")
-    axes[1].plot(rounds, [h["rm_gold_accuracy"] if h["rm_gold_accuracy"] is not None else float("nan")
-                          for h in history], "s-", label="reward model gold accuracy")
-    axes[1].set_title("win rate and reward-model accuracy")
-    axes[2].plot(rounds, [h["kl"] for h in history], "o-", label="KL to the round's start")
-    axes[2].set_title("KL, nats per sequence")
-    for axis in axes:
-        axis.set_xlabel("round")
-        axis.set_xticks(rounds)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path

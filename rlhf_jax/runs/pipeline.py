@@ -15,22 +15,26 @@ import logging
 import os
 import time
 
-from rlhf_jax import assets, ppo_trainer, reward_experiment
+from rlhf_jax import assets
 from rlhf_jax.algorithms import ALGORITHMS
 from rlhf_jax.config import ConfigError, ExperimentConfig, to_dict
 from rlhf_jax.feedback import language
-from rlhf_jax.feedback.collect import gold_scorer, sentiment_prompts
-from rlhf_jax.metrics import MetricsWriter, read_metrics, write_json
+from rlhf_jax.feedback.collect import sentiment_prompts
+from rlhf_jax.feedback.labelers import gold_scorer
+from rlhf_jax.files import write_atomic, write_json
+from rlhf_jax.metrics import MetricsWriter, read_metrics
 from rlhf_jax.models import load_tokenizer
+from rlhf_jax.runs import policy_training, reward_training
+from rlhf_jax.scoring import RewardModel
 
 log = logging.getLogger(__name__)
 
 
-def load_reward_model(exp: ExperimentConfig, rm_dir: str, normalization: dict) -> ppo_trainer.RewardModel:
+def load_reward_model(exp: ExperimentConfig, rm_dir: str, normalization: dict) -> RewardModel:
     from rlhf_jax.trained import restore
 
     trained = restore(rm_dir, exp)
-    return ppo_trainer.RewardModel(trained.graphdef, trained.params, trained.tokenizer, exp.data.max_length,
+    return RewardModel(trained.graphdef, trained.params, trained.tokenizer, exp.data.max_length,
                                    gain=normalization["gain"], bias=normalization["bias"])
 
 
@@ -46,8 +50,8 @@ def reward_stage(exp: ExperimentConfig, workdir: str, progress: bool = True):
     no reward model: the simulated human's free-text comment on each sample, scored, is the reward."""
     if exp.ppo.reward == "language":
         return {}, language.LanguageReward.from_config(exp.feedback)
-    rm_results = reward_experiment.run(exp, workdir, progress)
-    reward_model = load_reward_model(reward_experiment.with_feedback_data(exp, workdir),
+    rm_results = reward_training.run(exp, workdir, progress)
+    reward_model = load_reward_model(reward_training.with_feedback_data(exp, workdir),
                                      os.path.join(workdir, "reward_model"), rm_results["normalization"])
     return rm_results, reward_model
 
@@ -69,19 +73,19 @@ def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress:
     tokenizer = load_tokenizer(cfg.policy)
     if os.path.isdir(os.path.join(ppo_dir, "checkpoints", str(cfg.iterations))):
         log.info("stage ppo: reusing %s", ppo_dir)
-        setup, state = ppo_trainer.restore(exp, ppo_dir)
+        setup, state = policy_training.restore(exp, ppo_dir)
     else:
         prompts = sentiment_prompts(None, cfg.prompt_tokens, tokenizer, split="train", seed=cfg.seed)
-        out = ppo_trainer.train(exp, ppo_dir, reward_fn, gold, prompts, progress=progress)
+        out = policy_training.train(exp, ppo_dir, reward_fn, gold, prompts, progress=progress)
         setup, state = out["setup"], out["state"]
     timings["ppo"] = time.perf_counter() - tick
     tick = time.perf_counter()
     held_out = sentiment_prompts(cfg.eval_prompts, cfg.prompt_tokens, tokenizer, split="test", seed=cfg.seed)
-    evaluation = ppo_trainer.evaluate(setup, state, reward_fn, gold, held_out)
+    evaluation = policy_training.evaluate(setup, state, reward_fn, gold, held_out)
     timings["evaluation"] = time.perf_counter() - tick
     evaluation.update(config=to_dict(exp), iteration=cfg.iterations)
     if save_policy:
-        ppo_trainer.save_policy(setup, state, policy_dir)
+        policy_training.save_policy(setup, state, policy_dir)
     writer = MetricsWriter(ppo_dir)
     writer.write(cfg.iterations, "eval", evaluation["metrics"])
     writer.close()
@@ -168,8 +172,4 @@ def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluati
     if timings:
         lines += ["## Wall time of the stages run by this invocation", "",
                   _table([(name, f"{seconds:.0f} s") for name, seconds in timings.items()]), ""]
-    path = os.path.join(workdir, "report.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines))
-    os.replace(path + ".tmp", path)
-    return path
+    return write_atomic(os.path.join(workdir, "report.md"), "\n".join(lines))

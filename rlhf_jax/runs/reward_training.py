@@ -19,13 +19,15 @@ import os
 import numpy as np
 
 from rlhf_jax import reward
-from rlhf_jax.tasks import TASKS
-from rlhf_jax.trained import restore
 from rlhf_jax.config import ConfigError, ExperimentConfig, FeedbackConfig
 from rlhf_jax.data import records
 from rlhf_jax.feedback import collect
-from rlhf_jax.metrics import MetricsWriter, read_metrics, write_json
+from rlhf_jax.files import write_json
+from rlhf_jax.metrics import MetricsWriter, read_metrics
+from rlhf_jax.plots import plot_calibration
 from rlhf_jax.scoring import score_texts
+from rlhf_jax.tasks import TASKS
+from rlhf_jax.trained import restore
 
 log = logging.getLogger(__name__)
 NORMALIZATION_PAIRS = 4096
@@ -65,7 +67,7 @@ def _same_feedback(saved: dict, fb: FeedbackConfig) -> bool:
 def evaluate_stage(exp: ExperimentConfig, rm_dir: str, pairs: str | None = None) -> dict:
     """Held-out pair metrics against labels and gold; calibration plot; normalisation on policy samples.
     pairs: the preference file to evaluate on, when the model was trained on something else (ratings)."""
-    from rlhf_jax.trainer import load_examples
+    from rlhf_jax.runs.supervised import load_examples
 
     trained = restore(rm_dir, exp)  # scores raw examples, below
     step = trained.step
@@ -95,7 +97,7 @@ def evaluate_stage(exp: ExperimentConfig, rm_dir: str, pairs: str | None = None)
         if split == "test":
             table = reward.calibration(1 / (1 + np.exp(-(chosen - rejected))))
             results["calibration"] = table
-            reward.plot_calibration(table, os.path.join(rm_dir, "calibration.png"))
+            plot_calibration(table, os.path.join(rm_dir, "calibration.png"))
     writer.close()
     # Both sides are samples of the reference policy; the first NORMALIZATION_PAIRS training pairs
     # (in file order) pin mean and std to about 1-2% of a standard deviation without scoring 100k+ responses.
@@ -117,7 +119,7 @@ def with_feedback_data(exp: ExperimentConfig, workdir: str, path: str | None = N
 def reward_model_stage(exp: ExperimentConfig, rm_dir: str, progress: bool = True, pairs: str | None = None) -> dict:
     """Train the reward model on ``exp.data`` in ``rm_dir`` and evaluate it (on ``pairs`` if given); both
     reused when complete."""
-    from rlhf_jax.trainer import train
+    from rlhf_jax.runs.supervised import train
 
     finished = any(r["split"] == "test" and r["step"] == exp.train.steps for r in read_metrics(rm_dir))
     if not finished:

@@ -1,0 +1,75 @@
+"""The shape of the package: no import circle (imports inside functions count too), drivers
+(rlhf_jax/runs) imported only by the command line, and no module over 400 lines."""
+
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "rlhf_jax")
+
+
+def modules() -> dict[str, str]:
+    """Dotted module name -> path, for every module of the package (a package is its __init__)."""
+    found = {}
+    for folder, _, files in os.walk(ROOT):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                parts = os.path.relpath(path, os.path.dirname(ROOT))[:-3].split(os.sep)
+                found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports(path: str, name: str, known) -> set[str]:
+    """The package modules ``path`` imports anywhere in it: ``import a.b``, ``from a import b`` (b a module
+    or a name in a), relative imports."""
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            for alias in node.names:
+                out.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return {m for m in out if m in known and m != name}
+
+
+def graph():
+    known = modules()
+    return {name: imports(path, name, known) for name, path in known.items()}
+
+
+def test_no_import_circle():
+    edges = graph()
+    state, stack, cycles = {}, [], []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(edges[node]):
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    assert cycles == [], "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_drivers_are_imported_only_by_the_command_line():
+    upward = sorted((name, target) for name, targets in graph().items() for target in targets
+                    if target.startswith("rlhf_jax.runs") and not name.startswith(("rlhf_jax.runs", "rlhf_jax.cli")))
+    assert upward == []
+
+
+@pytest.mark.parametrize("name,path", sorted(modules().items()))
+def test_no_module_over_400_lines(name, path):
+    assert sum(1 for _ in open(path)) <= 400, name
