@@ -66,7 +66,7 @@ def reinforce_loss(logp_BxN, entropy_BxN, old_logp_BxN, advantages_B, mask_BxN, 
     with PPO's ratio diagnostics (approx_kl, clip_fraction, ratio) for comparison: on-policy they stay
     at 0, 0 and 1."""
     entropy = rl.masked_mean(entropy_BxN, mask_BxN)
-    _, ratio_metrics = rl.policy_loss(logp_BxN, old_logp_BxN, advantages_B[:, None], mask_BxN, clip_ratio)
+    ratio_metrics = rl.ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_B[:, None], mask_BxN, clip_ratio)
     pg_loss = rl.reinforce_surrogate(logp_BxN, advantages_B, mask_BxN)
     loss = pg_loss - entropy_coef * entropy
     return loss, {"loss": loss, "policy_loss": pg_loss, **ratio_metrics}

@@ -112,15 +112,24 @@ def policy_loss(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip: float):
 
     Also returns approx_kl = mean 0.5 (log rho)^2, the clip fraction and the mean ratio.
     """
-    log_ratio_BxN = logp_BxN - old_logp_BxN
-    ratio_BxN = jnp.exp(log_ratio_BxN)
-    unclipped_BxN = -advantages_BxN * ratio_BxN
-    clipped_BxN = -advantages_BxN * jnp.clip(ratio_BxN, 1.0 - clip, 1.0 + clip)
+    unclipped_BxN, clipped_BxN = _surrogate_terms(logp_BxN, old_logp_BxN, advantages_BxN, clip)
     loss = masked_mean(jnp.maximum(unclipped_BxN, clipped_BxN), mask_BxN)
-    metrics = {"approx_kl": masked_mean(0.5 * log_ratio_BxN ** 2, mask_BxN),
-               "clip_fraction": masked_mean((clipped_BxN > unclipped_BxN).astype(jnp.float32), mask_BxN),
-               "ratio": masked_mean(ratio_BxN, mask_BxN)}
-    return loss, metrics
+    return loss, ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip)
+
+
+def _surrogate_terms(logp_BxN, old_logp_BxN, advantages_BxN, clip: float):
+    ratio_BxN = jnp.exp(logp_BxN - old_logp_BxN)
+    return -advantages_BxN * ratio_BxN, -advantages_BxN * jnp.clip(ratio_BxN, 1.0 - clip, 1.0 + clip)
+
+
+def ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip: float) -> dict:
+    """How far the policy moved from the one that sampled: approx_kl = mean 0.5 (log rho)^2, the share of
+    tokens where the clipped term of the surrogate is the larger (clip_fraction), and the mean ratio rho."""
+    log_ratio_BxN = logp_BxN - old_logp_BxN
+    unclipped_BxN, clipped_BxN = _surrogate_terms(logp_BxN, old_logp_BxN, advantages_BxN, clip)
+    return {"approx_kl": masked_mean(0.5 * log_ratio_BxN ** 2, mask_BxN),
+            "clip_fraction": masked_mean((clipped_BxN > unclipped_BxN).astype(jnp.float32), mask_BxN),
+            "ratio": masked_mean(jnp.exp(log_ratio_BxN), mask_BxN)}
 
 
 def reinforce_advantages(score_B, kl_BxN, mask_BxN, kl_coef):

@@ -119,31 +119,19 @@ def test_policy_loss_matches_a_loop(rollout):
     assert 0 < float(metrics["clip_fraction"]) < 1  # the test exercises both branches
 
 
-def test_value_loss_matches_a_loop(rollout):
+def test_value_loss_and_clip_fraction_match_a_loop(rollout):
     r, clip = rollout, 0.2
     values = r["values"] + np.random.default_rng(2).normal(scale=0.3, size=(B, N))
-    loss, _ = rl.value_loss(f32(values), f32(r["values"]), f32(r["returns"]), f32(r["mask"]), clip)
-    terms = []
+    loss, metrics = rl.value_loss(f32(values), f32(r["values"]), f32(r["returns"]), f32(r["mask"]), clip)
+    terms, used = [], []
     for b in range(B):
         for t in range(N):
             if r["mask"][b, t]:
                 v, old, ret = values[b, t], r["values"][b, t], r["returns"][b, t]
                 v_clipped = old + min(max(v - old, -clip), clip)
                 terms.append(max((v - ret) ** 2, (v_clipped - ret) ** 2))
-    assert float(loss) == pytest.approx(0.5 * sum(terms) / len(terms), rel=1e-5)
-
-
-def test_value_clip_fraction_matches_a_loop(rollout):
-    r, clip = rollout, 0.2
-    values = r["values"] + np.random.default_rng(2).normal(scale=0.3, size=(B, N))
-    _, metrics = rl.value_loss(f32(values), f32(r["values"]), f32(r["returns"]), f32(r["mask"]), clip)
-    used = []
-    for b in range(B):
-        for t in range(N):
-            if r["mask"][b, t]:
-                v, old, ret = values[b, t], r["values"][b, t], r["returns"][b, t]
-                v_clipped = old + min(max(v - old, -clip), clip)
                 used.append(abs(v - old) > clip and (v_clipped - ret) ** 2 > (v - ret) ** 2)
+    assert float(loss) == pytest.approx(0.5 * sum(terms) / len(terms), rel=1e-5)
     assert float(metrics["value_clip_fraction"]) == pytest.approx(sum(used) / len(used), abs=1e-6)
     assert 0 < sum(used) < len(used)  # both branches
 
