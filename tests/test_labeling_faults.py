@@ -289,6 +289,7 @@ def label_db_with_answers(path):
     store.add_annotator("alice")
     for n in range(200):
         store.submit("alice", f"r{n}", f"item-{n}", "tie", comment="c" * 100)
+    store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("PRAGMA journal_mode=DELETE")

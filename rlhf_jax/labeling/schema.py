@@ -58,6 +58,9 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     """,
+    """
+    CREATE INDEX live_votes_by_item ON answers(item_id, verdict) WHERE undone_at IS NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -29,6 +29,7 @@ import hmac
 import json
 import secrets
 import sqlite3
+import threading
 import time
 from typing import Iterator, Mapping, Sequence
 
@@ -53,11 +54,12 @@ _UNANSWERED_BY_ME = ("NOT EXISTS (SELECT 1 FROM answers a WHERE a.item_id = item
 
 
 class LabelStore:
-    """All reads and writes of one database file. Safe to share between threads: each call opens its own
-    connection (cheap for SQLite), so no connection crosses a thread."""
+    """All reads and writes of one database file. Safe to share between threads: each thread has its own
+    connection, so no connection crosses a thread."""
 
     def __init__(self, path: str):
         self.path = path
+        self._local = threading.local()
         check_database_file(path)
         with self._read() as db:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: set once on the file
@@ -72,10 +74,23 @@ class LabelStore:
         db.execute("PRAGMA busy_timeout=30000")
         return db
 
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use and kept (opening one costs more than a query)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        return db
+
+    def close(self) -> None:
+        """Close this thread's connection (another call opens a new one)."""
+        db, self._local.db = getattr(self._local, "db", None), None
+        if db is not None:
+            db.close()
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, holding SQLite's write lock from the start (no upgrade deadlocks)."""
-        db = self._connect()
+        db = self._connection()
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -84,16 +99,14 @@ class LabelStore:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-        finally:
-            db.close()
+        except BaseException:
+            if db.in_transaction:  # a failed COMMIT or ROLLBACK: start the next call on a fresh connection
+                self.close()
+            raise
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
-        try:
-            yield db
-        finally:
-            db.close()
+        yield self._connection()
 
     def _migrate(self) -> None:
         """Apply the missing migrations, each in its own write transaction; the version is read under the
