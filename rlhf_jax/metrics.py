@@ -21,8 +21,16 @@ def truncate_after(path: str, step: int) -> None:
 
 
 class MetricsWriter:
+    """Appends metric rows to metrics.jsonl and TensorBoard. In a multi-process run only process 0 writes
+    (every process computes the same global metrics); the others' writers do nothing."""
+
     def __init__(self, workdir: str, resume_step: int | None = None):
+        from rlhf_jax.distributed import is_main_process
+
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tensorboard = None
+        if not is_main_process():
+            return
         os.makedirs(workdir, exist_ok=True)
         if resume_step is not None:
             truncate_after(self.path, resume_step)
@@ -31,6 +39,8 @@ class MetricsWriter:
         self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict) -> None:
+        if self.tensorboard is None:
+            return
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -40,7 +50,8 @@ class MetricsWriter:
         self.tensorboard.flush()
 
     def close(self) -> None:
-        self.tensorboard.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def read_metrics(workdir: str) -> list[dict]:

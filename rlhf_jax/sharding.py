@@ -32,6 +32,9 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
             raise ConfigError(f"config field 'mesh.shape': {len(devices)} devices do not divide into {cfg.shape}")
         sizes[sizes.index(-1)] = len(devices) // known
     if -1 not in [size for _, size in cfg.shape] and math.prod(sizes) < len(devices):
+        if jax.process_count() > 1:
+            raise ConfigError(f"config field 'mesh.shape': {dict(zip(names, sizes))} uses {math.prod(sizes)} of the "
+                              f"{len(devices)} devices; a run of {jax.process_count()} processes needs them all")
         devices = devices[:math.prod(sizes)]  # a smaller mesh than the machine: the first devices
     if math.prod(sizes) != len(devices):
         raise ConfigError(f"config field 'mesh.shape': {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, "

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlhf_jax import sharding
+from rlhf_jax.distributed import global_array
 from rlhf_jax.config import TrainConfig
 from rlhf_jax.train_state import TrainState
 
@@ -80,6 +82,8 @@ def jit_steps(graphdef, tx, loss_fn, state_sharding: TrainState, mesh: Mesh, rul
 
 
 def put_batch(batch: dict, mesh: Mesh, rules: dict) -> dict:
-    """Host numpy batch -> device arrays split along the batch axis."""
-    return jax.device_put({name: jnp.asarray(value) for name, value in batch.items()},
-                          sharding.batch_sharding(mesh, rules))
+    """Host numpy batch (the same on every process) -> global device arrays split along the batch axis."""
+    placement = sharding.batch_sharding(mesh, rules)
+    if jax.process_count() == 1:
+        return jax.device_put({name: jnp.asarray(value) for name, value in batch.items()}, placement)
+    return {name: global_array(np.asarray(value), placement) for name, value in batch.items()}

@@ -9,7 +9,6 @@ function of the step, the PRNG key lives in the state, so a resumed run equals a
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -25,6 +24,8 @@ from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.config import ConfigError, DataConfig, ExperimentConfig, to_dict
 from rlhf_jax.data import builders
 from rlhf_jax.data.pipeline import Batches, eval_batches
+from rlhf_jax.distributed import is_main_process, main_process_first
+from rlhf_jax.files import write_json
 from rlhf_jax.metrics import MetricsWriter
 from rlhf_jax.plots import plot_training
 from rlhf_jax.steps import jit_steps, make_optimizer, put_batch, train_state_shardings
@@ -49,7 +50,7 @@ def load_examples(data: DataConfig) -> dict[str, list[dict]]:
             raise ConfigError(f"config field 'data.source': {missing[0]!r} is neither an asset name "
                               f"({', '.join(sorted(assets.ASSETS))}) nor an existing file")
         source = paths[0] if isinstance(source, str) else paths
-    sources = builders.build(data.dataset, source, data_root(data))
+    sources = main_process_first(lambda: builders.build(data.dataset, source, data_root(data)), "dataset")
     splits = {}
     for split, rows in sources.items():
         examples = [builders.decode(rows[i]) for i in range(len(rows))]
@@ -136,7 +137,7 @@ def evaluate_split(run: Setup, exp: ExperimentConfig, params, split: str) -> dic
 
 def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progress: bool = True) -> dict:
     """Train (or resume) to ``exp.train.steps`` (or stop early at ``stop_at``); returns the last metrics."""
-    t = exp.train
+    t, main = exp.train, is_main_process()
     os.makedirs(workdir, exist_ok=True)
     run = prepare(exp, workdir)
     state = run.state
@@ -148,8 +149,8 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
         if meta["data_position"] != start:
             raise ConfigError(f"checkpoint {start}: data position {meta['data_position']} does not match its step")
         log.info("resumed from step %d", start)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config_dict, f, indent=1)
+    if main:
+        write_json(os.path.join(workdir, "config.json"), config_dict)
     writer = MetricsWriter(workdir, resume_step=start)
     batches = Batches(run.splits["train"], t.batch_size, t.seed)
 
@@ -161,7 +162,7 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     step = start or 0
     last_eval = {"validation": run_eval(0, "validation")} if step == 0 else {}
     end = t.steps if stop_at is None else min(stop_at, t.steps)
-    bar = tqdm(total=end, initial=step, disable=not progress, desc=f"train {t.task}", dynamic_ncols=True)
+    bar = tqdm(total=end, initial=step, disable=not (progress and main), desc=f"train {t.task}", dynamic_ncols=True)
     tick, window, window_steps = time.perf_counter(), None, 0
     while step < end:
         state, metrics = run.train_step(state, put_batch(batches(step), run.mesh, run.rules))
@@ -188,7 +189,8 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
         last_eval = {split: run_eval(step, split) for split in ("validation", "test") if split in run.splits}
     run.checkpoints.close()
     writer.close()
-    plot_training(workdir)
+    if main:
+        plot_training(workdir)
     return {"step": step, "metrics": last_eval, "params": state.params, "graphdef": run.graphdef}
 
 

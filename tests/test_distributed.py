@@ -1,0 +1,121 @@
+"""Multi-process start-up: two processes with four simulated CPU devices each form one 8-device run
+through ``rlhf-jax launch``, and a dead peer ends the run with a clear error instead of a hang."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rlhf_jax.distributed import DistributedError, ProcessSetup
+from rlhf_jax.launch import free_port
+
+
+def launch(*command, port=None, timeout=180):
+    args = [sys.executable, "-m", "rlhf_jax.cli", "launch", "--processes", "2", "--devices-per-process", "4"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # not the test session's 8 devices
+    return subprocess.Popen(args + (["--port", str(port)] if port else []) + ["--", *command], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_of_four_devices_compute_as_one_run_of_eight():
+    process = launch("devices")
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err[-3000:]
+    view = json.loads(out.strip().splitlines()[-1])  # process 0's line
+    assert (view["process_count"], view["local_devices"], view["devices"]) == (2, 4, 8)
+    assert view["sum_of_rows"] == view["expected_sum"] == 4 * 1 + 4 * 2  # both processes' rows were summed
+
+
+def pids_running(marker: str) -> list[int]:
+    """Processes whose command line holds ``marker`` (read from /proc, no pgrep needed)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker in f.read().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_killed_process_stops_the_run_with_a_clear_error_within_60_s():
+    port = free_port()
+    process = launch("devices", "--hold", "300", port=port)
+    marker = f"127.0.0.1:{port} --num-processes 2 --process-id 1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until both processes have joined (process 0 printed its view)
+        line = process.stdout.readline()
+        if line.startswith("{"):
+            break
+    peer = pids_running(marker)
+    assert len(peer) == 1, peer
+    killed_at = time.monotonic()
+    os.kill(peer[0], signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - killed_at < 60
+    assert process.returncode != 0
+    assert "process 1 killed by signal 9; stopping the other 1" in err
+    assert pids_running(f"127.0.0.1:{port} --num-processes") == []  # none left behind
+
+
+@pytest.mark.parametrize("flags,message", [
+    ({"coordinator": "127.0.0.1:1234", "num_processes": 2}, "missing --process-id"),
+    ({"coordinator": "127.0.0.1:1234", "num_processes": 2, "process_id": 2}, "--process-id 2"),
+    ({"auto": True, "num_processes": 2}, "--auto-distributed takes no --num-processes"),
+])
+def test_an_incomplete_process_setup_names_the_flag(flags, message):
+    with pytest.raises(DistributedError, match=message):
+        ProcessSetup.from_flags(**flags, environ={})
+
+
+def test_the_process_setup_can_come_from_the_environment():
+    environ = {"RLHF_JAX_COORDINATOR": "10.0.0.1:8476", "RLHF_JAX_NUM_PROCESSES": "4", "RLHF_JAX_PROCESS_ID": "3"}
+    assert ProcessSetup.from_flags(environ=environ) == ProcessSetup("10.0.0.1:8476", 4, 3)
+    assert not ProcessSetup.from_flags(environ={}).multi_process
+
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+MESH = "--config.mesh.shape={'data': 2, 'fsdp': 2, 'tensor': 2}"
+
+
+def train(workdir, *extra, processes=2):
+    """The tiny supervised run on a data 2 x fsdp 2 x tensor 2 mesh: 2 processes x 4 devices through
+    ``rlhf-jax launch``, or 1 process x 8 devices."""
+    command = ["train", "--config", os.path.join(CONFIGS, "tiny_cls.py"), "--workdir", str(workdir), MESH, *extra]
+    if processes == 2:
+        process = launch(*command)
+    else:
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+        process = subprocess.Popen([sys.executable, "-m", "rlhf_jax.cli", *command], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if not k.startswith("seconds")} for line in f]
+
+
+def assert_close(rows, expected):
+    assert [(r["step"], r["split"]) for r in rows] == [(r["step"], r["split"]) for r in expected]
+    for row, want in zip(rows, expected):
+        for name, value in want.items():
+            if name not in ("step", "split"):
+                assert row[name] == pytest.approx(value, rel=1e-5, abs=1e-6), (row["step"], row["split"], name)
+
+
+def test_supervised_run_two_processes_equal_one_and_resume_across_topologies(tmp_path):
+    two = train(tmp_path / "two")
+    one = train(tmp_path / "one", processes=1)
+    # Every logged loss and metric, to float32 rounding (the all-reduce order differs); each row once, so
+    # only process 0 wrote.
+    assert_close(two, one)
+    # Stopped after 4 steps and resumed, both with 2 processes: bit for bit the uninterrupted 2-process run.
+    train(tmp_path / "resumed", "--stop-after", "4")
+    assert train(tmp_path / "resumed") == two
+    # A 2-process checkpoint continued by 1 process of 8 devices (mesh from the config, not the checkpoint).
+    train(tmp_path / "moved", "--stop-after", "4")
+    assert_close(train(tmp_path / "moved", processes=1), two)
