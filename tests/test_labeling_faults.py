@@ -17,7 +17,8 @@ import pytest
 from rlhf_jax.data import records
 from rlhf_jax.labeling.app import create_app
 from rlhf_jax.labeling.export import export
-from rlhf_jax.labeling.load import ServerProcess, free_port
+from rlhf_jax.labeling.load import ServerProcess
+from rlhf_jax.launch import free_port
 from rlhf_jax.labeling.schema import SCHEMA_VERSION
 from rlhf_jax.labeling.store import LabelStore
 
