@@ -18,9 +18,9 @@ from rlhf_jax.data import records
 from rlhf_jax.labeling.app import create_app
 from rlhf_jax.labeling.export import export
 from rlhf_jax.labeling.load import ServerProcess
-from rlhf_jax.launch import free_port
 from rlhf_jax.labeling.schema import SCHEMA_VERSION
 from rlhf_jax.labeling.store import LabelStore
+from rlhf_jax.launch import free_port
 
 ITEMS = [{"id": f"i{n}", "prompt": f"prompt {n}", "responses": [f"a{n}", f"b{n}"]} for n in range(4)]
 
