@@ -11,6 +11,7 @@ FAMILIES = ("gpt2", "llama", "bert")
 HEADS = ("causal_lm", "masked_lm", "classification", "scalar")
 POOLINGS = ("cls", "mean", "last", "none")
 DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,8 @@ class ModelConfig:
     bos_token_id: int | None = field(None, "beginning-of-sequence token")
     eos_token_id: int | None = field(None, "end-of-sequence token (sampling stops there)")
     dtype: str = field("float32", "computation dtype")
+    remat: str = field("none", "activation checkpointing of each block: 'none', 'full' (recompute the block in the "
+                               "backward pass) or 'dots' (keep only matmul outputs)")
     param_dtype: str = field("float32", "parameter dtype")
 
     def __post_init__(self):
@@ -65,6 +68,7 @@ class ModelConfig:
         require(self.pooling is None or self.pooling in POOLINGS, "pooling", f"{self.pooling!r} is not one of {POOLINGS}")
         require(self.pooled_by != "cls" or self.family == "bert", "pooling", "'cls' pooling needs the 'bert' family")
         require(self.dtype in DTYPES, "dtype", f"{self.dtype!r} is not one of {DTYPES}")
+        require(self.remat in REMAT_POLICIES, "remat", f"{self.remat!r} is not one of {REMAT_POLICIES}")
         require(self.param_dtype in DTYPES, "param_dtype", f"{self.param_dtype!r} is not one of {DTYPES}")
         require(self.norm_eps > 0, "norm_eps", f"must be positive, got {self.norm_eps}")
         require(self.activation in ("gelu_new", "gelu", "silu", "relu"), "hidden_act",

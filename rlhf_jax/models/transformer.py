@@ -183,6 +183,16 @@ class Block(nnx.Module):
         return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), new_cache
 
 
+def _checkpointed_block(policy: str):
+    """A block's forward under ``nnx.remat``: 'full' saves only its input, 'dots' also the matmul outputs."""
+    saveable = None if policy == "full" else jax.checkpoint_policies.checkpoint_dots
+
+    def forward(block, x_BxTxD, positions_BxT, allowed_BxTxS):
+        return block(x_BxTxD, positions_BxT, allowed_BxTxS)[0]
+
+    return nnx.remat(forward, policy=saveable)
+
+
 class Transformer(nnx.Module):
     """Embeddings, the stack of blocks and (pre-LN families) a final norm. Returns hidden states."""
 
@@ -235,6 +245,10 @@ class Transformer(nnx.Module):
         if self.embed_norm is not None:
             x_BxTxD = self.embed_norm(x_BxTxD)
 
+        if cache is None and cfg.remat != "none":  # training: recompute each block in the backward pass
+            for block in self.layers:
+                x_BxTxD = _checkpointed_block(cfg.remat)(block, x_BxTxD, positions_BxT, allowed_BxTxS)
+            return (x_BxTxD if self.final_norm is None else self.final_norm(x_BxTxD)), None
         new_keys, new_values = [], []
         for i, block in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
