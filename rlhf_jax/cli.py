@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_jax.labeling.validation import LabelError
     from rlhf_jax.models.convert import CheckpointError
 
+    clear_errors = (AssetError, ConfigError, CheckpointError, DataError, LabelError, FileNotFoundError,
+                    distributed.DistributedError)
     try:
         setup = distributed.ProcessSetup.from_flags(args.coordinator, args.num_processes, args.process_id,
                                                     args.auto_distributed)
@@ -320,10 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "--num-processes, --process-id and --auto-distributed")
         distributed.initialize(setup)
         if setup.multi_process:
-            return distributed.run_or_exit(args.run, args)
+            return distributed.run_or_exit(args.run, args, clear_errors)
         return args.run(args)
-    except (AssetError, ConfigError, CheckpointError, DataError, LabelError, FileNotFoundError,
-            distributed.DistributedError) as error:
+    except clear_errors as error:
         print(f"rlhf-jax: error: {error}", file=sys.stderr)
         return 2
 

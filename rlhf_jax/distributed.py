@@ -79,17 +79,17 @@ def initialize(setup: ProcessSetup) -> None:
                                heartbeat_timeout_seconds=HEARTBEAT_SECONDS)
 
 
-def run_or_exit(function, *args):
-    """``function(*args)`` in a multi-process run. If it raises, this process reports the error and exits
-    at once (status 2 for a clear error, else 1), skipping JAX's exit-time barrier, which would wait
-    minutes for peers that are still running: the launcher, or the peers' heartbeat, then ends the run."""
+def run_or_exit(function, args, clear_errors: tuple[type, ...] = ()):
+    """``function(args)`` in a multi-process run. If it raises, this process reports the error (one line
+    for ``clear_errors``, else the traceback) and exits at once (status 2, else 1), skipping JAX's
+    exit-time barrier, which would wait minutes for peers that are still running: the launcher, or the
+    peers' heartbeat, then ends the run."""
     import traceback
 
     try:
-        return function(*args)
+        return function(args)
     except BaseException as error:
-        clear = type(error).__name__ in ("AssetError", "ConfigError", "CheckpointError", "DataError", "LabelError",
-                                         "FileNotFoundError", "DistributedError")
+        clear = isinstance(error, clear_errors)
         if clear:
             print(f"rlhf-jax: error: {error}", file=sys.stderr)
         else:
