@@ -47,6 +47,7 @@ from rlhf_jax.labeling.store import LabelStore
 from rlhf_jax.labeling.validation import MAX_COMMENT_CHARS, LabelError, check_text
 
 COOKIE = "rlhf_label_token"
+INVALID_LINK = "this login link is not valid (any more): ask for a new one"
 SESSION_SECONDS = 14 * 24 * 3600  # how long a browser stays signed in
 MAX_REQUEST_BYTES = 16 * 1024
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -97,7 +98,7 @@ def create_app(store: LabelStore, k: int = 1, max_request_bytes: int = MAX_REQUE
         another site must not switch the annotator silently)."""
         annotator = store.authenticate(token)
         if annotator is None:
-            return fail("this login link is not valid (any more): ask for a new one", 401)
+            return fail(INVALID_LINK, 401)
         current_token = request.cookies.get(COOKIE)
         current = store.authenticate(current_token)
         if current is not None and current != annotator:
@@ -188,7 +189,7 @@ def create_app(store: LabelStore, k: int = 1, max_request_bytes: int = MAX_REQUE
     def login_form():
         token = request.form.get("token", "")
         if store.authenticate(token) is None:
-            return fail("this login link is not valid (any more): ask for a new one", 401)
+            return fail(INVALID_LINK, 401)
         return sign_in(token, redirect(url_for("page"), 303))
 
     @app.post("/logout")

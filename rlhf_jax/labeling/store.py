@@ -35,9 +35,10 @@ from typing import Iterator, Mapping, Sequence
 
 from rlhf_jax.labeling.schema import MIGRATIONS, SCHEMA_VERSION, check_database_file
 from rlhf_jax.labeling.validation import (
-    MAX_ID_CHARS,
+    MAX_ITEM_ID_CHARS,
     LabelError,
     check_annotator_name,
+    check_request_id,
     check_text,
     token_digest,
     validate_answer,
@@ -243,10 +244,8 @@ class LabelStore:
         answer unchanged (a retry), whatever the rest of the call says. With ``k``, an answer that is not a
         skip needs a free slot (see the module docstring); without one it is refused with 409 and the
         annotator's lease on the item is released."""
-        check_text("request_id", request_id, MAX_ID_CHARS)
-        if not request_id:
-            raise LabelError("request_id: a non-empty string of at most 128 characters is required")
-        check_text("item_id", item_id, MAX_ID_CHARS * 8)
+        check_request_id(request_id)
+        check_text("item_id", item_id, MAX_ITEM_ID_CHARS)
         now = time.time()
         refusal = None
         with self._write() as db:
@@ -265,14 +264,12 @@ class LabelStore:
                 raise LabelError(f"item {item_id!r} is already answered by {annotator}; undo it first", 409)
             if k is not None and verdict != "skip":
                 refusal = _no_free_slot(db, item_id, annotator, k, now)
-            if refusal is not None:
-                db.execute("DELETE FROM leases WHERE item_id = ? AND annotator = ?", (item_id, annotator))
-            else:
+            if refusal is None:
                 cursor = db.execute(
                     "INSERT INTO answers(request_id, item_id, annotator, verdict, choice, ratings, comment, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (request_id, item_id, annotator, verdict, choice, json.dumps(ratings), comment, now))
-                db.execute("DELETE FROM leases WHERE item_id = ? AND annotator = ?", (item_id, annotator))
+            db.execute("DELETE FROM leases WHERE item_id = ? AND annotator = ?", (item_id, annotator))
         if refusal is not None:
             raise refusal  # after the commit: the released lease stays released
         return cursor.lastrowid, True
@@ -281,11 +278,9 @@ class LabelStore:
         """Withdraw this annotator's live answer on ``item_id`` (None: their latest); the answer is kept,
         marked undone, and its item leased back to them so it is shown next. Returns the item id (None when
         there was nothing to undo). A request_id seen before returns what it did then and does nothing more."""
-        check_text("request_id", request_id, MAX_ID_CHARS)
-        if not request_id:
-            raise LabelError("request_id: a non-empty string of at most 128 characters is required")
+        check_request_id(request_id)
         if item_id is not None:
-            check_text("item_id", item_id, MAX_ID_CHARS * 8)
+            check_text("item_id", item_id, MAX_ITEM_ID_CHARS)
         now = time.time()
         with self._write() as db:
             seen = db.execute("SELECT u.annotator, a.item_id FROM undos u LEFT JOIN answers a ON a.id = u.answer_id "
@@ -319,13 +314,6 @@ class LabelStore:
                               f"{where} ORDER BY a.id").fetchall()
         return [{**dict(row), "responses": json.loads(row["responses"]), "ratings": json.loads(row["ratings"])}
                 for row in rows]
-
-    def leases(self) -> list[tuple[str, str]]:
-        """(item id, annotator) of every unexpired lease."""
-        with self._read() as db:
-            return [(row["item_id"], row["annotator"]) for row in db.execute(
-                "SELECT item_id, annotator FROM leases WHERE expires_at >= ? ORDER BY item_id, annotator",
-                (time.time(),))]
 
     def progress(self, annotator: str, k: int) -> dict:
         """Items in all, items complete (k answers that are not skips), this annotator's live answers, and

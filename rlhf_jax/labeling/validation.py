@@ -7,7 +7,8 @@ import hashlib
 
 VERDICTS = ("choice", "tie", "skip")
 MAX_COMMENT_CHARS = 2000
-MAX_ID_CHARS = 128
+MAX_ID_CHARS = 128  # request ids
+MAX_ITEM_ID_CHARS = 8 * MAX_ID_CHARS
 RATING_RANGE = (1, 7)
 
 
@@ -35,6 +36,14 @@ def check_text(field: str, value, max_chars: int, status_if_long: int = 400) -> 
     except UnicodeEncodeError:
         raise LabelError(f"{field}: not valid text (a lone surrogate such as \\ud800)") from None
     return value
+
+
+def check_request_id(request_id) -> str:
+    """A client request id: a non-empty string of at most MAX_ID_CHARS, else LabelError."""
+    check_text("request_id", request_id, MAX_ID_CHARS)
+    if not request_id:
+        raise LabelError(f"request_id: a non-empty string of at most {MAX_ID_CHARS} characters is required")
+    return request_id
 
 
 def check_annotator_name(name: str) -> str:

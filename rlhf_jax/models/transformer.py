@@ -245,12 +245,13 @@ class Transformer(nnx.Module):
         if self.embed_norm is not None:
             x_BxTxD = self.embed_norm(x_BxTxD)
 
-        if cache is None and cfg.remat != "none":  # training: recompute each block in the backward pass
-            for block in self.layers:
-                x_BxTxD = _checkpointed_block(cfg.remat)(block, x_BxTxD, positions_BxT, allowed_BxTxS)
-            return (x_BxTxD if self.final_norm is None else self.final_norm(x_BxTxD)), None
+        # Training (no cache) with remat: each block is recomputed in the backward pass.
+        checkpointed = _checkpointed_block(cfg.remat) if cache is None and cfg.remat != "none" else None
         new_keys, new_values = [], []
         for i, block in enumerate(self.layers):
+            if checkpointed is not None:
+                x_BxTxD = checkpointed(block, x_BxTxD, positions_BxT, allowed_BxTxS)
+                continue
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
             x_BxTxD, written = block(x_BxTxD, positions_BxT, allowed_BxTxS, layer_cache,
                                      None if cache is None else cache.end)

@@ -2,7 +2,7 @@
 -> report. Every stage whose valid output is in the workdir is reused, so an interrupted run picks
 up where it stopped.
 
-    WORKDIR/feedback/, WORKDIR/reward_model/   stages 1-3 (rlhf_jax.reward_experiment)
+    WORKDIR/feedback/, WORKDIR/reward_model/   stages 1-3 (rlhf_jax.runs.reward_training)
     WORKDIR/ppo/                               stage 4: checkpoints, metrics.jsonl, samples.jsonl, ppo.png
     WORKDIR/ppo/evaluation.json                stage 5: PPO policy vs reference on held-out prompts
     WORKDIR/report.md                          stage 6: the numbers, samples before/after, the plots
@@ -26,16 +26,15 @@ from rlhf_jax.metrics import MetricsWriter, read_metrics
 from rlhf_jax.models import load_tokenizer
 from rlhf_jax.runs import policy_training, reward_training
 from rlhf_jax.scoring import RewardModel
+from rlhf_jax.trained import restore
 
 log = logging.getLogger(__name__)
 
 
 def load_reward_model(exp: ExperimentConfig, rm_dir: str, normalization: dict) -> RewardModel:
-    from rlhf_jax.trained import restore
-
     trained = restore(rm_dir, exp)
     return RewardModel(trained.graphdef, trained.params, trained.tokenizer, exp.data.max_length,
-                                   gain=normalization["gain"], bias=normalization["bias"])
+                       gain=normalization["gain"], bias=normalization["bias"])
 
 
 def fetch_assets(exp: ExperimentConfig) -> None:
