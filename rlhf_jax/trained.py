@@ -16,8 +16,22 @@ from flax import nnx
 
 from rlhf_jax import sharding
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.config import ConfigError, ExperimentConfig, ModelConfig, ModelSpec, experiment_from_dict, to_dict
-from rlhf_jax.models import abstract_model, build_model, from_pretrained, load_tokenizer, pretrained_config
+from rlhf_jax.config import (
+    ConfigError,
+    ExperimentConfig,
+    ModelConfig,
+    ModelSpec,
+    experiment_from_dict,
+    to_dict,
+)
+from rlhf_jax.feeding import local_mesh
+from rlhf_jax.models import (
+    abstract_model,
+    build_model,
+    from_pretrained,
+    load_tokenizer,
+    pretrained_config,
+)
 
 # Train fields that may change between a run and its resumption (bookkeeping, not maths).
 RESUMABLE_CHANGES = {"steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"}
@@ -91,9 +105,10 @@ class Trained:
     step: int
 
 
-def restore(workdir: str, expected: ExperimentConfig | None = None) -> Trained:
+def restore(workdir: str, expected: ExperimentConfig | None = None, local: bool = False) -> Trained:
     """The latest checkpoint of a supervised workdir; with ``expected``, refused unless that config made it
-    (and placed on ``expected``'s mesh, else on the checkpoint config's)."""
+    (and placed on ``expected``'s mesh, else on the checkpoint config's). ``local``: on this process's
+    devices only (``feeding.local_mesh``), to score rows of its own, with no other process."""
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
         step = checkpoints.latest_step()
@@ -109,6 +124,8 @@ def restore(workdir: str, expected: ExperimentConfig | None = None) -> Trained:
         graphdef, shapes = nnx.split(abstract_model(cfg))
         mesh_config = (expected or exp).mesh
         mesh, rules = sharding.make_mesh(mesh_config), dict(mesh_config.rules)
+        if local:
+            mesh = local_mesh(mesh)
         placement = sharding.state_shardings(shapes, mesh, rules)
         abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, placement)
         params = checkpoints.restore_params(step, abstract)

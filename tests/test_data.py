@@ -8,7 +8,7 @@ import pytest
 
 from rlhf_jax.config import DataConfig
 from rlhf_jax.data import builders, records
-from rlhf_jax.data.pipeline import Batches, eval_batches
+from rlhf_jax.data.pipeline import Batches, Split, eval_rows
 from rlhf_jax.tasks import TASKS
 
 GOOD = {"id": "a1", "prompt": "The film", "chosen": "is wonderful.", "rejected": "is dull.", "annotator": "sim"}
@@ -90,19 +90,26 @@ def test_text_corpus(tmp_path):
 
 
 def test_batches_are_a_pure_function_of_the_index():
-    arrays = {"x": np.arange(10)}
-    batches = Batches(arrays, batch_size=3, seed=1)
+    batches = Batches(10, batch_size=3, seed=1)
     assert batches.batches_per_epoch == 3
-    epoch0 = np.concatenate([batches(i)["x"] for i in range(3)])
+    epoch0 = np.concatenate([batches(i) for i in range(3)])
     assert len(set(epoch0)) == 9  # no repeats within an epoch
-    np.testing.assert_array_equal(Batches(arrays, 3, 1)(4)["x"], batches(4)["x"])
-    assert not np.array_equal(batches(0)["x"], batches(3)["x"])  # a new permutation each epoch
+    np.testing.assert_array_equal(Batches(10, 3, 1)(4), batches(4))
+    assert not np.array_equal(batches(0), batches(3))  # a new permutation each epoch
 
 
-def test_eval_batches_pad_with_zero_weight():
-    arrays = {"labels": np.arange(5), "weights": np.ones(5, np.float32)}
-    out = list(eval_batches(arrays, 4))
-    assert len(out) == 2 and out[1]["weights"].tolist() == [1, 0, 0, 0]
+def test_eval_rows_pad_with_rows_of_zero_weight():
+    out = list(eval_rows(5, 4))
+    assert [rows.tolist() for rows in out] == [[0, 1, 2, 3], [4, -1, -1, -1]]
+
+    def tokenize(examples, *args):
+        return {"labels": np.asarray([e["label"] for e in examples]), "weights": np.ones(len(examples), np.float32)}
+
+    split = Split([{"label": 7 + i} for i in range(5)], tokenize, None, 8, None)
+    batch = split.arrays(out[1])
+    assert batch["labels"].tolist() == [11, 0, 0, 0] and batch["weights"].tolist() == [1, 0, 0, 0]
+    assert split.arrays(np.asarray([-1, -1]))["weights"].tolist() == [0, 0]  # a process's block of padding only
+    assert split.all_arrays()["labels"].tolist() == [7, 8, 9, 10, 11]
 
 
 def test_causal_tokenization_masks_the_prompt(smollm2_dir):

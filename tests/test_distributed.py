@@ -119,3 +119,68 @@ def test_supervised_run_two_processes_equal_one_and_resume_across_topologies(tmp
     # A 2-process checkpoint continued by 1 process of 8 devices (mesh from the config, not the checkpoint).
     train(tmp_path / "moved", "--stop-after", "4")
     assert_close(train(tmp_path / "moved", processes=1), two)
+
+
+def rlhf_run(workdir, policy, processes, config="tiny_ppo.py"):
+    """The tiny pipeline (collect feedback, reward model, 2 PPO iterations, evaluation; or only the first
+    three with tiny_rm.py) on the data 2 x fsdp 2 x tensor 2 mesh."""
+    command = ["run", "--config", os.path.join(CONFIGS, config), "--workdir", str(workdir), MESH,
+               f"--config.feedback.policy={policy}"]
+    if config == "tiny_ppo.py":
+        command += [f"--config.ppo.policy={policy}", "--config.ppo.iterations=2"]
+    if processes == 2:
+        process = launch(*command)
+    else:
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+        process = subprocess.Popen([sys.executable, "-m", "rlhf_jax.cli", *command], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    with open(os.path.join(workdir, "reward_model", "evaluation.json")) as f:
+        reward_model = json.load(f)
+    if config != "tiny_ppo.py":
+        return reward_model, None, None
+    with open(os.path.join(workdir, "ppo", "evaluation.json")) as f:
+        evaluation = json.load(f)
+    with open(os.path.join(workdir, "ppo", "metrics.jsonl")) as f:
+        ppo_rows = [{k: v for k, v in json.loads(line).items() if not k.startswith("seconds")} for line in f]
+    return reward_model, ppo_rows, evaluation
+
+
+def test_reward_model_and_ppo_two_processes_equal_one(tmp_path, tiny_policy):
+    import shutil
+
+    import jax
+    import numpy as np
+
+    from rlhf_jax.config import load_config
+    from rlhf_jax.runs import policy_training
+
+    two = rlhf_run(tmp_path / "two", tiny_policy, 2)
+    # Reward model (feedback collected by process 0, trained by both, each scoring its block of the held-out
+    # rows) against one process: the held-out pair metrics and the normalisation's gain. Not its bias
+    # (-mean / std): the reward's offset gets no gradient from Bradley-Terry, only rounding noise, which
+    # Adam scales up to steps of the learning rate's size, differently on each topology.
+    reward_model = rlhf_run(tmp_path / "one_rm", tiny_policy, 1, config="tiny_rm.py")[0]
+    for split in ("validation", "test"):
+        for name, value in reward_model[split].items():
+            assert two[0][split][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (split, name)
+    assert two[0]["normalization"]["gain"] == pytest.approx(reward_model["normalization"]["gain"], rel=1e-4)
+    # PPO on that same reward model (its normalisation multiplies the tiny model's rounding by 2e4): one
+    # process reuses the 2-process run's feedback and reward model, then runs PPO and the evaluation.
+    for stage in ("feedback", "reward_model"):
+        shutil.copytree(tmp_path / "two" / stage, tmp_path / "one" / stage)
+    one = rlhf_run(tmp_path / "one", tiny_policy, 1)
+    # Every logged metric of both iterations and of the held-out evaluation (all rows, not process 0's).
+    assert_close(two[1], one[1])
+    assert len([r for r in two[1] if r["split"] == "train"]) == 2
+    assert two[2]["metrics"]["prompts"] == 24 and len(two[2]["samples"]) == 24
+    assert [s["policy"] for s in two[2]["samples"]] == [s["policy"] for s in one[2]["samples"]]
+    # PPO parameters after the 2 iterations, restored on the same 8-device mesh.
+    exp = load_config(os.path.join(CONFIGS, "tiny_ppo.py"), [MESH, f"--config.ppo.policy={tiny_policy}",
+                                                             f"--config.feedback.policy={tiny_policy}",
+                                                             "--config.ppo.iterations=2"])
+    params = [jax.device_get(policy_training.restore(exp, str(tmp_path / name / "ppo"))[1].params)
+              for name in ("two", "one")]
+    for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -55,7 +55,7 @@ def one_iteration(exp, prompts, scores_B=None):
     """(setup, rollout, scores, new state, metrics) of the first PPO iteration."""
     run = policy_training.prepare(exp, None)
     arrays, _ = policy_training.encode_prompts(run.tokenizer, prompts[:exp.ppo.rollout_prompts], exp.ppo.prompt_tokens)
-    ids, mask = policy_training.to_mesh((arrays["ids"], arrays["mask"]), run)
+    ids, mask = policy_training.to_mesh(arrays, run)
     params_before = jax.device_get(run.state.params)
     experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, ppo.rollout_key(run.state.rng))
     experience_host = jax.device_get(experience)

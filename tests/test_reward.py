@@ -109,7 +109,7 @@ def test_grouped_loss_equals_the_pairwise_loss_on_the_same_pairs():
     pairs = [("p1", "great", "bad"), ("p1", "great", "fine"), ("p1", "fine", "bad"), ("p2", "lovely", "awful"),
              ("p3", "ok", "meh"), ("p3", "meh", "dull")]
     examples = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in pairs]
-    grouped = reward.tokenize_groups(examples, tokenizer, 16)
+    grouped = reward.tokenize_groups(reward.group_pairs(examples), tokenizer, 16)
     assert grouped["ids"].shape == (3, 3, 16) and grouped["pair_weights"].sum() == len(pairs)
     flat = reward.tokenize_pairs(examples, tokenizer, 16)
     as_jax = lambda arrays: {k: jnp.asarray(v) for k, v in arrays.items()}  # noqa: E731

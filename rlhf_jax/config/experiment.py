@@ -167,6 +167,8 @@ class PPOConfig:
     seed: int = field(0, "prompt order, sampling keys, value-head initialisation")
     algorithm: str = field("ppo", "a name in rlhf_jax.algorithms.ALGORITHMS ('ppo', 'reinforce')")
     reward: str = field("reward_model", "'reward_model', or 'language': a simulated human's scored comment")
+    model_config: tuple[tuple[str, Any], ...] = field((), "ModelConfig overrides of the policy, its reference and "
+                                                          "value model: {'dtype': 'bfloat16', 'remat': 'full'}")
 
     def __post_init__(self):
         from rlhf_jax.algorithms import ALGORITHMS

@@ -44,7 +44,9 @@ def experiment_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
     if "rules" in mesh:
         mesh["rules"] = tuple((k, _tupled(v)) for k, v in dict(mesh["rules"]).items())
     parts = {"model": model, "data": values.get("data", {}), "train": values.get("train", {}), "mesh": mesh}
-    parts.update({name: values[name] for name in ("feedback", "ppo") if values.get(name) is not None})
+    parts.update({name: dict(values[name]) for name in ("feedback", "ppo") if values.get(name) is not None})
+    if "ppo" in parts and "model_config" in parts["ppo"]:
+        parts["ppo"]["model_config"] = tuple(sorted(dict(parts["ppo"]["model_config"]).items()))
     try:
         return ExperimentConfig(**{name: _section(SECTIONS[name], part, name) for name, part in parts.items()})
     except TypeError as error:  # e.g. a wrong argument type inside a dataclass
@@ -124,7 +126,7 @@ def describe(exp: ExperimentConfig) -> str:
         lines.append(f"{name}:  # {_doc(ExperimentConfig, name)}")
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
-            if f.name in ("config", "shape", "rules") and isinstance(value, tuple):
+            if f.name in ("config", "shape", "rules", "model_config") and isinstance(value, tuple):
                 value = dict(value)
             lines.append(f"  {name}.{f.name} = {value!r}  # {f.metadata.get('doc', '')}")
         lines.append("")

@@ -2,9 +2,11 @@
 says which task uses which), and deterministic batching whose position is one integer.
 
 Every array has a leading example axis N and, for tokens, a length L = max_length (fixed shapes:
-one compilation). ``Batches(arrays, batch_size, seed)(i)`` is the i-th training batch: epoch
-``i // batches_per_epoch`` is a permutation drawn from (seed, epoch), so the batch stream is a pure
-function of the index, and a checkpoint only needs the index to resume exactly.
+one compilation). ``Batches(num_examples, batch_size, seed)(i)`` are the rows of the i-th training
+batch: epoch ``i // batches_per_epoch`` is a permutation drawn from (seed, epoch), so the batch stream
+is a pure function of the index, and a checkpoint only needs the index to resume exactly. A ``Split``
+tokenises the rows it is asked for, so each process of a multi-process run tokenises only its own
+block of every batch (``rlhf_jax.feeding``).
 """
 
 from __future__ import annotations
@@ -76,31 +78,55 @@ def _tokenize_causal(tokenizer, texts, max_length, prompts):
 
 
 class Batches:
-    """Shuffled fixed-size training batches, a pure function of the batch index."""
+    """Row indices of shuffled fixed-size training batches, a pure function of the batch index."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int):
-        self.arrays = arrays
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed
-        self.num_examples = len(next(iter(arrays.values())))
-        if self.num_examples < batch_size:
-            raise DataError(f"{self.num_examples} training examples are fewer than one batch of {batch_size}")
-        self.batches_per_epoch = self.num_examples // batch_size
+        if num_examples < batch_size:
+            raise DataError(f"{num_examples} training examples are fewer than one batch of {batch_size}")
+        self.batches_per_epoch = num_examples // batch_size
 
-    def __call__(self, index: int) -> dict[str, np.ndarray]:
+    def __call__(self, index: int) -> np.ndarray:
         epoch, within = divmod(index, self.batches_per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-        rows = order[within * self.batch_size:(within + 1) * self.batch_size]
-        return {name: array[rows] for name, array in self.arrays.items()}
+        return order[within * self.batch_size:(within + 1) * self.batch_size]
 
 
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Every example once, in order; the last batch is filled with all-zero rows, which carry zero weight
-    (weights / loss_mask / maskable are 0), so they count in no metric."""
-    n = len(next(iter(arrays.values())))
-    for start in range(0, n, batch_size):
-        batch = {name: array[start:start + batch_size] for name, array in arrays.items()}
-        short = batch_size - len(next(iter(batch.values())))
-        if short:
-            batch = {name: np.concatenate([a, np.zeros((short,) + a.shape[1:], a.dtype)]) for name, a in batch.items()}
-        yield batch
+def eval_rows(num_examples: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Every row once, in order, in batches of ``batch_size``; the last batch is filled with -1 (padding)."""
+    for start in range(0, num_examples, batch_size):
+        rows = np.arange(start, start + batch_size)
+        yield np.where(rows < num_examples, rows, -1)
+
+
+class Split:
+    """One split's examples and the task's tokenisation: the arrays of any rows, tokenised when asked for,
+    so a process tokenises only the rows it feeds. Row -1 is a padding row of zeros, which carries zero
+    weight (weights / loss_mask / maskable are 0) and so counts in no loss or metric."""
+
+    def __init__(self, examples: list[dict], tokenize, tokenizer, max_length: int, data):
+        self.examples, self._tokenize = examples, tokenize
+        self._args = (tokenizer, max_length, data)
+        self._all = None
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def arrays(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        rows = np.asarray(rows)
+        real = rows >= 0
+        tokenized = self._tokenize([self.examples[i] for i in rows[real]] or self.examples[:1], *self._args)
+        if real.all():
+            return tokenized
+        out = {name: np.zeros((len(rows),) + a.shape[1:], a.dtype) for name, a in tokenized.items()}
+        for name, array in out.items():
+            array[real] = tokenized[name][:real.sum()]
+        return out
+
+    def all_arrays(self) -> dict[str, np.ndarray]:
+        """Every row's arrays (tokenised once, then kept)."""
+        if self._all is None:
+            self._all = self.arrays(np.arange(len(self)))
+        return self._all

@@ -50,7 +50,7 @@ class ClassifierScorer:
         from rlhf_jax.trained import restore
 
         self.exp = load_config(config_path)
-        trained = restore(workdir, self.exp)
+        trained = restore(workdir, self.exp, local=True)  # each process scores its own rows
         self.graphdef, self.params, self.tokenizer = trained.graphdef, trained.params, trained.tokenizer
         self.step = trained.step
         self.batch_size = batch_size

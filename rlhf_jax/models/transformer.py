@@ -21,6 +21,8 @@ unpadded one. Decoding uses a fixed-size ``KVCache`` (jit-friendly: shapes never
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -184,13 +186,20 @@ class Block(nnx.Module):
 
 
 def _checkpointed_block(policy: str):
-    """A block's forward under ``nnx.remat``: 'full' saves only its input, 'dots' also the matmul outputs."""
+    """A block's forward under ``jax.checkpoint``: 'full' saves only its input, 'dots' also the matmul
+    outputs. The block goes in as (graphdef, state), a pure function of arrays, so this also works inside
+    other JAX transforms (the PPO rollout's ``lax.map``), where ``nnx.remat`` cannot reach the Variables."""
     saveable = None if policy == "full" else jax.checkpoint_policies.checkpoint_dots
 
-    def forward(block, x_BxTxD, positions_BxT, allowed_BxTxS):
-        return block(x_BxTxD, positions_BxT, allowed_BxTxS)[0]
+    @functools.partial(jax.checkpoint, policy=saveable, static_argnums=0)
+    def pure(graphdef, state, x_BxTxD, positions_BxT, allowed_BxTxS):
+        return nnx.merge(graphdef, state)(x_BxTxD, positions_BxT, allowed_BxTxS)[0]
 
-    return nnx.remat(forward, policy=saveable)
+    def forward(block, x_BxTxD, positions_BxT, allowed_BxTxS):
+        graphdef, state = nnx.split(block)
+        return pure(graphdef, state, x_BxTxD, positions_BxT, allowed_BxTxS)
+
+    return forward
 
 
 class Transformer(nnx.Module):

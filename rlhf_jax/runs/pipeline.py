@@ -18,6 +18,7 @@ import time
 from rlhf_jax import assets
 from rlhf_jax.algorithms import ALGORITHMS
 from rlhf_jax.config import ConfigError, ExperimentConfig, to_dict
+from rlhf_jax.distributed import is_main_process
 from rlhf_jax.feedback import language
 from rlhf_jax.feedback.collect import sentiment_prompts
 from rlhf_jax.feedback.labelers import gold_scorer
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def load_reward_model(exp: ExperimentConfig, rm_dir: str, normalization: dict) -> RewardModel:
-    trained = restore(rm_dir, exp)
+    trained = restore(rm_dir, exp, local=True)  # each process scores its own rows
     return RewardModel(trained.graphdef, trained.params, trained.tokenizer, exp.data.max_length,
                        gain=normalization["gain"], bias=normalization["bias"])
 
@@ -88,7 +89,8 @@ def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress:
     writer = MetricsWriter(ppo_dir)
     writer.write(cfg.iterations, "eval", evaluation["metrics"])
     writer.close()
-    write_json(evaluation_path, evaluation)  # written last: marks the stage complete
+    if is_main_process():
+        write_json(evaluation_path, evaluation)  # written last: marks the stage complete
     return evaluation, timings
 
 
@@ -104,7 +106,8 @@ def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
     timings["reward model (collect, train, evaluate)"] = time.perf_counter() - tick
     evaluation, policy_timings = policy_stage(exp, os.path.join(workdir, "ppo"), reward_fn, gold_scorer(exp.feedback),
                                               progress)
-    report = write_report(exp, workdir, rm_results, evaluation, {**timings, **policy_timings})
+    report = (write_report(exp, workdir, rm_results, evaluation, {**timings, **policy_timings})
+              if is_main_process() else os.path.join(workdir, "report.md"))
     return {"reward_model": rm_results, "ppo": evaluation["metrics"], "report": report}
 
 

@@ -15,7 +15,6 @@ import time
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
@@ -24,6 +23,9 @@ from rlhf_jax import ppo, rl, sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.config import ConfigError, ExperimentConfig, PPOConfig, to_dict
 from rlhf_jax.data.pipeline import Batches
+from rlhf_jax.distributed import is_main_process
+from rlhf_jax.feeding import Feed
+from rlhf_jax.files import write_json
 from rlhf_jax.metrics import MetricsWriter, truncate_after
 from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
 from rlhf_jax.plots import plot_ppo
@@ -33,13 +35,17 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_samples", "eval_prompts", "eval_batch_size"}
 
 
-def encode_prompts(tokenizer, texts: Sequence[str], width: int) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Left-padded prompt ids of a fixed width (longer prompts keep their first ``width`` tokens), the
-    prompt texts as the policy sees them, and each prompt's index."""
+def encode_prompts(tokenizer, texts: Sequence[str], width: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Left-padded prompt (ids, mask) of a fixed width (longer prompts keep their first ``width`` tokens)
+    and the prompt texts as the policy sees them."""
     tokens = [tokenizer(text, add_special_tokens=False)["input_ids"][:width] for text in texts]
-    ids, mask = left_pad(tokens, width, pad_token_id(tokenizer))
-    arrays = {"ids": ids, "mask": mask, "index": np.arange(len(texts), dtype=np.int32)}
-    return arrays, [tokenizer.decode(t) for t in tokens]
+    return left_pad(tokens, width, pad_token_id(tokenizer)), [tokenizer.decode(t) for t in tokens]
+
+
+def responses_of(run: "PPOSetup", feed: Feed, generated) -> list[str]:
+    """This process's rows of a batch of generated response tokens ([B, N] tokens and mask), decoded."""
+    tokens_BxN, mask_BxN = feed.take(generated)
+    return decode_responses(run.tokenizer, tokens_BxN, mask_BxN)
 
 
 @dataclasses.dataclass
@@ -60,9 +66,11 @@ class PPOSetup:
 
 def load_actor_critic(cfg: PPOConfig):
     """(ActorCritic, frozen reference, tokenizer) from the policy's weights."""
-    policy = from_pretrained(cfg.policy, head="causal_lm")
-    reference = from_pretrained(cfg.policy, head="causal_lm")
-    value_model = from_pretrained(cfg.policy, head="scalar", pooling="none") if cfg.value == "separate" else None
+    overrides = dict(cfg.model_config)  # compute dtype, remat
+    policy = from_pretrained(cfg.policy, head="causal_lm", **overrides)
+    reference = from_pretrained(cfg.policy, head="causal_lm", **overrides)
+    value_model = (from_pretrained(cfg.policy, head="scalar", pooling="none", **overrides) if cfg.value == "separate"
+                   else None)
     with nnx.use_eager_sharding(False):  # placed on the mesh later, by logical axes
         model = ppo.ActorCritic(policy, value_model, rngs=nnx.Rngs(cfg.seed))
     return model, reference, load_tokenizer(cfg.policy)
@@ -100,7 +108,8 @@ def prepare(exp: ExperimentConfig, workdir: str | None) -> PPOSetup:
 
 
 def to_mesh(arrays, run: PPOSetup):
-    """Host arrays (any pytree) -> device arrays split along the batch axis of the run's mesh."""
+    """Whole host arrays (any pytree) -> device arrays split along the batch axis of the run's mesh (one
+    process; a multi-process run feeds each process's block through ``Feed.put``)."""
     return jax.device_put(arrays, sharding.batch_sharding(run.mesh, run.rules))
 
 
@@ -128,36 +137,38 @@ def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequ
         state, meta = run.checkpoints.restore(start, state, run.state_sharding)
         _check_resumable(meta["config"], config_dict)
         log.info("resumed PPO from iteration %d", start)
-    arrays, texts = encode_prompts(run.tokenizer, prompts, cfg.prompt_tokens)
-    batches = Batches(arrays, cfg.rollout_prompts, cfg.seed)
+    batches, feed = Batches(len(prompts), cfg.rollout_prompts, cfg.seed), Feed.of(run.mesh, run.rules,
+                                                                                  cfg.rollout_prompts)
+    main = is_main_process()
     writer = MetricsWriter(workdir, resume_step=start)
     samples_path = os.path.join(workdir, "samples.jsonl")
-    truncate_after(samples_path, start or 0)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(to_dict(exp), f, indent=1)
+    if main:
+        truncate_after(samples_path, start or 0)
+        write_json(os.path.join(workdir, "config.json"), to_dict(exp))
     iteration = start or 0
     end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
-    bar = tqdm(total=end, initial=iteration, disable=not progress, desc="ppo", dynamic_ncols=True)
+    bar = tqdm(total=end, initial=iteration, disable=not (progress and main), desc="ppo", dynamic_ncols=True)
     row = {}
     while iteration < end:
         tick = time.perf_counter()
-        batch = batches(iteration)
-        experience = run.functions.rollout(state.params, run.ref_params, *to_mesh((batch["ids"], batch["mask"]), run),
+        # Each process encodes, decodes and scores only its block of the batch's rows.
+        prompt_arrays, batch_prompts = encode_prompts(
+            run.tokenizer, [prompts[i] for i in batches(iteration)[feed.local]], cfg.prompt_tokens)
+        experience = run.functions.rollout(state.params, run.ref_params, *feed.put(prompt_arrays),
                                            ppo.rollout_key(state.rng))
-        responses = decode_responses(run.tokenizer, experience.ids_BxT[:, cfg.prompt_tokens:],
-                                     experience.response_mask_BxN)
-        batch_prompts = [texts[i] for i in batch["index"]]
+        responses = responses_of(run, feed, (experience.ids_BxT[:, cfg.prompt_tokens:], experience.response_mask_BxN))
         scores = reward_model.score(batch_prompts, responses)
         gold_scores = gold.score(batch_prompts, responses)
-        state, metrics = run.functions.update(state, experience, to_mesh(jnp.asarray(scores), run))
+        state, metrics = run.functions.update(state, experience, feed.put(np.asarray(scores, np.float32)))
         iteration += 1
         row = {name: float(value) for name, value in jax.device_get(metrics).items()}
-        row.update(gold_score=float(np.mean(gold_scores)), seconds_per_iteration=time.perf_counter() - tick)
+        row.update(gold_score=float(np.mean(feed.gather(gold_scores))), seconds_per_iteration=time.perf_counter() - tick)
         writer.write(iteration, "train", row)
-        with open(samples_path, "a") as f:
-            for prompt, response, score, g in list(zip(batch_prompts, responses, scores, gold_scores))[:cfg.log_samples]:
-                f.write(json.dumps({"step": iteration, "prompt": prompt, "response": response,
-                                    "rm_score": float(score), "gold_score": float(g)}) + "\n")
+        if main:  # process 0's rows: the batch's first rows
+            with open(samples_path, "a") as f:
+                for prompt, response, score, g in list(zip(batch_prompts, responses, scores, gold_scores))[:cfg.log_samples]:
+                    f.write(json.dumps({"step": iteration, "prompt": prompt, "response": response,
+                                        "rm_score": float(score), "gold_score": float(g)}) + "\n")
         bar.update(1)
         bar.set_postfix(rm=f"{row['score']:.2f}", gold=f"{row['gold_score']:.2f}", kl=f"{row['kl']:.2f}")
         if iteration % cfg.checkpoint_every == 0 or iteration == end:
@@ -166,7 +177,8 @@ def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequ
     run.checkpoints.wait()
     run.checkpoints.close()
     writer.close()
-    plot_ppo(workdir)
+    if main:
+        plot_ppo(workdir)
     return {"iteration": iteration, "metrics": row, "state": state, "setup": run}
 
 
@@ -184,9 +196,14 @@ def restore(exp: ExperimentConfig, workdir: str):
 
 def save_policy(run: PPOSetup, state: ppo.PPOState, path: str) -> str:
     """The trained policy (without its value head) as a transformers directory, e.g. for the next round."""
+    from jax.experimental.multihost_utils import process_allgather
+
     from rlhf_jax.models import save_pretrained
 
-    model: ppo.ActorCritic = nnx.merge(run.graphdef, jax.device_get(state.params))
+    params = jax.device_get(state.params) if jax.process_count() == 1 else process_allgather(state.params)
+    if not is_main_process():
+        return path
+    model: ppo.ActorCritic = nnx.merge(run.graphdef, params)
     return save_pretrained(model.policy, path, run.tokenizer)
 
 
@@ -200,33 +217,42 @@ def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model, gold, prompts: Se
     KL(pi || pi_ref) per sequence).
     """
     cfg = run.cfg
-    arrays, texts = encode_prompts(run.tokenizer, prompts, cfg.prompt_tokens)
+    feed = Feed.of(run.mesh, run.rules, cfg.eval_batch_size)
     reference = nnx.merge(run.ref_graphdef, run.ref_params)
-    out = {"policy": [], "reference": [], "kl": []}
-    for start in range(0, len(texts), cfg.eval_batch_size):
-        rows = np.arange(start, start + cfg.eval_batch_size) % len(texts)  # pad the last batch by wrapping
-        ids, mask = to_mesh((arrays["ids"][rows], arrays["mask"][rows]), run)
+    local = {"prompt": [], "policy": [], "reference": [], "kl": [], "real": []}  # this process's rows
+    for start in range(0, len(prompts), cfg.eval_batch_size):
+        rows = np.arange(start, start + cfg.eval_batch_size)[feed.local]
+        arrays, texts = encode_prompts(run.tokenizer, [prompts[i % len(prompts)] for i in rows], cfg.prompt_tokens)
+        ids, mask = feed.put(arrays)  # the last batch is padded by wrapping around
         key = jax.random.fold_in(jax.random.PRNGKey(seed), start)
         experience = run.functions.rollout(state.params, run.ref_params, ids, mask, key)
         reference_out = generate(reference, ids, mask, key, run.sampling)
-        keep = len(rows) - max(0, start + cfg.eval_batch_size - len(texts))
         response_mask = experience.response_mask_BxN
-        out["policy"] += decode_responses(run.tokenizer, experience.ids_BxT[:, cfg.prompt_tokens:], response_mask)[:keep]
-        out["reference"] += decode_responses(run.tokenizer, reference_out.tokens_BxN,
-                                             reference_out.response_mask_BxN)[:keep]
-        kl_B = rl.masked_sum(experience.logp_BxN - experience.ref_logp_BxN, response_mask, axis=1)
-        out["kl"] += np.asarray(kl_B)[:keep].tolist()
-    gold_policy = np.asarray(gold.score(texts, out["policy"]), np.float64)
-    gold_reference = np.asarray(gold.score(texts, out["reference"]), np.float64)
-    rm_policy = reward_model.score(texts, out["policy"]).astype(np.float64)
-    rm_reference = reward_model.score(texts, out["reference"]).astype(np.float64)
+        local["prompt"] += texts
+        local["policy"] += responses_of(run, feed, (experience.ids_BxT[:, cfg.prompt_tokens:], response_mask))
+        local["reference"] += responses_of(run, feed, (reference_out.tokens_BxN, reference_out.response_mask_BxN))
+        local["kl"] += feed.take(rl.masked_sum(experience.logp_BxN - experience.ref_logp_BxN, response_mask,
+                                               axis=1)).tolist()
+        local["real"] += (rows < len(prompts)).tolist()
+
+    def every_row(values):  # per-row values of this process's rows -> every real row's, on every process
+        return feed.gather(np.asarray(values))[feed.gather(np.asarray(local["real"]))]
+
+    scored = {f"{scorer}_{side}": every_row(np.asarray(model.score(local["prompt"], local[side]), np.float64))
+              for scorer, model in (("gold", gold), ("rm", reward_model)) for side in ("policy", "reference")}
+    gold_policy, gold_reference = scored["gold_policy"], scored["gold_reference"]
+    rm_policy, rm_reference = scored["rm_policy"], scored["rm_reference"]
     metrics = {
-        "prompts": float(len(texts)),
+        "prompts": float(len(prompts)),
         "gold_win_rate": float(np.mean((gold_policy > gold_reference) + 0.5 * (gold_policy == gold_reference))),
         "gold_score": float(gold_policy.mean()), "reference_gold_score": float(gold_reference.mean()),
         "rm_win_rate": float(np.mean((rm_policy > rm_reference) + 0.5 * (rm_policy == rm_reference))),
         "rm_score": float(rm_policy.mean()), "reference_rm_score": float(rm_reference.mean()),
-        "kl": float(np.mean(out["kl"]))}
+        "kl": float(np.mean(every_row(local["kl"])))}
+    real = feed.gather(np.asarray(local["real"]))
+    texts = {name: [t for t, keep in zip(feed.gather_texts(local[name]), real) if keep]
+             for name in ("prompt", "reference", "policy")}
     samples = [{"prompt": p, "reference": r, "policy": q, "gold_reference": float(gr), "gold_policy": float(gp)}
-               for p, r, q, gr, gp in zip(texts, out["reference"], out["policy"], gold_reference, gold_policy)]
+               for p, r, q, gr, gp in zip(texts["prompt"], texts["reference"], texts["policy"], gold_reference,
+                                          gold_policy)]
     return {"metrics": metrics, "samples": samples}

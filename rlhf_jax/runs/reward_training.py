@@ -21,7 +21,9 @@ import numpy as np
 from rlhf_jax import reward
 from rlhf_jax.config import ConfigError, ExperimentConfig, FeedbackConfig
 from rlhf_jax.data import records
+from rlhf_jax.distributed import is_main_process, main_process_first
 from rlhf_jax.feedback import collect
+from rlhf_jax.feeding import gather_blocks, process_block
 from rlhf_jax.files import write_json
 from rlhf_jax.metrics import MetricsWriter, read_metrics
 from rlhf_jax.plots import plot_calibration
@@ -34,7 +36,12 @@ NORMALIZATION_PAIRS = 4096
 
 
 def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) -> str:
-    """Sample continuations of each prompt from the policy, label their pairs with the simulated human."""
+    """Sample continuations of each prompt from the policy, label their pairs with the simulated human:
+    on process 0 alone (on its own devices), the others then find the stage complete."""
+    return main_process_first(lambda: _collect(exp, directory, progress), "collect feedback")
+
+
+def _collect(exp: ExperimentConfig, directory: str, progress: bool) -> str:
     fb = exp.feedback
     path, summary_path = os.path.join(directory, "preferences.jsonl"), os.path.join(directory, "summary.json")
     if os.path.exists(summary_path):
@@ -69,23 +76,23 @@ def evaluate_stage(exp: ExperimentConfig, rm_dir: str, pairs: str | None = None)
     pairs: the preference file to evaluate on, when the model was trained on something else (ratings)."""
     from rlhf_jax.runs.supervised import load_examples
 
-    trained = restore(rm_dir, exp)  # scores raw examples, below
+    trained = restore(rm_dir, exp, local=True)  # each process scores its block of the rows, below
     step = trained.step
     data = exp.data if pairs is None else dataclasses.replace(exp.data, dataset="preferences", source=pairs)
     examples = load_examples(data)
     length = exp.data.max_length
 
     def scores(split, limit=None):
-        rows = examples[split][:limit]
+        every = examples[split][:limit]
+        rows = every[process_block(len(every))]
         prompts = [r["prompt"] for r in rows]
-        chosen = score_texts(trained.graphdef, trained.params, trained.tokenizer, prompts, length,
-                             responses=[r["chosen"] for r in rows])
-        rejected = score_texts(trained.graphdef, trained.params, trained.tokenizer, prompts, length,
-                               responses=[r["rejected"] for r in rows])
-        gold = np.asarray([[r["gold_chosen"], r["gold_rejected"]] for r in rows], np.float64)
-        return chosen, rejected, gold
+        chosen, rejected = (score_texts(trained.graphdef, trained.params, trained.tokenizer, prompts, length,
+                                        responses=[r[side] for r in rows]) if rows else np.zeros(0, np.float32)
+                            for side in ("chosen", "rejected"))
+        gold = np.asarray([[r["gold_chosen"], r["gold_rejected"]] for r in every], np.float64)
+        return gather_blocks(chosen, len(every)), gather_blocks(rejected, len(every)), gold
 
-    results = {}
+    results, main = {}, is_main_process()
     writer = MetricsWriter(rm_dir)
     for split in ("validation", "test"):
         if split not in examples:
@@ -97,14 +104,16 @@ def evaluate_stage(exp: ExperimentConfig, rm_dir: str, pairs: str | None = None)
         if split == "test":
             table = reward.calibration(1 / (1 + np.exp(-(chosen - rejected))))
             results["calibration"] = table
-            plot_calibration(table, os.path.join(rm_dir, "calibration.png"))
+            if main:
+                plot_calibration(table, os.path.join(rm_dir, "calibration.png"))
     writer.close()
     # Both sides are samples of the reference policy; the first NORMALIZATION_PAIRS training pairs
     # (in file order) pin mean and std to about 1-2% of a standard deviation without scoring 100k+ responses.
     train_chosen, train_rejected, _ = scores("train", NORMALIZATION_PAIRS)
     results["normalization"] = reward.normalization(np.concatenate([train_chosen, train_rejected]))
     results["step"] = step
-    write_json(os.path.join(rm_dir, "evaluation.json"), results)
+    if main:
+        write_json(os.path.join(rm_dir, "evaluation.json"), results)
     return results
 
 

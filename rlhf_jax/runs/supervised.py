@@ -15,7 +15,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -23,12 +22,13 @@ from rlhf_jax import assets, losses, sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.config import ConfigError, DataConfig, ExperimentConfig, to_dict
 from rlhf_jax.data import builders
-from rlhf_jax.data.pipeline import Batches, eval_batches
+from rlhf_jax.data.pipeline import Batches, Split, eval_rows
 from rlhf_jax.distributed import is_main_process, main_process_first
+from rlhf_jax.feeding import Feed
 from rlhf_jax.files import write_json
 from rlhf_jax.metrics import MetricsWriter
 from rlhf_jax.plots import plot_training
-from rlhf_jax.steps import jit_steps, make_optimizer, put_batch, train_state_shardings
+from rlhf_jax.steps import jit_steps, make_optimizer, train_state_shardings
 from rlhf_jax.tasks import TASKS, eval_key
 from rlhf_jax.train_state import TrainState
 from rlhf_jax.trained import check_same_run, load_model, restore
@@ -61,19 +61,21 @@ def load_examples(data: DataConfig) -> dict[str, list[dict]]:
     return splits
 
 
-def tokenized_splits(exp: ExperimentConfig, tokenizer) -> dict[str, dict[str, np.ndarray]]:
-    tokenize = TASKS[exp.train.task].tokenize
-    return {split: tokenize(examples, tokenizer, exp.data.max_length, exp.data)
+def tokenized_splits(exp: ExperimentConfig, tokenizer) -> dict[str, Split]:
+    """Each split's examples (after the task's ``prepare``), tokenised on demand, row by row."""
+    task = TASKS[exp.train.task]
+    return {split: Split(task.prepare(examples) if task.prepare else examples, task.tokenize, tokenizer,
+                         exp.data.max_length, exp.data)
             for split, examples in load_examples(exp.data).items()}
 
 
-def evaluate(eval_step, params, arrays: dict, batch_size: int, mesh, rules, seed: int, perplexity: bool = True) -> dict:
+def evaluate(eval_step, params, split: Split, feed: Feed, seed: int, perplexity: bool = True) -> dict:
     """Summed metrics over the whole split (padding rows weigh 0), then means. Fixed eval PRNG: the
-    same MLM masks at every evaluation."""
+    same MLM masks at every evaluation. Each process tokenises and feeds its block of every batch."""
     sums = None
     key = eval_key(seed)
-    for index, batch in enumerate(eval_batches(arrays, batch_size)):
-        out = eval_step(params, put_batch(batch, mesh, rules), jax.random.fold_in(key, index))
+    for index, rows in enumerate(eval_rows(len(split), feed.rows)):
+        out = eval_step(params, feed.put(split.arrays(rows[feed.local])), jax.random.fold_in(key, index))
         sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
     return losses.summarize(jax.device_get(sums), perplexity=perplexity)
 
@@ -128,10 +130,11 @@ def prepare(exp: ExperimentConfig, workdir: str, with_data: bool = True) -> Setu
 
 def evaluate_split(run: Setup, exp: ExperimentConfig, params, split: str) -> dict:
     t, task = exp.train, TASKS[exp.train.task]
-    metrics = evaluate(run.eval_step, params, run.splits[split], t.eval_batch_size, run.mesh, run.rules, t.seed,
-                       perplexity=task.perplexity)
-    if task.baseline is not None:
-        metrics.update(task.baseline(run.splits["train"], run.splits[split], t, run.tokenizer, run.vocab_size))
+    metrics = evaluate(run.eval_step, params, run.splits[split], Feed.of(run.mesh, run.rules, t.eval_batch_size),
+                       t.seed, perplexity=task.perplexity)
+    if task.baseline is not None and is_main_process():  # a host-side metric over whole splits: process 0's
+        metrics.update(task.baseline(run.splits["train"].all_arrays(), run.splits[split].all_arrays(), t,
+                                     run.tokenizer, run.vocab_size))
     return metrics
 
 
@@ -152,7 +155,8 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     if main:
         write_json(os.path.join(workdir, "config.json"), config_dict)
     writer = MetricsWriter(workdir, resume_step=start)
-    batches = Batches(run.splits["train"], t.batch_size, t.seed)
+    train_split = run.splits["train"]
+    batches, feed = Batches(len(train_split), t.batch_size, t.seed), Feed.of(run.mesh, run.rules, t.batch_size)
 
     def run_eval(step, split):
         metrics = evaluate_split(run, exp, state.params, split)
@@ -165,7 +169,7 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     bar = tqdm(total=end, initial=step, disable=not (progress and main), desc=f"train {t.task}", dynamic_ncols=True)
     tick, window, window_steps = time.perf_counter(), None, 0
     while step < end:
-        state, metrics = run.train_step(state, put_batch(batches(step), run.mesh, run.rules))
+        state, metrics = run.train_step(state, feed.put(train_split.arrays(batches(step)[feed.local])))
         # Sum metrics over the logging window on device: no host sync until the window is logged.
         window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
         step, window_steps = step + 1, window_steps + 1

@@ -1,0 +1,67 @@
+"""``rlhf-jax plan``: per-device bytes of compiled steps from abstract shapes, checked against the bytes a
+real run holds, and the 8B table on a 64-device mesh."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rlhf_jax import plan
+from rlhf_jax.config import ConfigError, load_config
+from rlhf_jax.feeding import Feed
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+FSDP8 = "--config.mesh.shape={'data': 1, 'fsdp': 8, 'tensor': 1}"
+
+
+def held_on(device, tree) -> int:
+    """Bytes of ``tree``'s arrays that ``device`` holds."""
+    return sum(shard.data.nbytes for leaf in jax.tree.leaves(tree) for shard in leaf.addressable_shards
+               if shard.device == device)
+
+
+def test_the_135m_plan_matches_the_bytes_a_real_8_device_run_holds(tmp_path, smollm2_dir):
+    from rlhf_jax.runs import supervised
+
+    exp = load_config(os.path.join(CONFIGS, "sft_smollm2_rt.py"), [FSDP8])
+    _, (step,) = plan.plan(exp)
+    run = supervised.prepare(exp, str(tmp_path), with_data=False)  # SmolLM2-135M's real weights on 8 devices
+    run.checkpoints.close()
+    batch = Feed.of(run.mesh, run.rules, exp.train.batch_size).put(
+        jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), plan.abstract_batch(exp, exp.train.batch_size)))
+    state, _ = run.train_step(run.state, batch)  # one real step: the state it leaves on each device
+    for device in jax.devices():
+        assert held_on(device, state.params) == pytest.approx(step.parameters, rel=0.1)
+        assert held_on(device, state.opt_state) == pytest.approx(step.optimizer, rel=0.1)
+    # The compiled step of the real run: the same temporaries as planned.
+    real = run.train_step.lower(state, batch).compile().memory_analysis()
+    assert real.temp_size_in_bytes == pytest.approx(step.temporaries, rel=0.1)
+    assert step.parameters == pytest.approx(134_515_008 * 4 / 8, rel=0.01)  # SmolLM2-135M's parameters, float32
+
+
+def test_plan_prints_the_8b_table_on_64_simulated_devices():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", "plan", "--config",
+                          os.path.join(CONFIGS, "sft_smollm2_rt.py"), "--mesh", "data=1,fsdp=64,tensor=1",
+                          "--shape", "llama3-8b", "--hbm", "95", "--config.train.batch_size=64",
+                          "--config.data.max_length=256"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("llama3-8b: 8.030 B parameters")
+    assert any(line.startswith("| parameters |") for line in lines) and "fits 95 GiB" in out.stdout
+    (train,) = json.loads(lines[-1])["steps"]
+    assert train["parameters"] == pytest.approx(8.03e9 * 4 / 64, rel=0.01)  # float32, each device 1/64
+    assert train["optimizer"] == pytest.approx(2 * train["parameters"], rel=0.01)  # Adam's two moments
+    assert train["total"] >= train["parameters"] + train["optimizer"] + train["temporaries"]
+
+
+def test_a_bad_mesh_or_shape_names_the_flag():
+    with pytest.raises(ConfigError, match="--mesh 'data:2'"):
+        plan.parse_mesh("data:2")
+    exp = load_config(os.path.join(CONFIGS, "sft_smollm2_rt.py"), [FSDP8])
+    with pytest.raises(ConfigError, match="--shape 'gpt5'"):
+        plan.model_config(exp, "gpt5")
