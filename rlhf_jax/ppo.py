@@ -244,10 +244,14 @@ def jit_functions(programs: Programs, state_sharding: PPOState, ref_sharding, me
     the batch axis, the PPO state donated to the update."""
     batch = sharding.batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
+
+    def on_mesh(function):
+        return sharding.with_activation_sharding(functools.partial(function, programs), mesh, rules)
+
     return PPOFunctions(
-        rollout=jax.jit(functools.partial(rollout, programs), out_shardings=batch,
+        rollout=jax.jit(on_mesh(rollout), out_shardings=batch,
                         in_shardings=(state_sharding.params, ref_sharding, batch, batch, replicated)),
-        update=jax.jit(functools.partial(update, programs), in_shardings=(state_sharding, batch, batch),
+        update=jax.jit(on_mesh(update), in_shardings=(state_sharding, batch, batch),
                        out_shardings=(state_sharding, replicated), donate_argnums=0))
 
 

@@ -9,7 +9,10 @@ of the same array, stays replicated on that dimension.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import threading
 
 import jax
 import numpy as np
@@ -88,3 +91,38 @@ def batch_sharding(mesh: Mesh, rules: dict) -> NamedSharding:
     targets = mesh_axes(rules, "batch", mesh)
     lead = None if not targets else (targets[0] if len(targets) == 1 else targets)
     return NamedSharding(mesh, PartitionSpec(lead))
+
+
+_ACTIVATIONS = threading.local()  # (mesh, rules) while a step on a mesh is being traced
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: dict):
+    """While tracing a step inside this context, ``constrain`` pins activations to the mesh by the rules."""
+    previous = getattr(_ACTIVATIONS, "value", None)
+    _ACTIVATIONS.value = (mesh, rules)
+    try:
+        yield
+    finally:
+        _ACTIVATIONS.value = previous
+
+
+def with_activation_sharding(function, mesh: Mesh, rules: dict):
+    """``function`` traced inside ``activation_sharding(mesh, rules)`` (wrap it before ``jax.jit``)."""
+    @functools.wraps(function)
+    def traced(*args, **kwargs):
+        with activation_sharding(mesh, rules):
+            return function(*args, **kwargs)
+
+    return traced
+
+
+def constrain(x, logical: tuple):
+    """An activation's sharding by its dimensions' logical names (e.g. ('batch', None, 'embed')) when a step
+    is traced for a mesh, else ``x`` unchanged. Without it XLA's propagation may follow the parameters'
+    FSDP split onto the activations and replicate the batch."""
+    context = getattr(_ACTIVATIONS, "value", None)
+    if context is None:
+        return x
+    mesh, rules = context
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, mesh_spec(logical, x.shape, mesh, rules)))

@@ -71,9 +71,13 @@ def jit_steps(graphdef, tx, loss_fn, state_sharding: TrainState, mesh: Mesh, rul
     """(train_step, eval_step) compiled with explicit shardings; the train state is donated."""
     batch = sharding.batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
-    train_step = jax.jit(make_train_step(graphdef, tx, loss_fn), in_shardings=(state_sharding, batch),
+
+    def on_mesh(step):  # traced with the residual stream pinned to the batch split
+        return sharding.with_activation_sharding(step, mesh, rules)
+
+    train_step = jax.jit(on_mesh(make_train_step(graphdef, tx, loss_fn)), in_shardings=(state_sharding, batch),
                          out_shardings=(state_sharding, replicated), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(graphdef, loss_fn), in_shardings=(state_sharding.params, batch, replicated),
-                        out_shardings=replicated)
+    eval_step = jax.jit(on_mesh(make_eval_step(graphdef, loss_fn)),
+                        in_shardings=(state_sharding.params, batch, replicated), out_shardings=replicated)
     return train_step, eval_step
 

@@ -83,10 +83,8 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 MESH = "--config.mesh.shape={'data': 2, 'fsdp': 2, 'tensor': 2}"
 
 
-def train(workdir, *extra, processes=2):
-    """The tiny supervised run on a data 2 x fsdp 2 x tensor 2 mesh: 2 processes x 4 devices through
-    ``rlhf-jax launch``, or 1 process x 8 devices."""
-    command = ["train", "--config", os.path.join(CONFIGS, "tiny_cls.py"), "--workdir", str(workdir), MESH, *extra]
+def run_cli(command, processes):
+    """``rlhf-jax COMMAND`` as 2 processes x 4 devices through ``rlhf-jax launch``, or 1 process x 8 devices."""
     if processes == 2:
         process = launch(*command)
     else:
@@ -95,6 +93,13 @@ def train(workdir, *extra, processes=2):
                                    stderr=subprocess.PIPE, text=True)
     _, err = process.communicate(timeout=600)
     assert process.returncode == 0, err[-3000:]
+
+
+def train(workdir, *extra, processes=2):
+    """The tiny supervised run on a data 2 x fsdp 2 x tensor 2 mesh: 2 processes x 4 devices through
+    ``rlhf-jax launch``, or 1 process x 8 devices."""
+    command = ["train", "--config", os.path.join(CONFIGS, "tiny_cls.py"), "--workdir", str(workdir), MESH, *extra]
+    run_cli(command, processes)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [{k: v for k, v in json.loads(line).items() if not k.startswith("seconds")} for line in f]
 
@@ -128,14 +133,7 @@ def rlhf_run(workdir, policy, processes, config="tiny_ppo.py"):
                f"--config.feedback.policy={policy}"]
     if config == "tiny_ppo.py":
         command += [f"--config.ppo.policy={policy}", "--config.ppo.iterations=2"]
-    if processes == 2:
-        process = launch(*command)
-    else:
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-        process = subprocess.Popen([sys.executable, "-m", "rlhf_jax.cli", *command], env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err[-3000:]
+    run_cli(command, processes)
     with open(os.path.join(workdir, "reward_model", "evaluation.json")) as f:
         reward_model = json.load(f)
     if config != "tiny_ppo.py":

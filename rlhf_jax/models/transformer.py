@@ -28,6 +28,9 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from rlhf_jax.config.model import ModelConfig
+from rlhf_jax.sharding import constrain
+
+RESIDUAL = ("batch", None, None)  # the residual stream: split along the batch, whole along length and width
 
 INIT_STD = 0.02
 
@@ -253,17 +256,19 @@ class Transformer(nnx.Module):
             x_BxTxD = x_BxTxD + self.token_type_embed(types_BxT)
         if self.embed_norm is not None:
             x_BxTxD = self.embed_norm(x_BxTxD)
+        x_BxTxD = constrain(x_BxTxD, RESIDUAL)
 
         # Training (no cache) with remat: each block is recomputed in the backward pass.
         checkpointed = _checkpointed_block(cfg.remat) if cache is None and cfg.remat != "none" else None
         new_keys, new_values = [], []
         for i, block in enumerate(self.layers):
             if checkpointed is not None:
-                x_BxTxD = checkpointed(block, x_BxTxD, positions_BxT, allowed_BxTxS)
+                x_BxTxD = constrain(checkpointed(block, x_BxTxD, positions_BxT, allowed_BxTxS), RESIDUAL)
                 continue
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
             x_BxTxD, written = block(x_BxTxD, positions_BxT, allowed_BxTxS, layer_cache,
                                      None if cache is None else cache.end)
+            x_BxTxD = constrain(x_BxTxD, RESIDUAL)
             if written is not None:
                 new_keys.append(written[0])
                 new_values.append(written[1])
