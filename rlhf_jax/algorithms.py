@@ -10,9 +10,16 @@ Shapes: B sequences, N response tokens; ``mask_BxN`` is 1 on real response token
       L = L_clip(rho, A) + c_v L_V(V, V_old, R) - c_H H,
 
   with the clipped surrogate and clipped value loss of ``rl.policy_loss`` / ``rl.value_loss``.
-* ``reinforce``: one advantage per sequence, the KL-regularised return minus a leave-one-out baseline
-  over the rollout (``rl.reinforce_advantages``), and the score-function loss
-  ``rl.reinforce_surrogate`` - c_H H; no critic. The ratio diagnostics of PPO are logged beside it.
+* ``reinforce``: one advantage per sequence, the KL-regularised return minus the mean return of the
+  rollout's other sequences, which answer other prompts (``rl.reinforce_advantages``: unbiased, but it
+  removes no per-prompt variance), and the score-function loss ``rl.reinforce_surrogate`` - c_H H;
+  no critic. The ratio diagnostics of PPO are logged beside it.
+* ``rloo`` (Ahmadian et al. 2024): the same loss, the baseline taken within each prompt's k samples
+  (``ppo.samples_per_prompt``; ``rl.group_leave_one_out``).
+* ``grpo`` (Shao et al. 2024): the scores normalised within each prompt's k samples
+  (``rl.group_normalised``), no KL in the reward; PPO's clipped surrogate plus beta k3(pi || pi_ref) in
+  the loss (``rl.grpo_loss_terms``), averaged as ``ppo.loss_aggregation`` says. ``dr_grpo`` (Liu et al.
+  2025): the scores only centred, the loss summed over a constant B N.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ class Minibatch:
     old_values_BxN: jax.Array
     advantages: jax.Array
     returns_BxN: jax.Array
+    ref_logp_BxN: jax.Array  # the frozen reference's log-probs (GRPO's KL term)
 
 
 @struct.dataclass
@@ -86,6 +94,42 @@ def reinforce_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
     return rl.reinforce_advantages(scores_B, kl_BxN, mask_BxN, kl_coef), jnp.zeros_like(mask_BxN)
 
 
+def rloo_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
+    """(advantages_B, zero returns): leave-one-out within each prompt's k samples, on the KL-regularised
+    return."""
+    returns_B = rl.regularised_returns(scores_B, kl_BxN, mask_BxN, kl_coef)
+    return rl.group_leave_one_out(returns_B, cfg.samples_per_prompt), jnp.zeros_like(mask_BxN)
+
+
+def grpo_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
+    """(advantages_B, zero returns): the scores normalised within each prompt's k samples; the KL is in
+    the loss, not the reward."""
+    return rl.group_normalised(scores_B, cfg.samples_per_prompt), jnp.zeros_like(mask_BxN)
+
+
+def dr_grpo_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
+    return rl.group_normalised(scores_B, cfg.samples_per_prompt, scale=False), jnp.zeros_like(mask_BxN)
+
+
+def grpo_loss(logp_BxN, entropy_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip_ratio: float,
+              kl_coef: float, entropy_coef: float, aggregation: str):
+    """L = aggregate(clipped surrogate + beta k3) - entropy_coef H (to minimise); returns (L, metrics)."""
+    terms_BxN = rl.grpo_loss_terms(logp_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip_ratio, kl_coef)
+    entropy = rl.masked_mean(entropy_BxN, mask_BxN)
+    loss = rl.aggregate(terms_BxN, mask_BxN, aggregation) - entropy_coef * entropy
+    return loss, {"loss": loss, "policy_loss": loss,
+                  **rl.ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_B[:, None], mask_BxN, clip_ratio)}
+
+
+def _grpo_minibatch_loss(aggregation: str | None):
+    def minibatch_loss(cfg, out: PolicyOutputs, batch: Minibatch):
+        return grpo_loss(out.logp_BxN, out.entropy_BxN, batch.old_logp_BxN, batch.ref_logp_BxN, batch.advantages,
+                         batch.mask_BxN, cfg.clip_ratio, cfg.kl_coef, cfg.entropy_coef,
+                         aggregation or cfg.loss_aggregation)
+
+    return minibatch_loss
+
+
 def _ppo_minibatch_loss(cfg, out: PolicyOutputs, batch: Minibatch):
     return ppo_loss(out.logp_BxN, out.entropy_BxN, out.values_BxN, batch.old_logp_BxN, batch.old_values_BxN,
                     batch.advantages, batch.returns_BxN, batch.mask_BxN, cfg.clip_ratio, cfg.clip_value,
@@ -98,11 +142,24 @@ def _reinforce_minibatch_loss(cfg, out: PolicyOutputs, batch: Minibatch):
 
 
 def _reinforce_check(cfg) -> tuple[str, str] | None:
-    if cfg.rollout_prompts < 2:
+    if cfg.rollout_rows < 2:
         return "ppo.rollout_prompts", "REINFORCE's leave-one-out baseline needs at least 2 samples per rollout"
     if cfg.epochs != 1:
         return "ppo.epochs", f"REINFORCE is on-policy: one pass over each rollout (epochs=1), got {cfg.epochs}"
     return None
+
+
+def _group_check(name: str, on_policy: bool):
+    def check(cfg) -> tuple[str, str] | None:
+        if cfg.samples_per_prompt < 2:
+            return "ppo.samples_per_prompt", f"{name} compares k >= 2 samples of each prompt, got {cfg.samples_per_prompt}"
+        if on_policy and cfg.epochs != 1:
+            return "ppo.epochs", f"{name} is on-policy: one pass over each rollout (epochs=1), got {cfg.epochs}"
+        if not on_policy and cfg.kl_target is not None:
+            return "ppo.kl_target", f"{name}'s KL term in the loss has the fixed ppo.kl_coef: set ppo.kl_target=None"
+        return None
+
+    return check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +179,12 @@ class Algorithm:
 
 ALGORITHMS: dict[str, Algorithm] = {
     "ppo": Algorithm("ppo", "PPO", ppo_advantages, _ppo_minibatch_loss, uses_critic=True),
-    "reinforce": Algorithm("reinforce", "REINFORCE (leave-one-out baseline)", reinforce_advantages,
+    "reinforce": Algorithm("reinforce", "REINFORCE (baseline: the rollout's other prompts)", reinforce_advantages,
                            _reinforce_minibatch_loss, uses_critic=False, check=_reinforce_check),
+    "rloo": Algorithm("rloo", "RLOO", rloo_advantages, _reinforce_minibatch_loss, uses_critic=False,
+                      check=_group_check("RLOO", on_policy=True)),
+    "grpo": Algorithm("grpo", "GRPO", grpo_advantages, _grpo_minibatch_loss(None), uses_critic=False,
+                      check=_group_check("GRPO", on_policy=False)),
+    "dr_grpo": Algorithm("dr_grpo", "Dr. GRPO", dr_grpo_advantages, _grpo_minibatch_loss("constant"),
+                         uses_critic=False, check=_group_check("Dr. GRPO", on_policy=False)),
 }

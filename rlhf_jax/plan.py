@@ -158,7 +158,7 @@ def plan_ppo_update(exp: ExperimentConfig, cfg: ModelConfig, mesh, rules: dict) 
     programs = ppo.Programs(graphdef, ref_graphdef, p, sampling)
     replicated = NamedSharding(mesh, PartitionSpec())
     functions = ppo.jit_functions(programs, state_sharding, replicated, mesh, rules)
-    b, t, n = p.rollout_prompts, p.prompt_tokens + p.response_tokens, p.response_tokens
+    b, t, n = p.rollout_rows, p.prompt_tokens + p.response_tokens, p.response_tokens
     f32, i32 = np.float32, np.int32
     rollout = ppo.Rollout(*(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in (
         ((b, t), i32), ((b, t), i32), ((b, n), f32), ((b, n), f32), ((b, n), f32), ((b, n), f32), ((b, n), f32))))

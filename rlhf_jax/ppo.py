@@ -185,7 +185,7 @@ def update(programs: Programs, state: PPOState, experience: Rollout, scores_B):
     advantages, returns = algorithm.advantages(cfg, scores_B, kl_BxN, experience.values_BxN, mask, state.kl_coef)
     data = Minibatch(ids_BxT=experience.ids_BxT, mask_BxT=experience.mask_BxT, mask_BxN=mask,
                      old_logp_BxN=experience.logp_BxN, old_values_BxN=experience.values_BxN, advantages=advantages,
-                     returns_BxN=returns)
+                     returns_BxN=returns, ref_logp_BxN=experience.ref_logp_BxN)
     batch = scores_B.shape[0]
 
     def minibatch_step(carry, minibatch):

@@ -132,16 +132,76 @@ def ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip: fl
             "ratio": masked_mean(jnp.exp(log_ratio_BxN), mask_BxN)}
 
 
+def regularised_returns(score_B, kl_BxN, mask_BxN, kl_coef):
+    """R_b = s_b - beta sum_t m_bt kl_bt: the score less the sequence's KL penalty."""
+    return score_B - kl_coef * masked_sum(kl_BxN, mask_BxN, axis=1)
+
+
 def reinforce_advantages(score_B, kl_BxN, mask_BxN, kl_coef):
-    """Sequence advantages of REINFORCE with a leave-one-out baseline (Kool et al. 2019; Ahmadian et
-    al. 2024): with the KL-regularised return R_b = s_b - beta sum_t m_bt kl_bt,
+    """Sequence advantages of REINFORCE with the rollout's other sequences as baseline: with the
+    KL-regularised return R_b (``regularised_returns``),
 
-        A_b = R_b - (1 / (B - 1)) sum_{j != b} R_j,
+        A_b = R_b - (1 / (B - 1)) sum_{j != b} R_j.
 
-    an unbiased baseline (it does not depend on sample b). Returns A_B."""
-    returns_B = score_B - kl_coef * masked_sum(kl_BxN, mask_BxN, axis=1)
+    Unbiased (the baseline does not depend on sample b), but the other sequences answer other prompts,
+    so it removes none of the variance between prompts: that is ``group_leave_one_out`` (RLOO), which
+    needs k samples of each prompt. Returns A_B."""
+    returns_B = regularised_returns(score_B, kl_BxN, mask_BxN, kl_coef)
     batch = returns_B.shape[0]
     return returns_B - (jnp.sum(returns_B) - returns_B) / (batch - 1)
+
+
+def group_leave_one_out(returns_B, k: int):
+    """RLOO (Kool et al. 2019; Ahmadian et al. 2024): rows come in groups of k samples of one prompt
+    (rows g k .. g k + k - 1); each sample's baseline is the mean return of the other k - 1 of its group,
+
+        A_gi = R_gi - (1 / (k - 1)) sum_{j != i} R_gj.
+
+    Returns A_B."""
+    returns_GxK = returns_B.reshape(-1, k)
+    return (returns_GxK - (jnp.sum(returns_GxK, axis=1, keepdims=True) - returns_GxK) / (k - 1)).reshape(-1)
+
+
+def group_normalised(score_B, k: int, scale: bool = True, eps: float = 1e-4):
+    """GRPO's advantages (Shao et al. 2024): each score less its group's mean, divided by the group's
+    standard deviation (unbiased, k - 1) + eps when ``scale``; Dr. GRPO (Liu et al. 2025) drops the
+    division, which favours groups whose scores barely differ. Returns A_B."""
+    score_GxK = score_B.reshape(-1, k)
+    centred_GxK = score_GxK - jnp.mean(score_GxK, axis=1, keepdims=True)
+    if scale:
+        centred_GxK = centred_GxK / (jnp.std(score_GxK, axis=1, keepdims=True, ddof=1) + eps)
+    return centred_GxK.reshape(-1)
+
+
+AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
+
+
+def aggregate(x_BxN, mask_BxN, how: str):
+    """One number from per-token loss terms, three ways:
+
+        token_mean     sum_bt m x / sum_bt m               (every token weighs the same; DAPO)
+        sequence_mean  (1/B) sum_b (sum_t m x / sum_t m)   (every sequence weighs the same; GRPO)
+        constant       sum_bt m x / (B N)                  (a fixed normaliser; Dr. GRPO)
+    """
+    if how == "token_mean":
+        return masked_mean(x_BxN, mask_BxN)
+    if how == "sequence_mean":
+        return jnp.mean(masked_mean(x_BxN, mask_BxN, axis=1))
+    if how == "constant":
+        return masked_sum(x_BxN, mask_BxN) / x_BxN.size
+    raise ValueError(f"unknown loss aggregation {how!r} {AGGREGATIONS}")
+
+
+def grpo_loss_terms(logp_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip: float, kl_coef: float):
+    """GRPO's per-token loss (to minimise): PPO's clipped surrogate with the sequence's advantage on
+    every token, plus beta times the k3 estimate of KL(pi || pi_ref) (Shao et al. 2024, eq. 3-4):
+
+        l_bt = max(-A_b rho_bt, -A_b clip(rho_bt, 1 - eps, 1 + eps)) + beta k3_bt,
+
+    0 outside the mask (where k3's exponential could overflow, and 0 x inf would poison the gradient)."""
+    unclipped_BxN, clipped_BxN = _surrogate_terms(logp_BxN, old_logp_BxN, advantages_B[:, None], clip)
+    k3_BxN = kl_per_token(logp_BxN * mask_BxN, ref_logp_BxN * mask_BxN, "k3")
+    return (jnp.maximum(unclipped_BxN, clipped_BxN) + kl_coef * k3_BxN) * mask_BxN
 
 
 def reinforce_surrogate(logp_BxN, advantages_B, mask_BxN):

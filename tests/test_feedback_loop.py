@@ -56,15 +56,16 @@ def test_language_reward_is_the_scored_comment_of_the_simulated_human():
     np.testing.assert_array_equal(scores, reward.score(prompts, responses))  # deterministic given the seed
 
 
-def likelihood_change(tiny_policy, algorithm: str, scores_B, *overrides):
-    """One update of ``algorithm`` on 16 rollouts given these scores: how much each sampled sequence's
-    log-likelihood moved, and the update's metrics."""
+def likelihood_change(tiny_policy, algorithm: str, scores_B, *overrides, k: int = 1):
+    """One update of ``algorithm`` on 16 rollouts (16 / k prompts, k samples each) given these scores: how
+    much each sampled sequence's log-likelihood moved, and the update's metrics."""
     exp = tiny(tiny_policy, f"--config.ppo.algorithm={algorithm}", "--config.ppo.epochs=1", "--config.ppo.minibatches=1",
-               "--config.ppo.learning_rate=1e-3", "--config.mesh.shape={'data': 1, 'fsdp': 1, 'tensor': 1}", *overrides)
+               "--config.ppo.learning_rate=1e-3", "--config.mesh.shape={'data': 1, 'fsdp': 1, 'tensor': 1}",
+               f"--config.ppo.rollout_prompts={16 // k}", f"--config.ppo.samples_per_prompt={k}", *overrides)
     from rlhf_jax.feedback.collect import sentiment_prompts
     from rlhf_jax.models import load_tokenizer
 
-    prompts = sentiment_prompts(16, 8, load_tokenizer(tiny_policy), split="train")
+    prompts = list(np.repeat(sentiment_prompts(16 // k, 8, load_tokenizer(tiny_policy), split="train"), k))
     run = policy_training.prepare(exp, None)
     arrays, _ = policy_training.encode_prompts(run.tokenizer, prompts, exp.ppo.prompt_tokens)
     ids, mask = policy_training.to_mesh(arrays, run)
@@ -85,6 +86,33 @@ def test_reinforce_raises_the_likelihood_of_better_than_average_samples(tiny_pol
     change, metrics = likelihood_change(tiny_policy, "reinforce", scores_B)
     assert change[:8].mean() > 0 > change[8:].mean()
     assert "value_loss" not in metrics and np.isfinite(float(metrics["policy_loss"]))
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo", "dr_grpo"])
+def test_group_algorithms_raise_the_likelihood_of_each_prompts_better_samples(tiny_policy, algorithm):
+    """4 prompts x 4 samples. Each group's scores sit around its own level (+3, +1, -1, -3); within every
+    group samples 0 and 2 score 0.5 above, 1 and 3 0.5 below. The group baselines see only the within-group
+    differences: the better samples of even the worst prompt gain likelihood, the worse of the best lose."""
+    level = np.repeat([3.0, 1.0, -1.0, -3.0], 4)
+    better = np.tile([True, False, True, False], 4)
+    scores_B = (level + np.where(better, 0.5, -0.5)).astype(np.float32)
+    change, metrics = likelihood_change(tiny_policy, algorithm, scores_B, "--config.ppo.kl_target=None", k=4)
+    for group in range(4):
+        rows = slice(4 * group, 4 * group + 4)
+        assert change[rows][better[rows]].mean() > 0 > change[rows][~better[rows]].mean(), group
+    assert "value_loss" not in metrics and np.isfinite(float(metrics["loss"]))
+
+
+@pytest.mark.parametrize("algorithm,overrides,field", [
+    ("rloo", ["--config.ppo.samples_per_prompt=1"], "ppo.samples_per_prompt"),
+    ("rloo", ["--config.ppo.samples_per_prompt=4", "--config.ppo.epochs=2"], "ppo.epochs"),
+    ("grpo", ["--config.ppo.samples_per_prompt=4"], "ppo.kl_target"),
+    ("grpo", ["--config.ppo.samples_per_prompt=4", "--config.ppo.kl_target=None",
+              "--config.ppo.loss_aggregation=tokens"], "ppo.loss_aggregation"),
+])
+def test_group_algorithms_refuse_configs_they_do_not_suit(algorithm, overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        load_config(os.path.join(CONFIGS, "tiny_ppo.py"), [f"--config.ppo.algorithm={algorithm}", *overrides])
 
 
 def test_a_new_algorithm_is_one_registry_entry(tiny_policy, monkeypatch):

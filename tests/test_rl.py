@@ -204,3 +204,82 @@ def test_reinforce_advantages_and_loss_match_a_loop(rollout):
     # The gradient with respect to each log-prob is -A_b m_bt / B.
     grad = jax.grad(lambda logp: rl.reinforce_surrogate(logp, f32(expected), f32(mask)))(f32(rollout["logp"]))
     np.testing.assert_allclose(grad, -np.asarray(expected)[:, None] * mask / B, rtol=1e-5, atol=1e-7)
+
+
+K = 4  # samples per prompt: 3 groups of 4
+
+
+def test_group_baselines_match_a_loop():
+    rng = np.random.default_rng(3)
+    returns = rng.normal(size=3 * K)
+    rloo = np.asarray(rl.group_leave_one_out(f32(returns), K))
+    grpo = np.asarray(rl.group_normalised(f32(returns), K))
+    dr_grpo = np.asarray(rl.group_normalised(f32(returns), K, scale=False))
+    for i in range(3 * K):
+        group = returns[(i // K) * K:(i // K + 1) * K]
+        others = [r for j, r in enumerate(group) if (i // K) * K + j != i]
+        assert rloo[i] == pytest.approx(returns[i] - sum(others) / (K - 1), abs=1e-5)
+        mean = sum(group) / K
+        std = math.sqrt(sum((r - mean) ** 2 for r in group) / (K - 1))
+        assert grpo[i] == pytest.approx((returns[i] - mean) / (std + 1e-4), abs=1e-5)
+        assert dr_grpo[i] == pytest.approx(returns[i] - mean, abs=1e-6)
+    # RLOO's baseline leaves out the sample itself: a group of equal returns has advantage 0, and one
+    # sample's return moves only its own group's advantages.
+    moved = returns.copy()
+    moved[0] += 1.0
+    change = np.asarray(rl.group_leave_one_out(f32(moved), K)) - rloo
+    assert np.allclose(change[K:], 0, atol=1e-6) and change[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def aggregate_loop(x, mask, how):
+    if how == "token_mean":
+        return sum(x[b, t] * mask[b, t] for b in range(B) for t in range(N)) / mask.sum()
+    if how == "sequence_mean":
+        return sum(sum(x[b, t] * mask[b, t] for t in range(N)) / mask[b].sum() for b in range(B)) / B
+    return sum(x[b, t] * mask[b, t] for b in range(B) for t in range(N)) / (B * N)
+
+
+def grpo_loss_loop(logp, old_logp, ref_logp, advantages, mask, clip, beta, how):
+    terms = np.zeros((B, N))
+    for b in range(B):
+        for t in range(N):
+            if mask[b, t]:
+                ratio = math.exp(logp[b, t] - old_logp[b, t])
+                surrogate = max(-advantages[b] * ratio, -advantages[b] * min(max(ratio, 1 - clip), 1 + clip))
+                r = math.exp(ref_logp[b, t] - logp[b, t])
+                terms[b, t] = surrogate + beta * ((r - 1) - math.log(r))
+    return aggregate_loop(terms, mask, how)
+
+
+@pytest.mark.parametrize("how", rl.AGGREGATIONS)
+def test_grpo_loss_and_its_gradient_match_a_loop(rollout, how):
+    r = rollout
+    old_logp = r["logp"] + np.random.default_rng(4).normal(scale=0.3, size=(B, N))  # some ratios clipped
+    advantages = r["scores"]
+    clip, beta = 0.2, 0.1
+
+    def loss(logp):
+        terms = rl.grpo_loss_terms(logp, f32(old_logp), f32(r["ref_logp"]), f32(advantages), f32(r["mask"]), clip, beta)
+        return rl.aggregate(terms, f32(r["mask"]), how)
+
+    expected = grpo_loss_loop(r["logp"], old_logp, r["ref_logp"], advantages, r["mask"], clip, beta, how)
+    assert float(loss(f32(r["logp"]))) == pytest.approx(expected, rel=1e-5)
+    # The gradient against central differences of the float64 loop.
+    grad = np.asarray(jax.grad(loss)(f32(r["logp"])))
+    step = 1e-6
+    for b, t in [(0, 0), (0, 8), (2, 3), (3, 6), (1, 0), (1, 5)]:  # (1, 5) is padding: no gradient
+        up, down = r["logp"].copy(), r["logp"].copy()
+        up[b, t] += step
+        down[b, t] -= step
+        numeric = (grpo_loss_loop(up, old_logp, r["ref_logp"], advantages, r["mask"], clip, beta, how)
+                   - grpo_loss_loop(down, old_logp, r["ref_logp"], advantages, r["mask"], clip, beta, how)) / (2 * step)
+        assert grad[b, t] == pytest.approx(numeric, abs=1e-5), (b, t)
+
+
+def test_grpo_loss_has_a_finite_gradient_where_padding_is_improbable(rollout):
+    """Past the EOS the log-probs can be anything; k3 = exp(ref - logp) there must not reach the gradient."""
+    r = rollout
+    logp = np.where(r["mask"] > 0, r["logp"], -200.0)
+    grad = jax.grad(lambda lp: rl.aggregate(rl.grpo_loss_terms(lp, f32(logp), f32(r["ref_logp"]), f32(r["scores"]),
+                                                               f32(r["mask"]), 0.2, 0.1), f32(r["mask"]), "token_mean"))
+    assert np.isfinite(np.asarray(grad(f32(logp)))).all()

@@ -141,7 +141,9 @@ class PPOConfig:
     value: str = field("shared", "'shared': a zero-initialised value head on the policy's trunk; 'separate': "
                                  "its own trunk")
     iterations: int = field(20, "rollout + update iterations")
-    rollout_prompts: int = field(32, "prompts (one continuation each) per iteration")
+    rollout_prompts: int = field(32, "prompts per iteration")
+    samples_per_prompt: int = field(1, "continuations of each prompt per iteration (k: the group of RLOO and GRPO); "
+                                       "a rollout has rollout_prompts x k rows")
     epochs: int = field(4, "passes over each rollout")
     minibatches: int = field(4, "Adam steps per pass")
     learning_rate: float = field(1e-5, "Adam learning rate")
@@ -167,8 +169,15 @@ class PPOConfig:
     seed: int = field(0, "prompt order, sampling keys, value-head initialisation")
     algorithm: str = field("ppo", "a name in rlhf_jax.algorithms.ALGORITHMS ('ppo', 'reinforce')")
     reward: str = field("reward_model", "'reward_model', or 'language': a simulated human's scored comment")
+    loss_aggregation: str = field("sequence_mean", "how GRPO averages its per-token loss: 'sequence_mean' (GRPO), "
+                                                   "'token_mean' (DAPO) or 'constant' (Dr. GRPO)")
     model_config: tuple[tuple[str, Any], ...] = field((), "ModelConfig overrides of the policy, its reference and "
                                                           "value model: {'dtype': 'bfloat16', 'remat': 'full'}")
+
+    @property
+    def rollout_rows(self) -> int:
+        """Sequences per rollout: rollout_prompts x samples_per_prompt."""
+        return self.rollout_prompts * self.samples_per_prompt
 
     def __post_init__(self):
         from rlhf_jax.algorithms import ALGORITHMS
@@ -182,8 +191,11 @@ class PPOConfig:
         require(self.kl_estimator in ("k1", "k3"), "ppo.kl_estimator", f"{self.kl_estimator!r} is not 'k1' or 'k3'")
         require_positive_ints(self, ("iterations", "rollout_prompts", "epochs", "minibatches", "prompt_tokens",
                                      "response_tokens", "eval_prompts", "eval_batch_size", "checkpoint_every"), "ppo.")
-        require(self.rollout_prompts % self.minibatches == 0, "ppo.minibatches",
-                f"{self.minibatches} minibatches do not divide rollout_prompts={self.rollout_prompts}")
+        require(self.rollout_rows % self.minibatches == 0, "ppo.minibatches",
+                f"{self.minibatches} minibatches do not divide the rollout's {self.rollout_rows} rows")
+        require(self.samples_per_prompt >= 1, "ppo.samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
+        require(self.loss_aggregation in ("token_mean", "sequence_mean", "constant"), "ppo.loss_aggregation",
+                f"{self.loss_aggregation!r} is not 'token_mean', 'sequence_mean' or 'constant'")
         require(self.learning_rate >= 0, "ppo.learning_rate", f"must be >= 0, got {self.learning_rate}")
         require(self.temperature > 0, "ppo.temperature", f"must be > 0, got {self.temperature}")
         require(self.kl_target is None or self.kl_target > 0, "ppo.kl_target", f"must be > 0 or None, got {self.kl_target}")

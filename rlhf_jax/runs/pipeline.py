@@ -148,7 +148,8 @@ def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluati
         f"Policy `{cfg.policy}`, trained by {algorithm}; {reward_line}; gold labeler `{fb.labeler}` behind a "
         f"simulated human at temperature {fb.temperature}.", "",
         *reward_section,
-        f"## {algorithm} ({cfg.iterations} iterations x {cfg.rollout_prompts} prompts, {cfg.epochs} epochs x "
+        f"## {algorithm} ({cfg.iterations} iterations x {cfg.rollout_prompts} prompts"
+        f"{f' x {cfg.samples_per_prompt} samples' if cfg.samples_per_prompt > 1 else ''}, {cfg.epochs} epochs x "
         f"{cfg.minibatches} minibatches{', value head ' + cfg.value if ALGORITHMS[cfg.algorithm].uses_critic else ''})", "",
         _table([("reward score, first -> last iteration", f"{fmt(first.get('score'))} -> {fmt(last.get('score'))}"),
                 ("gold score, first -> last iteration", f"{fmt(first.get('gold_score'))} -> {fmt(last.get('gold_score'))}"),

@@ -42,6 +42,11 @@ def encode_prompts(tokenizer, texts: Sequence[str], width: int) -> tuple[tuple[n
     return left_pad(tokens, width, pad_token_id(tokenizer)), [tokenizer.decode(t) for t in tokens]
 
 
+def prompt_rows(rows, cfg: PPOConfig) -> np.ndarray:
+    """A rollout's rows: each of the iteration's prompts k = samples_per_prompt times, groups contiguous."""
+    return np.repeat(rows, cfg.samples_per_prompt)
+
+
 def responses_of(run: "PPOSetup", feed: Feed, generated) -> list[str]:
     """This process's rows of a batch of generated response tokens ([B, N] tokens and mask), decoded."""
     tokens_BxN, mask_BxN = feed.take(generated)
@@ -82,8 +87,8 @@ def prepare(exp: ExperimentConfig, workdir: str | None) -> PPOSetup:
         raise ConfigError("config field 'ppo': a PPO run needs a ppo section")
     mesh, rules = sharding.make_mesh(exp.mesh), dict(exp.mesh.rules)
     parallel = sharding.data_parallel_size(mesh, rules)
-    for name, value in (("rollout_prompts", cfg.rollout_prompts), ("eval_batch_size", cfg.eval_batch_size),
-                        ("rollout_prompts / minibatches", cfg.rollout_prompts // cfg.minibatches)):
+    for name, value in (("rollout_prompts", cfg.rollout_rows), ("eval_batch_size", cfg.eval_batch_size),
+                        ("rollout_prompts / minibatches", cfg.rollout_rows // cfg.minibatches)):
         if value % parallel:
             raise ConfigError(f"config field 'ppo.{name}': {value} is not divisible by the {parallel} data-parallel "
                               f"devices of mesh axes {sharding.mesh_axes(rules, 'batch', mesh)}")
@@ -137,8 +142,7 @@ def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequ
         state, meta = run.checkpoints.restore(start, state, run.state_sharding)
         _check_resumable(meta["config"], config_dict)
         log.info("resumed PPO from iteration %d", start)
-    batches, feed = Batches(len(prompts), cfg.rollout_prompts, cfg.seed), Feed.of(run.mesh, run.rules,
-                                                                                  cfg.rollout_prompts)
+    batches, feed = Batches(len(prompts), cfg.rollout_prompts, cfg.seed), Feed.of(run.mesh, run.rules, cfg.rollout_rows)
     main = is_main_process()
     writer = MetricsWriter(workdir, resume_step=start)
     samples_path = os.path.join(workdir, "samples.jsonl")
@@ -153,7 +157,7 @@ def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequ
         tick = time.perf_counter()
         # Each process encodes, decodes and scores only its block of the batch's rows.
         prompt_arrays, batch_prompts = encode_prompts(
-            run.tokenizer, [prompts[i] for i in batches(iteration)[feed.local]], cfg.prompt_tokens)
+            run.tokenizer, [prompts[i] for i in prompt_rows(batches(iteration), cfg)[feed.local]], cfg.prompt_tokens)
         experience = run.functions.rollout(state.params, run.ref_params, *feed.put(prompt_arrays),
                                            ppo.rollout_key(state.rng))
         responses = responses_of(run, feed, (experience.ids_BxT[:, cfg.prompt_tokens:], experience.response_mask_BxN))
