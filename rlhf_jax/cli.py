@@ -149,6 +149,13 @@ def _run(args) -> int:
 
     exp = load_config(args.config, args.overrides)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    if exp.train.task in ("dpo", "ipo"):
+        from rlhf_jax.runs import preference_training
+
+        evaluation = preference_training.run(exp, workdir)
+        print("eval: " + ", ".join(f"{k}={v:.4f}" for k, v in evaluation["metrics"].items()))
+        print(f"report: {os.path.join(workdir, 'report.md')}")
+        return 0
     if exp.ppo is not None:
         results = pipeline.run(exp, workdir)
         print("eval: " + ", ".join(f"{k}={v:.4f}" for k, v in results["ppo"].items()))

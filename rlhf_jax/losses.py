@@ -85,6 +85,8 @@ def summarize(sums: dict, perplexity: bool = True) -> dict:
     count = max(float(sums["count"]), 1.0)
     out = {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct_sum"]) / count,
            "count": float(sums["count"])}
+    if "margin_sum" in sums:  # preference optimisation: the mean implicit-reward margin beta h
+        out["margin"] = float(sums["margin_sum"]) / count
     if "confusion" not in sums:
         if perplexity:
             out["perplexity"] = float(np.exp(out["loss"]))
@@ -156,3 +158,45 @@ def regression_loss(predictions_B: jax.Array, targets_B: jax.Array, weights_B: j
     loss_sum = (error_B ** 2 * weights_B).sum()
     loss = loss_sum / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "loss_sum": loss_sum, "correct_sum": jnp.zeros(()), "count": count}
+
+
+# ----------------------------------------------------------------------------------------------
+# Offline preference optimisation of a policy. pi_*: log pi(response | prompt) of the policy (a sum over
+# the response's tokens), ref_*: the same under the frozen reference.
+
+PREFERENCE_LOSSES = ("dpo", "ipo")
+
+
+def sequence_logprob(logits_BxTxV: jax.Array, input_ids_BxT: jax.Array, loss_mask_BxT: jax.Array) -> jax.Array:
+    """log pi(response | prompt) = sum_t m_t log p(x_t | x_<t): the logits at t - 1 predict token t, and
+    ``loss_mask`` marks the response's tokens. Returns [B] in float32."""
+    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
+    token_logp_BxT = jnp.take_along_axis(logp_BxTxV, input_ids_BxT[:, 1:, None], axis=-1)[..., 0]
+    return jnp.sum(token_logp_BxT * loss_mask_BxT[:, 1:], axis=1)
+
+
+def preference_loss(pi_chosen_B, pi_rejected_B, ref_chosen_B, ref_rejected_B, beta: float, kind: str = "dpo",
+                    label_smoothing: float = 0.0, weights_B=None):
+    """With the difference of the two log-ratios h = (pi_c - ref_c) - (pi_r - ref_r):
+
+        dpo  (Rafailov et al. 2023)   L = -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)
+        ipo  (Azar et al. 2023)       L = (h - 1 / (2 beta))^2
+
+    eps > 0 is conservative DPO (Mitchell 2023): the label is wrong with probability eps. At h = 0 the
+    DPO loss is log 2 for every eps and beta. The implicit reward of a response is beta (pi - ref);
+    metrics count the pairs it orders as labelled (correct_sum) and the mean margin beta h.
+    """
+    h_B = ((pi_chosen_B - ref_chosen_B) - (pi_rejected_B - ref_rejected_B)).astype(jnp.float32)
+    weights_B = jnp.ones_like(h_B) if weights_B is None else weights_B.astype(jnp.float32)
+    if kind == "dpo":
+        nll_B = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h_B) - label_smoothing * jax.nn.log_sigmoid(
+            -beta * h_B)
+    elif kind == "ipo":
+        nll_B = (h_B - 1.0 / (2.0 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown preference loss {kind!r} {PREFERENCE_LOSSES}")
+    count = weights_B.sum()
+    loss_sum = (nll_B * weights_B).sum()
+    loss = loss_sum / jnp.maximum(count, 1.0)
+    return loss, {"loss": loss, "loss_sum": loss_sum, "correct_sum": ((h_B > 0) * weights_B).sum(), "count": count,
+                  "margin_sum": (beta * h_B * weights_B).sum()}

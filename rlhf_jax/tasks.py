@@ -12,7 +12,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from rlhf_jax import losses, reward
+from rlhf_jax import dpo, losses, reward
 from rlhf_jax.data import pipeline
 
 LossFn = Callable  # (model, batch: dict[str, Array], rng) -> (loss, metrics)
@@ -81,6 +81,7 @@ class Task:
     """head: the model head it trains. tokenize(examples, tokenizer, max_length, data_config) -> arrays, row
     by row (a row's arrays do not depend on the other rows tokenised with it). prepare(examples) ->
     examples: what one row is, when it is not one example (reward_grouped: one prompt's pairs), or None.
+    reference: each split gets the initial (reference) model's log-probs of its rows (``dpo``).
     make_loss(tokenizer, vocab_size, train_config) -> loss_fn. perplexity: its evaluation reports
     exp(loss). baseline(train_arrays, held_out_arrays, train_config, tokenizer, vocab_size) -> extra
     evaluation metrics, or None. feedback: the human-feedback rows a reward-model task trains on,
@@ -93,6 +94,7 @@ class Task:
     baseline: Callable | None = None
     feedback: str | None = None
     prepare: Callable | None = None
+    reference: bool = False  # the data carry the initial model's log-probs (DPO), computed once before training
 
 
 def _fixed(loss_fn: LossFn) -> Callable:
@@ -109,6 +111,10 @@ TASKS: dict[str, Task] = {
                            prepare=reward.group_pairs),
     "reward_best_of_n": Task("scalar", reward.tokenize_pairs, _fixed(reward.best_of_n), feedback="pairs"),
     "reward_regression": Task("scalar", reward.tokenize_ratings, _fixed(reward.regression), feedback="scores"),
+    "dpo": Task("causal_lm", dpo.tokenize_preference_sequences, dpo.make_loss("dpo"), feedback="pairs",
+                reference=True),
+    "ipo": Task("causal_lm", dpo.tokenize_preference_sequences, dpo.make_loss("ipo"), feedback="pairs",
+                reference=True),
 }
 
 

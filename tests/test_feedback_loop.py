@@ -232,3 +232,26 @@ def test_ppo_remat_changes_no_number_and_bfloat16_stays_close(tiny_policy):
     # Measured: the loss within 1e-6 relative, the likelihood changes within 1.3% of the largest; ~3x margin.
     assert float(bf16["loss"]) == pytest.approx(float(plain["loss"]), rel=1e-5)
     assert np.abs(bf16_change - plain_change).max() < 0.04 * np.abs(plain_change).max()
+
+
+@pytest.mark.parametrize("task", ["dpo", "ipo"])
+def test_preference_optimisation_end_to_end(tmp_path, tiny_policy, task):
+    """The tiny policy trained on the tiny feedback's pairs by DPO / IPO, then evaluated as PPO is. Before
+    the first step the policy is its own reference, so every pair's log-ratios are equal: the stored
+    reference log-probs must be those of exactly these rows, and DPO's loss is then log 2 (IPO's
+    1 / (2 beta)^2), with zero margin."""
+    import math
+
+    cli("run", "--config", os.path.join(CONFIGS, "tiny_dpo.py"), "--workdir", str(tmp_path),
+        f"--config.model.source={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
+        f"--config.ppo.policy={tiny_policy}", f"--config.train.task={task}")
+    rows = read_metrics(str(tmp_path / "policy_training"))
+    start = next(r for r in rows if r["split"] == "validation" and r["step"] == 0)
+    expected = math.log(2) if task == "dpo" else (1 / (2 * 0.1)) ** 2
+    assert start["loss"] == pytest.approx(expected, rel=1e-6) and start["margin"] == pytest.approx(0, abs=1e-6)
+    train = [r for r in rows if r["split"] == "train"]
+    assert train[-1]["loss"] < expected  # the pairs' loss went down
+    evaluation = json.loads((tmp_path / "policy_training" / "evaluation.json").read_text())["metrics"]
+    assert evaluation["prompts"] == 24 and 0 <= evaluation["gold_win_rate"] <= 1 and "rm_score" not in evaluation
+    assert (tmp_path / "policy_training" / "policy" / "config.json").exists()
+    assert (tmp_path / "report.md").read_text().startswith(f"# {task.upper()} run report")

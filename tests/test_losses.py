@@ -163,3 +163,69 @@ def test_reward_loss_gradients_match_finite_differences(rng):
     grad = jax.grad(lambda z: losses.best_of_n_loss(z, jnp.asarray([0, 2, 1]))[0])(jnp.asarray(rewards, jnp.float32))
     probs = np.exp(rewards) / np.exp(rewards).sum(-1, keepdims=True)
     assert np.abs(np.asarray(grad) - (probs - np.eye(3)[[0, 2, 1]]) / 3).max() < 1e-6
+
+
+def preference_loop(pc, pr, rc, rr, beta, kind, eps):
+    total = 0.0
+    for a, b, c, d in zip(pc, pr, rc, rr):
+        h = (a - c) - (b - d)
+        if kind == "dpo":
+            total += -(1 - eps) * math.log(1 / (1 + math.exp(-beta * h))) - eps * math.log(1 / (1 + math.exp(beta * h)))
+        else:
+            total += (h - 1 / (2 * beta)) ** 2
+    return total / len(pc)
+
+
+@pytest.mark.parametrize("kind,eps", [("dpo", 0.0), ("dpo", 0.2), ("ipo", 0.0)])
+def test_preference_losses_and_gradients_match_a_float64_loop(rng, kind, eps):
+    pc, pr, rc, rr = (rng.normal(scale=3.0, size=6) - 20 for _ in range(4))
+    beta = 0.1
+
+    def loss(pc_, pr_):
+        return losses.preference_loss(pc_, pr_, jnp.asarray(rc, jnp.float32), jnp.asarray(rr, jnp.float32), beta, kind,
+                                      eps)[0]
+
+    value = float(loss(jnp.asarray(pc, jnp.float32), jnp.asarray(pr, jnp.float32)))
+    assert value == pytest.approx(preference_loop(pc, pr, rc, rr, beta, kind, eps), rel=1e-5)
+    grad_c, grad_r = jax.grad(loss, argnums=(0, 1))(jnp.asarray(pc, jnp.float32), jnp.asarray(pr, jnp.float32))
+    step = 1e-5
+    for i in range(6):
+        for grad, moved in ((grad_c, 0), (grad_r, 1)):
+            up, down = [pc.copy(), pr.copy()], [pc.copy(), pr.copy()]
+            up[moved][i] += step
+            down[moved][i] -= step
+            numeric = (preference_loop(*up, rc, rr, beta, kind, eps) - preference_loop(*down, rc, rr, beta, kind, eps)) \
+                / (2 * step)
+            assert float(grad[i]) == pytest.approx(numeric, abs=1e-5), (moved, i)
+
+
+def test_dpo_at_equal_log_ratios_is_log_2_and_pushes_chosen_up_rejected_down():
+    same = jnp.asarray([-12.0, -30.0], jnp.float32)
+    for beta in (0.01, 0.1, 1.0):
+        for eps in (0.0, 0.3):
+            value, metrics = losses.preference_loss(same, same + 2.0, same, same + 2.0, beta, "dpo", eps)
+            assert float(value) == pytest.approx(math.log(2), rel=1e-6)
+    grad_c, grad_r = jax.grad(lambda c, r: losses.preference_loss(c, r, same, same, 0.1)[0], argnums=(0, 1))(same, same)
+    assert (np.asarray(grad_c) < 0).all() and (np.asarray(grad_r) > 0).all()  # descent raises chosen, lowers rejected
+    # Conservative DPO with eps = 1/2: the labels carry no information, and the loss pulls h back to 0
+    # from either side. IPO is at its optimum at h = 1 / (2 beta).
+    for shift, sign in ((3.0, 1.0), (-3.0, -1.0)):
+        grad_half = jax.grad(lambda c: losses.preference_loss(c, same, same, same, 0.1, "dpo", 0.5)[0])(same + shift)
+        assert (sign * np.asarray(grad_half) > 0).all()
+    assert float(losses.preference_loss(same + 5.0, same, same, same, 0.1, "ipo")[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sequence_logprob_matches_a_loop(rng):
+    logits = rng.normal(size=(2, 5, 7))
+    ids = rng.integers(0, 7, size=(2, 5))
+    mask = np.array([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]])
+    expected = []
+    for b in range(2):
+        total = 0.0
+        for t in range(1, 5):
+            if mask[b, t]:
+                row = logits[b, t - 1]
+                total += row[ids[b, t]] - math.log(sum(math.exp(v) for v in row))
+        expected.append(total)
+    got = losses.sequence_logprob(jnp.asarray(logits, jnp.float32), jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)

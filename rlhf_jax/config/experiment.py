@@ -69,6 +69,8 @@ class TrainConfig:
     weight_decay: float = field(0.01, "AdamW weight decay")
     grad_clip: float = field(1.0, "global gradient-norm clip")
     mlm_probability: float = field(0.15, "masked LM: share of tokens masked (BERT's 80/10/10)")
+    beta: float = field(0.1, "dpo / ipo: the KL strength beta of the preference loss")
+    label_smoothing: float = field(0.0, "dpo: the share of labels taken to be wrong (conservative DPO)")
     seed: int = field(0, "batch order and the PRNG of each step")
     log_every: int = field(10, "steps per logged training row")
     eval_every: int = field(0, "steps between validation evaluations; 0: at the start and end only")
@@ -85,6 +87,8 @@ class TrainConfig:
         require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", f"must be in [0, steps], got {self.warmup_steps}")
         require(0 < self.mlm_probability < 1, "train.mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
         require(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
+        require(self.beta > 0, "train.beta", f"must be > 0, got {self.beta}")
+        require(0 <= self.label_smoothing < 0.5, "train.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +142,7 @@ class PPOConfig:
     ``epochs`` x ``minibatches`` Adam steps on the algorithm's loss."""
 
     policy: str = field("smollm2-135m-instruct", "asset or directory of the policy; its frozen copy is the reference")
+    reference: str | None = field(None, "asset or directory of the frozen reference; None: the policy's own weights")
     value: str = field("shared", "'shared': a zero-initialised value head on the policy's trunk; 'separate': "
                                  "its own trunk")
     iterations: int = field(20, "rollout + update iterations")

@@ -110,6 +110,15 @@ class Split:
         self.examples, self._tokenize = examples, tokenize
         self._args = (tokenizer, max_length, data)
         self._all = None
+        self.columns: dict[str, np.ndarray] = {}  # per-row arrays computed, not tokenised (DPO's reference)
+
+    def add_columns(self, columns: dict[str, np.ndarray]) -> None:
+        """Per-row arrays ([N, ...]) that ``arrays`` returns beside the tokenised ones."""
+        for name, column in columns.items():
+            if len(column) != len(self):
+                raise ValueError(f"column {name!r} has {len(column)} rows, the split {len(self)}")
+        self.columns.update(columns)
+        self._all = None
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -118,6 +127,7 @@ class Split:
         rows = np.asarray(rows)
         real = rows >= 0
         tokenized = self._tokenize([self.examples[i] for i in rows[real]] or self.examples[:1], *self._args)
+        tokenized.update({name: column[rows[real]] if real.any() else column[:1] for name, column in self.columns.items()})
         if real.all():
             return tokenized
         out = {name: np.zeros((len(rows),) + a.shape[1:], a.dtype) for name, a in tokenized.items()}

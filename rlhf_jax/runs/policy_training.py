@@ -73,7 +73,7 @@ def load_actor_critic(cfg: PPOConfig):
     """(ActorCritic, frozen reference, tokenizer) from the policy's weights."""
     overrides = dict(cfg.model_config)  # compute dtype, remat
     policy = from_pretrained(cfg.policy, head="causal_lm", **overrides)
-    reference = from_pretrained(cfg.policy, head="causal_lm", **overrides)
+    reference = from_pretrained(cfg.reference or cfg.policy, head="causal_lm", **overrides)
     value_model = (from_pretrained(cfg.policy, head="scalar", pooling="none", **overrides) if cfg.value == "separate"
                    else None)
     with nnx.use_eager_sharding(False):  # placed on the mesh later, by logical axes
@@ -214,7 +214,7 @@ def save_policy(run: PPOSetup, state: ppo.PPOState, path: str) -> str:
 def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model, gold, prompts: Sequence[str],
              seed: int = 1234) -> dict:
     """The PPO policy against the reference on held-out prompts: one continuation of each prompt from
-    each (same PRNG keys), scored by the gold labeler and by the reward model.
+    each (same PRNG keys), scored by the gold labeler and by the reward model (if not None).
 
     gold_win_rate: P(gold(policy) > gold(reference)), ties counted half. kl: mean over prompts of
     sum_t log pi(y_t) - log pi_ref(y_t) on the policy's own samples (an unbiased estimate of
@@ -242,17 +242,16 @@ def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model, gold, prompts: Se
     def every_row(values):  # per-row values of this process's rows -> every real row's, on every process
         return feed.gather(np.asarray(values))[feed.gather(np.asarray(local["real"]))]
 
+    scorers = (("gold", gold),) + ((("rm", reward_model),) if reward_model is not None else ())
     scored = {f"{scorer}_{side}": every_row(np.asarray(model.score(local["prompt"], local[side]), np.float64))
-              for scorer, model in (("gold", gold), ("rm", reward_model)) for side in ("policy", "reference")}
+              for scorer, model in scorers for side in ("policy", "reference")}
     gold_policy, gold_reference = scored["gold_policy"], scored["gold_reference"]
-    rm_policy, rm_reference = scored["rm_policy"], scored["rm_reference"]
-    metrics = {
-        "prompts": float(len(prompts)),
-        "gold_win_rate": float(np.mean((gold_policy > gold_reference) + 0.5 * (gold_policy == gold_reference))),
-        "gold_score": float(gold_policy.mean()), "reference_gold_score": float(gold_reference.mean()),
-        "rm_win_rate": float(np.mean((rm_policy > rm_reference) + 0.5 * (rm_policy == rm_reference))),
-        "rm_score": float(rm_policy.mean()), "reference_rm_score": float(rm_reference.mean()),
-        "kl": float(np.mean(every_row(local["kl"])))}
+    metrics = {"prompts": float(len(prompts))}
+    for scorer, _ in scorers:  # win rate (ties half) and mean score of the policy and the reference
+        policy, reference = scored[f"{scorer}_policy"], scored[f"{scorer}_reference"]
+        metrics.update({f"{scorer}_win_rate": float(np.mean((policy > reference) + 0.5 * (policy == reference))),
+                        f"{scorer}_score": float(policy.mean()), f"reference_{scorer}_score": float(reference.mean())})
+    metrics["kl"] = float(np.mean(every_row(local["kl"])))
     real = feed.gather(np.asarray(local["real"]))
     texts = {name: [t for t, keep in zip(feed.gather_texts(local[name]), real) if keep]
              for name in ("prompt", "reference", "policy")}

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rlhf_jax import assets, losses, sharding
+from rlhf_jax import assets, dpo, losses, sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.config import ConfigError, DataConfig, ExperimentConfig, to_dict
 from rlhf_jax.data import builders
@@ -123,6 +123,9 @@ def prepare(exp: ExperimentConfig, workdir: str, with_data: bool = True) -> Setu
     state_sharding = train_state_shardings(state, tx, mesh, rules)
     state = jax.device_put(state, state_sharding)
     train_step, eval_step = jit_steps(graphdef, tx, loss_fn, state_sharding, mesh, rules)
+    if TASKS[t.task].reference:  # the reference is the model the run starts from: before any restore
+        for split in splits.values():
+            dpo.add_reference_logprobs(split, graphdef, state.params, mesh, rules, t.eval_batch_size)
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
     return Setup(mesh, rules, tokenizer, model.config.vocab_size, splits, graphdef, state, state_sharding, train_step,
                  eval_step, checkpoints)

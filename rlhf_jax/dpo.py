@@ -1,0 +1,74 @@
+"""Offline preference optimisation of a causal LM on preference pairs: DPO, conservative DPO and IPO
+(``losses.preference_loss``) as supervised tasks (``rlhf_jax.tasks``), trained by the supervised trainer.
+
+Each pair (prompt, chosen, rejected) becomes two causal sequences, prompt + response + EOS, with a loss
+mask on the response. The frozen reference's log-probabilities of both responses are computed once,
+before training, by one jitted pass over every split with the initial parameters (the reference is the
+policy the run starts from), and stored with the data as two columns, ``ref_chosen`` and
+``ref_rejected``; the training step runs only the policy.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlhf_jax import losses, sharding
+from rlhf_jax.data.pipeline import Split, _tokenize_causal, eval_rows
+from rlhf_jax.data.records import DataError
+from rlhf_jax.feeding import Feed
+
+SIDES = ("chosen", "rejected")
+
+
+def tokenize_preference_sequences(examples: list[dict], tokenizer, max_length: int, data=None) -> dict[str, np.ndarray]:
+    """Pairs -> {chosen,rejected}_{ids,mask,loss_mask} ([B, L] int32) and weights."""
+    if not examples:
+        raise DataError("no preference pairs to tokenize")
+    prompts = [e["prompt"] for e in examples]
+    arrays = {"weights": np.ones(len(examples), np.float32)}
+    for side in SIDES:
+        encoded = _tokenize_causal(tokenizer, [e[side] for e in examples], max_length, prompts)
+        arrays.update({f"{side}_ids": encoded["input_ids"], f"{side}_mask": encoded["attention_mask"],
+                       f"{side}_loss_mask": encoded["loss_mask"]})
+    return arrays
+
+
+def pair_logprobs(model, batch):
+    """(log pi(chosen | prompt), log pi(rejected | prompt)), [B] each, in one forward of 2B sequences."""
+    ids, mask, loss_mask = (jnp.concatenate([batch[f"chosen_{part}"], batch[f"rejected_{part}"]])
+                            for part in ("ids", "mask", "loss_mask"))
+    logp_2B = losses.sequence_logprob(model(ids, mask), ids, loss_mask)
+    half = batch["chosen_ids"].shape[0]
+    return logp_2B[:half], logp_2B[half:]
+
+
+def make_loss(kind: str):
+    def make(tokenizer, vocab_size: int, train):
+        def loss_fn(model, batch, rng):
+            chosen, rejected = pair_logprobs(model, batch)
+            return losses.preference_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], train.beta,
+                                          kind, train.label_smoothing if kind == "dpo" else 0.0, batch["weights"])
+
+        return loss_fn
+
+    return make
+
+
+def add_reference_logprobs(split: Split, graphdef, params, mesh, rules: dict, batch_size: int) -> None:
+    """Store the reference's log-probs of every pair's two responses with the split (columns ``ref_chosen``
+    and ``ref_rejected``): one jitted pass, each process feeding its block of every batch."""
+    feed = Feed.of(mesh, rules, batch_size)
+
+    def reference(params, batch):
+        return pair_logprobs(nnx.merge(graphdef, params), batch)
+
+    forward = jax.jit(sharding.with_activation_sharding(reference, mesh, rules))
+    local = {side: [] for side in SIDES}
+    for rows in eval_rows(len(split), batch_size):
+        chosen, rejected = feed.take(forward(params, feed.put(split.arrays(rows[feed.local]))))
+        local["chosen"].append(chosen)
+        local["rejected"].append(rejected)
+    split.add_columns({f"ref_{side}": feed.gather(np.concatenate(local[side]))[:len(split)] for side in SIDES})
