@@ -23,7 +23,7 @@ def get_config():
     config.train.eval_batch_size = 64
     config.train.steps = 60
     config.train.warmup_steps = 6
-    config.train.learning_rate = 1e-5
+    config.train.learning_rate = 1e-4
     config.train.log_every = 5
     config.train.checkpoint_every = 60
     return config

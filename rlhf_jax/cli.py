@@ -169,6 +169,24 @@ def _run(args) -> int:
     return 0
 
 
+def _best_of_n(args) -> int:
+    from rlhf_jax.config import ConfigError, load_config
+    from rlhf_jax.runs import best_of_n
+
+    exp = load_config(args.config, args.overrides)
+    if exp.ppo is None or exp.feedback is None:
+        raise ConfigError("config field 'ppo': best-of-n samples the ppo section's policy and needs a feedback section")
+    try:
+        ns = sorted({int(n) for n in args.n.split(",")})
+    except ValueError:
+        raise ConfigError(f"--n {args.n!r}: write sample counts such as 1,2,4,8,16") from None
+    if ns[0] < 1:
+        raise ConfigError(f"--n {args.n!r}: every n must be >= 1")
+    workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    print(best_of_n.table(best_of_n.run(exp, workdir, ns)))
+    return 0
+
+
 def _print_metrics(result: dict) -> None:
     for split, metrics in result["metrics"].items():
         if isinstance(metrics, dict):
@@ -195,28 +213,16 @@ def _devices(args) -> int:
 
 
 def _plan(args) -> int:
-    import dataclasses
-    import json
-    import time
-
     from rlhf_jax import plan
-    from rlhf_jax.config import load_config
 
     shape = plan.parse_mesh(args.mesh)
-    devices = plan.mesh_devices(shape)
-    # Simulated CPU devices for the mesh; read when JAX first initialises its backend, which is below.
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    # Simulated CPU devices for the mesh; read when JAX first initialises its backend, which is later.
+    os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
+                               f"--xla_force_host_platform_device_count={plan.mesh_devices(shape)}")
     os.environ["JAX_PLATFORMS"] = "cpu"
-    exp = load_config(args.config, args.overrides)
-    exp = dataclasses.replace(exp, mesh=dataclasses.replace(exp.mesh, shape=shape))
-    tick = time.perf_counter()
-    cfg, steps = plan.plan(exp, args.shape)
-    print(f"{args.shape or exp.model.source or 'model'}: {plan.parameter_count(cfg) / 1e9:.3f} B parameters "
-          f"({cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}); mesh {dict(shape)}; train batch "
-          f"{exp.train.batch_size} x {exp.data.max_length} tokens")
-    print(plan.table(steps, args.hbm))
-    print(json.dumps({"shape": args.shape, "mesh": dict(shape), "seconds": round(time.perf_counter() - tick, 1),
-                      "steps": [dataclasses.asdict(s) for s in steps]}))
+    from rlhf_jax.config import load_config
+
+    print(plan.report(load_config(args.config, args.overrides), shape, args.shape, args.hbm))
     return 0
 
 
@@ -241,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     devices = commands.add_parser("devices", help="this process's devices, and a sum computed by all processes")
     devices.add_argument("--hold", type=float, default=0.0, help="then wait this many seconds")
     devices.set_defaults(run=_devices)
+    bon = commands.add_parser("best-of-n", help="best-of-n sampling from the reference, picked by the run's reward "
+                                                "model: gold score and win rate against the analytic KL")
+    bon.add_argument("--config", required=True)
+    bon.add_argument("--workdir", default=None, help="the run's workdir (its reward model; stages run if missing)")
+    bon.add_argument("--n", default="1,2,4,8,16", help="sample counts, comma-separated")
+    bon.set_defaults(run=_best_of_n)
     plan = commands.add_parser("plan", help="per-device bytes of a config's compiled steps at any size and mesh "
                                             "(abstract shapes on simulated devices: no weights allocated)")
     plan.add_argument("--config", required=True)
@@ -342,14 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What a multi-process run can do; the rest (the labeling app, loop, collect, generate, export) is one process.
-MULTI_PROCESS_COMMANDS = ("train", "eval", "run", "devices")
+MULTI_PROCESS_COMMANDS = ("train", "eval", "run", "devices", "best-of-n")
 
 
 def main(argv: list[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     args.overrides = [u for u in unknown if u.startswith("--config.")]
     rest = [u for u in unknown if not u.startswith("--config.")]
-    if rest or (args.overrides and args.command not in ("config", "train", "eval", "export", "run", "loop", "plan")):
+    if rest or (args.overrides and args.command not in ("config", "train", "eval", "export", "run", "loop", "plan",
+                                                                      "best-of-n")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
     from rlhf_jax import distributed
     from rlhf_jax.assets import AssetError

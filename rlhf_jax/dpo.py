@@ -14,10 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from rlhf_jax import losses, sharding
 from rlhf_jax.data.pipeline import Split, _tokenize_causal, eval_rows
 from rlhf_jax.data.records import DataError
+from rlhf_jax.distributed import is_main_process
 from rlhf_jax.feeding import Feed
 
 SIDES = ("chosen", "rejected")
@@ -67,7 +69,9 @@ def add_reference_logprobs(split: Split, graphdef, params, mesh, rules: dict, ba
 
     forward = jax.jit(sharding.with_activation_sharding(reference, mesh, rules))
     local = {side: [] for side in SIDES}
-    for rows in eval_rows(len(split), batch_size):
+    batches = tqdm(list(eval_rows(len(split), batch_size)), desc="reference log-probs", disable=not is_main_process(),
+                   dynamic_ncols=True)
+    for rows in batches:
         chosen, rejected = feed.take(forward(params, feed.put(split.arrays(rows[feed.local]))))
         local["chosen"].append(chosen)
         local["rejected"].append(rejected)

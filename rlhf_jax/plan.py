@@ -198,3 +198,20 @@ def table(steps: list[StepPlan], hbm_gib: float | None = None) -> str:
         lines.append(f"| fits {hbm_gib:g} GiB | " + " | ".join("yes" if s.total <= hbm_gib * gib else "no"
                                                              for s in steps) + " |")
     return "\n".join(lines)
+
+
+def report(exp: ExperimentConfig, mesh_shape: tuple[tuple[str, int], ...], shape: str | None = None,
+           hbm_gib: float | None = None) -> str:
+    """What ``rlhf-jax plan`` prints: a line on the model, the table, and the figures as one JSON line."""
+    import json
+    import time
+
+    exp = dataclasses.replace(exp, mesh=dataclasses.replace(exp.mesh, shape=mesh_shape))
+    tick = time.perf_counter()
+    cfg, steps = plan(exp, shape)
+    summary = {"shape": shape, "mesh": dict(mesh_shape), "seconds": round(time.perf_counter() - tick, 1),
+               "steps": [dataclasses.asdict(s) for s in steps]}
+    return "\n".join([
+        f"{shape or exp.model.source or 'model'}: {parameter_count(cfg) / 1e9:.3f} B parameters ({cfg.param_dtype}, "
+        f"compute {cfg.dtype}, remat {cfg.remat}); mesh {dict(mesh_shape)}; train batch {exp.train.batch_size} x "
+        f"{exp.data.max_length} tokens", table(steps, hbm_gib), json.dumps(summary)])

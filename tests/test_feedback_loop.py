@@ -255,3 +255,29 @@ def test_preference_optimisation_end_to_end(tmp_path, tiny_policy, task):
     assert evaluation["prompts"] == 24 and 0 <= evaluation["gold_win_rate"] <= 1 and "rm_score" not in evaluation
     assert (tmp_path / "policy_training" / "policy" / "config.json").exists()
     assert (tmp_path / "report.md").read_text().startswith(f"# {task.upper()} run report")
+
+
+def test_best_of_n_picks_match_a_loop_and_the_analytic_kl():
+    from rlhf_jax.runs import best_of_n
+
+    rng = np.random.default_rng(5)
+    reward, gold = rng.normal(size=(7, 8)), rng.normal(size=(7, 8))
+    for row in best_of_n.choose(reward, gold, (1, 3, 8)):
+        n, picked_gold, wins = row["n"], [], 0.0
+        for p in range(7):
+            best = max(range(n), key=lambda j: reward[p, j])
+            picked_gold.append(gold[p, best])
+            wins += 1.0 if gold[p, best] > gold[p, 0] else (0.5 if gold[p, best] == gold[p, 0] else 0.0)
+        assert row["gold_score"] == pytest.approx(np.mean(picked_gold)) and row["gold_win_rate"] == pytest.approx(wins / 7)
+        assert row["kl"] == pytest.approx(np.log(n) - (n - 1) / n)
+    assert best_of_n.analytic_kl(1) == 0.0 and best_of_n.analytic_kl(2) == pytest.approx(0.19314718, abs=1e-8)
+
+
+def test_best_of_n_end_to_end(tmp_path, tiny_policy):
+    out = cli("best-of-n", "--config", os.path.join(CONFIGS, "tiny_ppo.py"), "--workdir", str(tmp_path), "--n", "4,1,2",
+              f"--config.ppo.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}").stdout
+    results = json.loads((tmp_path / "best_of_n.json").read_text())["results"]
+    assert [r["n"] for r in results] == [1, 2, 4] and "| 4 |" in out
+    assert results[0]["gold_win_rate"] == 0.5 and results[0]["kl"] == 0.0  # n = 1 is the reference sample
+    rm = [r["rm_score"] for r in results]
+    assert rm[0] <= rm[1] <= rm[2]  # the best of more draws scores at least as high under the picking model
