@@ -19,11 +19,11 @@ def get_config():
     config.data.max_length = 40  # 8 prompt tokens + 24 response tokens + EOS
     config.train.task = "dpo"
     config.train.beta = 0.1
-    config.train.batch_size = 32
+    config.train.batch_size = 16
     config.train.eval_batch_size = 64
-    config.train.steps = 60
-    config.train.warmup_steps = 6
-    config.train.learning_rate = 1e-4
-    config.train.log_every = 5
-    config.train.checkpoint_every = 60
+    config.train.steps = 120
+    config.train.warmup_steps = 12
+    config.train.learning_rate = 5e-5
+    config.train.log_every = 10
+    config.train.checkpoint_every = 120
     return config
