@@ -5,7 +5,8 @@ rate against the reference on 256 held-out openings, gold score, KL per sequence
 
     rlhf-jax run --config configs/dpo_quick.py          (workdir: runs/dpo_quick)
 
-train.task='ipo' is IPO; train.label_smoothing > 0 is conservative DPO.
+train.task='ipo' is IPO; train.label_smoothing > 0 is conservative DPO. Measured with these settings
+(README): gold win rate 0.598 at KL 3.8, short of PPO's 0.736 and of the 0.65 asked for; not yet tuned.
 """
 
 from . import sentiment_quick

@@ -3,6 +3,7 @@
 
 import dataclasses
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from rlhf_jax import config
-from rlhf_jax.config import SECTIONS, ModelConfig, load_config
+from rlhf_jax.config import SECTIONS, ConfigError, ModelConfig, load_config, to_dict
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -48,3 +49,18 @@ def test_config_show_prints_resolved_values_with_their_docs():
     assert "  mesh.shape = {'data': -1, 'fsdp': 1, 'tensor': 1}" in result.stdout
     total = sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values())
     assert sum(" = " in line for line in lines) == total
+
+
+def test_a_checkpoint_from_before_a_field_existed_is_the_same_run_at_its_default():
+    """Fields added to a section after a checkpoint was made (train.beta here) are taken at their default:
+    an older workdir is reused, but not when the new field is set to something else."""
+    from rlhf_jax.trained import check_same_run
+
+    current = to_dict(load_config(os.path.join(CONFIGS, "tiny_cls.py")))
+    saved = json.loads(json.dumps(current))
+    del saved["train"]["beta"], saved["train"]["label_smoothing"]
+    check_same_run(saved, current)
+    changed = json.loads(json.dumps(current))
+    changed["train"]["beta"] = 0.5
+    with pytest.raises(ConfigError, match="train.beta"):
+        check_same_run(saved, changed)
