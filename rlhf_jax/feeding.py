@@ -92,15 +92,10 @@ class Feed:
         local_values = np.asarray(local_values)
         if jax.process_count() == 1:
             return local_values
-        from jax.experimental import multihost_utils
 
         n = len(local_values) // self.local_rows
-        every = _allgather_exact(local_values.reshape((n, self.local_rows) + local_values.shape[1:]))
-        spans = np.asarray(multihost_utils.process_allgather(np.asarray([self.local.start, self.local.stop])))
-        out = np.zeros((n, self.rows) + local_values.shape[1:], local_values.dtype)
-        for (start, stop), block in zip(spans, every):  # every: [P, n, local_rows, ...]
-            out[:, start:stop] = block
-        return out.reshape((n * self.rows,) + local_values.shape[1:])
+        blocks = local_values.reshape((n, self.local_rows) + local_values.shape[1:])
+        return _assemble(blocks, self.local, self.rows).reshape((n * self.rows,) + local_values.shape[1:])
 
     def gather_texts(self, local_texts: list[str]) -> list[str]:
         """``gather`` for strings (sent as UTF-8 bytes, padded to the longest, with their lengths)."""
@@ -125,23 +120,27 @@ def process_block(total: int) -> slice:
     return slice(start, min(start + per, total))
 
 
-def gather_blocks(local_values, total: int, block: slice | None = None) -> np.ndarray:
-    """Every process's block of per-row values (``process_block(total)`` unless ``block`` is given) -> all
-    ``total`` rows in row order, on every process."""
+def gather_blocks(local_values, total: int) -> np.ndarray:
+    """Every process's ``process_block(total)`` of per-row values -> all ``total`` rows in row order, on
+    every process."""
     local_values = np.asarray(local_values)
     if jax.process_count() == 1:
         return local_values
+    padded = np.zeros((1, math.ceil(total / jax.process_count())) + local_values.shape[1:], local_values.dtype)
+    padded[0, :len(local_values)] = local_values  # the same shape on every process
+    return _assemble(padded, process_block(total), total)[0]
+
+
+def _assemble(local_NxR, span: slice, rows: int) -> np.ndarray:
+    """Each process's values [n, R, ...] for its ``span`` of the rows (R >= the span's length, padded to the
+    same R on every process) -> the values of all ``rows`` rows, [n, rows, ...], on every process."""
     from jax.experimental import multihost_utils
 
-    block = process_block(total) if block is None else block
-    per = max(math.ceil(total / jax.process_count()), block.stop - block.start)  # the same on every process
-    padded = np.zeros((per,) + local_values.shape[1:], local_values.dtype)
-    padded[:len(local_values)] = local_values
-    values = _allgather_exact(padded)  # [P, per, ...]
-    starts = np.asarray(multihost_utils.process_allgather(np.asarray([block.start, block.stop])))  # [P, 2]
-    out = np.zeros((total,) + local_values.shape[1:], local_values.dtype)
-    for (start, stop), rows in zip(starts, values):
-        out[start:stop] = rows[:stop - start]
+    every = _allgather_exact(local_NxR)  # [P, n, R, ...]
+    spans = np.asarray(multihost_utils.process_allgather(np.asarray([span.start, span.stop])))  # [P, 2]
+    out = np.zeros((local_NxR.shape[0], rows) + local_NxR.shape[2:], local_NxR.dtype)
+    for (start, stop), block in zip(spans, every):
+        out[:, start:stop] = block[:, :stop - start]
     return out
 
 

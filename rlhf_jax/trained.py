@@ -16,8 +16,8 @@ from flax import nnx
 
 from rlhf_jax import sharding
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.config import (SECTIONS, ConfigError, ExperimentConfig, ModelConfig, ModelSpec, experiment_from_dict,
-                             json_ready, to_dict)
+from rlhf_jax.config import (SECTIONS, ConfigError, ExperimentConfig, ModelConfig, ModelSpec, added_at_default,
+                             experiment_from_dict, to_dict)
 from rlhf_jax.feeding import local_mesh
 from rlhf_jax.models import abstract_model, build_model, from_pretrained, load_tokenizer, pretrained_config
 
@@ -73,12 +73,11 @@ def check_same_run(saved: dict, current: dict) -> None:
     naming the first field that differs; bookkeeping fields may change, and a field added since the
     checkpoint was made is the same run when it has its default (the behaviour before it existed)."""
     for section in ("model", "data", "train"):
-        defaults = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}
         for field, value in current[section].items():
             before = saved.get(section, {}).get(field)
             if before == value or (section == "train" and field in RESUMABLE_CHANGES):
                 continue
-            if field not in saved.get(section, {}) and value == json_ready(defaults.get(field)):
+            if added_at_default(SECTIONS[section], field, value, saved.get(section, {})):
                 continue
             if (section, field) == ("data", "source") and _same_files(before, value):
                 continue

@@ -21,9 +21,11 @@ from rlhf_jax.config.experiment import (
                                         PPOConfig,
                                         TrainConfig,
 )
-from rlhf_jax.config.loading import describe, experiment_from_dict, json_ready, load_config, parse_override, to_dict
+from rlhf_jax.config.loading import (added_at_default, describe, experiment_from_dict, json_ready, load_config,
+                                     parse_override, to_dict)
 from rlhf_jax.config.model import DTYPES, FAMILIES, HEADS, POOLINGS, MeshConfig, ModelConfig
 
 __all__ = ["ConfigError", "field", "FEEDBACK_KINDS", "SECTIONS", "DataConfig", "ExperimentConfig", "FeedbackConfig",
-           "ModelSpec", "PPOConfig", "TrainConfig", "describe", "experiment_from_dict", "json_ready", "load_config",
-           "parse_override", "to_dict", "DTYPES", "FAMILIES", "HEADS", "POOLINGS", "MeshConfig", "ModelConfig"]
+           "ModelSpec", "PPOConfig", "TrainConfig", "added_at_default", "describe", "experiment_from_dict",
+           "json_ready", "load_config", "parse_override", "to_dict", "DTYPES", "FAMILIES", "HEADS", "POOLINGS",
+           "MeshConfig", "ModelConfig"]

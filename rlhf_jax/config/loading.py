@@ -107,6 +107,13 @@ def to_dict(config) -> dict:
     return json_ready(dataclasses.asdict(config))
 
 
+def added_at_default(cls, field: str, value, saved: Mapping[str, Any]) -> bool:
+    """Whether ``field`` of section ``cls`` is absent from a saved JSON section (it was added since) and
+    ``value`` is its default: the behaviour before the field existed, so the same run."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    return field not in saved and field in defaults and value == json_ready(defaults[field])
+
+
 def json_ready(value):
     if isinstance(value, dict):
         return {k: json_ready(v) for k, v in value.items()}

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from rlhf_jax import ppo, rl, sharding
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.config import ConfigError, ExperimentConfig, PPOConfig, json_ready, to_dict
+from rlhf_jax.config import ConfigError, ExperimentConfig, PPOConfig, added_at_default, to_dict
 from rlhf_jax.data.pipeline import Batches
 from rlhf_jax.distributed import is_main_process
 from rlhf_jax.feeding import Feed
@@ -121,9 +121,8 @@ def to_mesh(arrays, run: PPOSetup):
 def _check_resumable(saved: dict, current: dict) -> None:
     """Refuse a checkpoint of another PPO config, naming the field; bookkeeping fields may change, and a
     field added since the checkpoint was made may have its default."""
-    defaults = {f.name: f.default for f in dataclasses.fields(PPOConfig)}
     for field, value in current.items():
-        if field not in saved and value == json_ready(defaults[field]):
+        if added_at_default(PPOConfig, field, value, saved):
             continue
         if field not in RESUMABLE_CHANGES and saved.get(field) != value:
             raise ConfigError(f"config field 'ppo.{field}': the checkpoint was made with {saved.get(field)!r}, this "
