@@ -8,6 +8,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from rlhf_jax import sharding
 from rlhf_jax.models.convert import CheckpointError
 
 
@@ -27,8 +28,8 @@ class Checkpointer:
 
     def restore(self, step: int, target, shardings):
         """(state, meta) at ``step``, placed with ``shardings`` (the current mesh: resharding is fine)."""
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
-        restored = self._restore(step, state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        restored = self._restore(step, state=ocp.args.StandardRestore(sharding.abstract(target, shardings)),
+                                 meta=ocp.args.JsonRestore())
         return restored.state, restored.meta
 
     def meta(self, step: int) -> dict:

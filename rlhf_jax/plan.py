@@ -79,10 +79,6 @@ def per_device_bytes(abstract, shardings) -> int:
     return total
 
 
-def _abstract(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def abstract_batch(exp: ExperimentConfig, rows: int) -> dict:
     """The task's batch of ``rows`` rows as ShapeDtypeStructs: one placeholder example, tokenised by the task."""
     from rlhf_jax.models import load_tokenizer
@@ -126,9 +122,11 @@ def plan_train_step(exp: ExperimentConfig, cfg: ModelConfig, mesh, rules: dict) 
     train_step, _ = jit_steps(graphdef, tx, loss_fn, state_sharding, mesh, rules)
     batch = abstract_batch(exp, exp.train.batch_size)
     batch_sharding = jax.tree.map(lambda _: sharding.batch_sharding(mesh, rules), batch)
-    compiled = train_step.lower(_abstract(state, state_sharding), _abstract(batch, batch_sharding)).compile()
+    compiled = train_step.lower(sharding.abstract(state, state_sharding),
+                                sharding.abstract(batch, batch_sharding)).compile()
     return StepPlan.of("train step", per_device_bytes(state.params, state_sharding.params),
-                       per_device_bytes(state.opt_state, state_sharding.opt_state), per_device_bytes(batch, batch_sharding),
+                       per_device_bytes(state.opt_state, state_sharding.opt_state),
+                       per_device_bytes(batch, batch_sharding),
                        compiled)
 
 
@@ -165,8 +163,9 @@ def plan_ppo_update(exp: ExperimentConfig, cfg: ModelConfig, mesh, rules: dict) 
     batch = sharding.batch_sharding(mesh, rules)
     rollout_sharding = jax.tree.map(lambda _: batch, rollout)
     scores = jax.ShapeDtypeStruct((b,), f32)
-    compiled = functions.update.lower(_abstract(state, state_sharding), _abstract(rollout, rollout_sharding),
-                                      _abstract(scores, batch)).compile()
+    compiled = functions.update.lower(sharding.abstract(state, state_sharding),
+                                      sharding.abstract(rollout, rollout_sharding),
+                                      sharding.abstract(scores, batch)).compile()
     return StepPlan.of("PPO update", per_device_bytes(state.params, state_sharding.params),
                        per_device_bytes(state.opt_state, state_sharding.opt_state),
                        per_device_bytes(rollout, rollout_sharding), compiled)

@@ -79,6 +79,12 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: dict):
                         logical, state, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def abstract(tree, shardings):
+    """ShapeDtypeStructs of ``tree``'s leaves carrying ``shardings`` (a tree of the same structure): what
+    orbax restores into, and what ``jit(...).lower`` compiles for, without arrays."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
 def shard_model(model: nnx.Module, mesh: Mesh, rules: dict) -> nnx.Module:
     """Place the model's arrays on the mesh according to the rules (in place; returns the model)."""
     state = nnx.state(model)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
 from flax import nnx
 
 from rlhf_jax import sharding
@@ -118,8 +117,7 @@ def restore(workdir: str, expected: ExperimentConfig | None = None, local: bool 
         if local:
             mesh = local_mesh(mesh)
         placement = sharding.state_shardings(shapes, mesh, rules)
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, placement)
-        params = checkpoints.restore_params(step, abstract)
+        params = checkpoints.restore_params(step, sharding.abstract(shapes, placement))
     finally:
         checkpoints.close()
     return Trained(graphdef, params, tokenizer, exp, step)
