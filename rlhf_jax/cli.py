@@ -144,11 +144,17 @@ def _loop(args) -> int:
 
 
 def _run(args) -> int:
-    from rlhf_jax.config import load_config
+    from rlhf_jax.config import load_run_config
     from rlhf_jax.runs import pipeline, reward_training
 
-    exp = load_config(args.config, args.overrides)
+    exp, compare = load_run_config(args.config, args.overrides)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    if compare is not None:
+        from rlhf_jax.runs import comparison
+
+        comparison.run(exp, compare, workdir)
+        print(f"comparison: {os.path.join(workdir, 'compare.md')}, compare.json, frontier.png")
+        return 0
     if exp.train.task in ("dpo", "ipo"):
         from rlhf_jax.runs import preference_training
 

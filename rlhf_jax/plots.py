@@ -1,5 +1,5 @@
 """Every PNG plot of the project: a supervised run's curves, PPO's scores against iteration and KL, a
-reward model's calibration, feedback rounds side by side. Matplotlib draws off-screen (Agg)."""
+reward model's calibration, feedback rounds side by side, a comparison's frontier. Matplotlib draws off-screen (Agg)."""
 
 from __future__ import annotations
 
@@ -116,6 +116,42 @@ def plot_rounds(history: list[dict], path: str) -> str:
         axis.set_xticks(rounds)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_frontier(results: dict[str, list[dict]], arms: dict, path: str) -> str:
+    """Gold and proxy (reward-model) score gained over the reference against sqrt(KL): each arm's points
+    (small: online training iterations; large: evaluations, best-of-n's n) and its fitted Gao et al. curve."""
+    import numpy as np
+
+    from rlhf_jax.frontier import curve
+
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharex=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, runs) in enumerate(results.items()):
+        colour = colours[index % len(colours)]
+        d = np.linspace(0.0, max(np.sqrt(max(p["kl"], 0.0)) for r in runs for p in r["frontier"]), 100)  # its own range
+        for axis, score in zip(axes, ("gold", "proxy")):
+            for source, size, alpha in (("train", 8, 0.25), ("evaluation", 40, 1.0), ("best_of_n", 40, 1.0)):
+                points = [p for r in runs for p in r["frontier"] if p["source"] == source]
+                if points:
+                    axis.scatter([np.sqrt(max(p["kl"], 0.0)) for p in points], [p[f"{score}_gain"] for p in points],
+                                 s=size, alpha=alpha, color=colour, label=name if source != "train" else None)
+            fit = arms[name].get("fit", {}).get(score)
+            if fit:
+                axis.plot(d, curve(fit["form"], fit["alpha"], fit["beta"], d), color=colour, linewidth=1.5)
+    for axis, score in zip(axes, ("gold", "proxy (reward model)")):
+        axis.axhline(0.0, color="grey", linewidth=0.8)
+        axis.set_xlabel("sqrt(KL(policy || reference)), sqrt-nats per sequence")
+        axis.set_ylabel(f"{score} score gained over the reference")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("gold (small dots: online training iterations)")
+    axes[1].set_title("proxy")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

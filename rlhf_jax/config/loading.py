@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any, Mapping
 
+from rlhf_jax.config.comparison import CompareConfig, comparison_from_dict
 from rlhf_jax.config.core import ConfigError, require
 from rlhf_jax.config.experiment import SECTIONS, ExperimentConfig
 
@@ -84,8 +85,8 @@ def _config_module(path: str):
     return importlib.import_module(f"{package}.{stem}")
 
 
-def load_config(path: str, overrides: list[str] = ()) -> ExperimentConfig:
-    """Run ``get_config()`` of a configs/*.py file, apply --config.x.y=v overrides, validate."""
+def _config_dict(path: str, overrides: list[str]) -> dict:
+    """``get_config()`` of a configs/*.py file as a plain dict, with --config.x.y=v overrides applied."""
     require(os.path.isfile(path), "--config", f"no such file {path!r}")
     module = _config_module(path)
     require(hasattr(module, "get_config"), "--config", f"{path} has no get_config()")
@@ -99,7 +100,21 @@ def load_config(path: str, overrides: list[str] = ()) -> ExperimentConfig:
             require(isinstance(node.get(part), dict), key, f"no section {part!r}")
             node = node[part]
         node[leaf] = value
+    return config
+
+
+def load_config(path: str, overrides: list[str] = ()) -> ExperimentConfig:
+    """Run ``get_config()`` of a configs/*.py file, apply --config.x.y=v overrides, validate."""
+    config = _config_dict(path, overrides)
+    require("compare" not in config, "compare", f"{path} is a comparison: run it with 'rlhf-jax run'")
     return experiment_from_dict(config)
+
+
+def load_run_config(path: str, overrides: list[str] = ()) -> tuple[ExperimentConfig, CompareConfig | None]:
+    """(the experiment, its compare section or None): what ``rlhf-jax run`` runs."""
+    config = _config_dict(path, overrides)
+    compare = config.pop("compare", None)
+    return experiment_from_dict(config), None if compare is None else comparison_from_dict(compare)
 
 
 def to_dict(config) -> dict:

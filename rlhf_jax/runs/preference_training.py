@@ -7,6 +7,7 @@ from the preference pairs directly, with no reward model and no sampling during 
     WORKDIR/policy_training/evaluation.json  stage 3: against the reference on held-out openings, as PPO
     WORKDIR/report.md
 
+The comparison (``runs.comparison``) runs ``train_and_evaluate`` per arm and seed on its shared preferences.
 The evaluation is PPO's (``policy_training.evaluate``): one continuation of each held-out opening from
 the trained policy and from the reference with the same keys, the gold labeler's win rate and scores,
 and KL(policy || reference) per sequence; the ``ppo`` section gives its settings.
@@ -53,29 +54,37 @@ def save_policy(directory: str, exp: ExperimentConfig) -> str:
 def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
     check_config(exp)
     reward_training.collect_stage(exp, os.path.join(workdir, "feedback"), progress)
+    evaluation = train_and_evaluate(exp, workdir, os.path.join(workdir, "policy_training"), progress=progress)
+    if is_main_process():
+        write_report(exp, workdir, evaluation)
+    return evaluation
+
+
+def train_and_evaluate(exp: ExperimentConfig, workdir: str, directory: str, reward_model=None,
+                       progress: bool = True) -> dict:
+    """Train on ``workdir``'s collected preferences in ``directory``, then evaluate against the reference
+    (also by ``reward_model`` when given); reused when ``directory/evaluation.json`` is of this config."""
     policy_exp = reward_training.with_feedback_data(exp, workdir)
-    directory = os.path.join(workdir, "policy_training")
     if not any(r["split"] == "test" and r["step"] == exp.train.steps for r in read_metrics(directory)):
         supervised.train(policy_exp, directory, progress=progress)
     evaluation_path = os.path.join(directory, "evaluation.json")
     if os.path.exists(evaluation_path):
         with open(evaluation_path) as f:
             evaluation = json.load(f)
-        if evaluation.get("config") == to_dict(exp):
+        if evaluation.get("config") == to_dict(exp) and (reward_model is None or "rm_score" in evaluation["metrics"]):
             return evaluation
     policy = save_policy(directory, policy_exp)
     cfg = dataclasses.replace(exp.ppo, policy=policy, reference=exp.model.source)
     setup = policy_training.prepare(dataclasses.replace(exp, ppo=cfg), None)
     held_out = sentiment_prompts(cfg.eval_prompts, cfg.prompt_tokens, load_tokenizer(policy), split="test",
                                  seed=cfg.seed)
-    evaluation = policy_training.evaluate(setup, setup.state, None, gold_scorer(exp.feedback), held_out)
+    evaluation = policy_training.evaluate(setup, setup.state, reward_model, gold_scorer(exp.feedback), held_out)
     evaluation.update(config=to_dict(exp), step=exp.train.steps)
     writer = MetricsWriter(directory)
     writer.write(exp.train.steps, "eval", evaluation["metrics"])
     writer.close()
     if is_main_process():
-        write_json(evaluation_path, evaluation)
-        write_report(exp, workdir, evaluation)
+        write_json(evaluation_path, evaluation)  # written last: marks the stage complete
     return evaluation
 
 

@@ -1,0 +1,22 @@
+"""configs/compare_sentiment.py at a size that runs in about 25 minutes on 2 CPU cores: fewer preferences,
+a shorter reward-model run, 6 iterations of the online arms, 24 steps of the offline ones, 64 held-out
+openings, best-of-8. A smoke-scale comparison: read its differences with their intervals.
+
+    rlhf-jax run --config configs/compare_quick.py          (workdir: runs/compare_quick)
+"""
+
+from . import compare_sentiment
+
+
+def get_config():
+    config = compare_sentiment.get_config()
+    config.feedback.prompts = 160
+    config.train.steps = 80
+    config.train.warmup_steps = 8
+    config.train.checkpoint_every = 80
+    config.ppo.update({"iterations": 6, "eval_prompts": 64, "checkpoint_every": 6})
+    for name, changes in config.compare.arms:
+        if name in ("dpo", "ipo", "cdpo"):
+            changes["train"].update({"steps": 24, "warmup_steps": 4, "checkpoint_every": 24})
+    config.compare.best_of_n = (1, 2, 4, 8)
+    return config

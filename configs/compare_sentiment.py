@@ -1,0 +1,40 @@
+"""PPO, RLOO, GRPO, DPO, IPO, conservative DPO and best-of-n head to head on the main job's task: one start
+(SmolLM2-135M-Instruct), one reward model and one set of simulated preferences (configs/sentiment_quick.py's),
+two seeds each, evaluated alike on held-out openings by the gold labeler.
+
+    rlhf-jax run --config configs/compare_sentiment.py          (workdir: runs/compare_sentiment)
+
+Budget: the online arms draw the same 640 policy samples (20 iterations x 32: PPO 32 openings x 1, RLOO and
+GRPO 8 openings x 4) and take the same 80 Adam steps; the offline arms take 120 steps of 16 pairs (one pass
+over the preferences, drawn once from the reference, as the reward model's). Writes compare.md, compare.json
+and frontier.png (gold and proxy score against sqrt(KL), with Gao et al. 2022's forms fitted).
+"""
+
+from . import dpo_quick, grpo_quick, sentiment_quick
+
+
+def offline_arm(task: str, **train) -> dict:
+    """dpo_quick's policy, data and trainer, with train.task = task."""
+    dpo = dpo_quick.get_config()
+    return {"model": dict(dpo.model), "data": {"max_length": dpo.data.max_length},
+            "train": {**dict(dpo.train), "task": task, **train}}
+
+
+def get_config():
+    config = sentiment_quick.get_config()
+    grpo = dict(grpo_quick.get_config().ppo)
+    config.compare = {
+        "seeds": 2,
+        "best_of_n": (1, 2, 4, 8, 16),
+        "arms": (  # (name, changes to this config): a sequence, so the report keeps this order
+            ("ppo", {}),
+            ("rloo", {"ppo": {"algorithm": "rloo", "rollout_prompts": 8, "samples_per_prompt": 4, "epochs": 1,
+                              "minibatches": 4}}),
+            ("grpo", {"ppo": grpo}),
+            ("dpo", offline_arm("dpo")),
+            ("ipo", offline_arm("ipo")),
+            ("cdpo", offline_arm("dpo", label_smoothing=0.2)),  # the simulated labels disagree with gold ~21% of the time
+            ("best_of_n", {}),
+        ),
+    }
+    return config
