@@ -33,7 +33,8 @@ def get_config():
             ("grpo", {"ppo": grpo}),
             ("dpo", offline_arm("dpo")),
             ("ipo", offline_arm("ipo")),
-            ("cdpo", offline_arm("dpo", label_smoothing=0.2)),  # the simulated labels disagree with gold ~21% of the time
+            # the simulated labels disagree with the gold order about 21% of the time
+            ("cdpo", offline_arm("dpo", label_smoothing=0.2)),
             ("best_of_n", {}),
         ),
     }

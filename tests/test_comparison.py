@@ -60,7 +60,8 @@ def test_seed_zero_arms_are_the_standalone_configs():
     exp, compare = load_run_config(os.path.join(CONFIGS, "compare_sentiment.py"))
     arms = dict(compare.arms)
     for arm, standalone in (("ppo", "sentiment_quick.py"), ("grpo", "grpo_quick.py"), ("dpo", "dpo_quick.py")):
-        assert to_dict(comparison.arm_config(exp, arm, arms[arm], 0)) == to_dict(load_config(os.path.join(CONFIGS, standalone)))
+        standalone = load_config(os.path.join(CONFIGS, standalone))
+        assert to_dict(comparison.arm_config(exp, arm, arms[arm], 0)) == to_dict(standalone)
     seed1 = comparison.arm_config(exp, "dpo", arms["dpo"], 1)
     assert (seed1.ppo.seed, seed1.train.seed) == (1, 1)  # an offline arm's own trainer takes the seed too
     rm_arm = comparison.arm_config(exp, "rloo", arms["rloo"], 1)
@@ -82,8 +83,8 @@ def test_bad_comparisons_are_refused_by_name():
 def test_tiny_comparison_end_to_end(tmp_path, tiny_policy):
     exp, compare = load_run_config(os.path.join(CONFIGS, "tiny_compare.py"),
                                    [f"--config.ppo.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}"])
-    arms = tuple((name, {**changes, "model": {**changes["model"], "source": tiny_policy}} if name == "dpo" else changes)
-                 for name, changes in compare.arms)
+    arms = tuple((name, {**changes, "model": {**changes["model"], "source": tiny_policy}} if name == "dpo"
+                  else changes) for name, changes in compare.arms)
     compare = dataclasses.replace(compare, arms=arms)
     summary = comparison.run(exp, compare, str(tmp_path), progress=False)
     assert list(summary["arms"]) == ["ppo", "grpo", "dpo", "best_of_n"]
@@ -97,7 +98,8 @@ def test_tiny_comparison_end_to_end(tmp_path, tiny_policy):
     assert summary["arms"]["grpo"]["budget"]["samples"] == 2 * 4 * 4
     bon = summary["arms"]["best_of_n"]["per_n"]
     assert [r["n"] for r in bon] == [1, 2, 4] and bon[0]["gold_win_rate"]["mean"] == 0.5  # n = 1: the reference sample
-    assert summary["arms"]["ppo"]["fit"]["gold"]["form"] == "rl" and summary["arms"]["best_of_n"]["fit"]["gold"]["form"] == "best_of_n"
+    assert summary["arms"]["ppo"]["fit"]["gold"]["form"] == "rl"
+    assert summary["arms"]["best_of_n"]["fit"]["gold"]["form"] == "best_of_n"
     text = (tmp_path / "compare.md").read_text()
     assert "| grpo |" in text and "| dpo |" in text and (tmp_path / "frontier.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "compare.json").read_text())["arms"]["dpo"]["kind"] == "offline"

@@ -233,6 +233,7 @@ def report(summary: dict) -> str:
             for score, f in fit.items():
                 r2 = "n/a" if f["r2"] is None else f"{f['r2']:.2f}"
                 peak = "none" if f["peak_sqrt_kl"] is None else f"{f['peak_sqrt_kl']:.2f}"
-                lines.append(f"| {name} | {score} | {f['alpha']:.3f} | {f['beta']:.3f} | {r2} | {peak} | {f['points']} |")
+                lines.append(f"| {name} | {score} | {f['alpha']:.3f} | {f['beta']:.3f} | {r2} | {peak} | "
+                             f"{f['points']} |")
     lines += ["", "![gold and proxy score gained against sqrt(KL)](frontier.png)", ""]
     return "\n".join(lines)
