@@ -5,10 +5,15 @@ Each pair (prompt, chosen, rejected) becomes two causal sequences, prompt + resp
 mask on the response. The frozen reference's log-probabilities of both responses are computed once,
 before training, by one jitted pass over every split with the initial parameters (the reference is the
 policy the run starts from), and stored with the data as two columns, ``ref_chosen`` and
-``ref_rejected``; the training step runs only the policy.
+``ref_rejected``; the training step runs only the policy. They are also kept in a file named by everything
+they depend on, so runs on the same pairs from the same start (DPO, IPO, cDPO, other seeds) share one pass.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -59,9 +64,30 @@ def make_loss(kind: str):
     return make
 
 
-def add_reference_logprobs(split: Split, graphdef, params, mesh, rules: dict, batch_size: int) -> None:
+def _cache_key(split: Split, params, mesh, rules: dict, batch_size: int) -> str:
+    """sha256 of what the reference log-probs depend on: every row's arrays, the parameters, the mesh and
+    its rules (the partitioning can change the order of a sum), the batch size and jax's version."""
+    digest = hashlib.sha256(json.dumps([dict(mesh.shape), sorted(rules.items()), batch_size, jax.__version__],
+                                       default=str).encode())
+    for name, array in sorted(split.all_arrays().items()):
+        digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
+    for leaf in jax.tree.leaves(jax.device_get(params)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def add_reference_logprobs(split: Split, graphdef, params, mesh, rules: dict, batch_size: int,
+                           cache_dir: str | None = None) -> None:
     """Store the reference's log-probs of every pair's two responses with the split (columns ``ref_chosen``
-    and ``ref_rejected``): one jitted pass, each process feeding its block of every batch."""
+    and ``ref_rejected``): one jitted pass, each process feeding its block of every batch. With ``cache_dir``
+    (one process), a pass on the same inputs (``_cache_key``) is read back instead: the same numbers."""
+    path = None
+    if cache_dir is not None and jax.process_count() == 1:
+        path = os.path.join(cache_dir, _cache_key(split, params, mesh, rules, batch_size) + ".npz")
+        if os.path.exists(path):
+            with np.load(path) as stored:
+                split.add_columns({name: stored[name] for name in stored.files})
+            return
     feed = Feed.of(mesh, rules, batch_size)
 
     def reference(params, batch):
@@ -75,4 +101,10 @@ def add_reference_logprobs(split: Split, graphdef, params, mesh, rules: dict, ba
         chosen, rejected = feed.take(forward(params, feed.put(split.arrays(rows[feed.local]))))
         local["chosen"].append(chosen)
         local["rejected"].append(rejected)
-    split.add_columns({f"ref_{side}": feed.gather(np.concatenate(local[side]))[:len(split)] for side in SIDES})
+    columns = {f"ref_{side}": feed.gather(np.concatenate(local[side]))[:len(split)] for side in SIDES}
+    split.add_columns(columns)
+    if path is not None:
+        os.makedirs(cache_dir, exist_ok=True)
+        partial = f"{path}.{os.getpid()}.partial.npz"
+        np.savez(partial, **columns)
+        os.replace(partial, path)

@@ -257,6 +257,33 @@ def test_preference_optimisation_end_to_end(tmp_path, tiny_policy, task):
     assert (tmp_path / "report.md").read_text().startswith(f"# {task.upper()} run report")
 
 
+def test_reference_logprobs_are_kept_by_what_they_depend_on(tmp_path, tiny_policy):
+    """The reference pass is stored under a key of its inputs: a second split of the same rows and
+    parameters reads the file (proved by doctoring it), other parameters make a pass and file of their own."""
+    from rlhf_jax import dpo, sharding
+    from rlhf_jax.config import MeshConfig
+    from rlhf_jax.data.pipeline import Split
+    from rlhf_jax.models import from_pretrained, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_policy)
+    pairs = [{"prompt": f"Review {i}:", "chosen": " fine and warm", "rejected": " dull"} for i in range(12)]
+    mesh_cfg = MeshConfig()
+    mesh, rules = sharding.make_mesh(mesh_cfg), dict(mesh_cfg.rules)
+    graphdef, params = nnx.split(from_pretrained(tiny_policy, head="causal_lm"))
+
+    def columns(params):
+        split = Split(pairs, dpo.tokenize_preference_sequences, tokenizer, 16, None)
+        dpo.add_reference_logprobs(split, graphdef, params, mesh, rules, 8, str(tmp_path))
+        return split.columns
+
+    first = columns(params)
+    [stored] = list(tmp_path.iterdir())
+    np.savez(stored, **{name: column + 1.0 for name, column in first.items()})  # a pass would not give these
+    assert all(np.array_equal(columns(params)[name], first[name] + 1.0) for name in first)
+    shifted = columns(jax.tree.map(lambda x: x * 1.01, params))
+    assert len(list(tmp_path.iterdir())) == 2 and not np.array_equal(shifted["ref_chosen"], first["ref_chosen"])
+
+
 def test_best_of_n_picks_match_a_loop_and_the_analytic_kl():
     from rlhf_jax.runs import best_of_n
 

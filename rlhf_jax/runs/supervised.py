@@ -125,7 +125,8 @@ def prepare(exp: ExperimentConfig, workdir: str, with_data: bool = True) -> Setu
     train_step, eval_step = jit_steps(graphdef, tx, loss_fn, state_sharding, mesh, rules)
     if TASKS[t.task].reference:  # the reference is the model the run starts from: before any restore
         for split in splits.values():
-            dpo.add_reference_logprobs(split, graphdef, state.params, mesh, rules, t.eval_batch_size)
+            dpo.add_reference_logprobs(split, graphdef, state.params, mesh, rules, t.eval_batch_size,
+                                       os.path.join(data_root(exp.data), "reference_logprobs"))
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
     return Setup(mesh, rules, tokenizer, model.config.vocab_size, splits, graphdef, state, state_sharding, train_step,
                  eval_step, checkpoints)
