@@ -1,4 +1,5 @@
-"""Tiny comparison for tests: PPO, GRPO, DPO and best-of-n on the tiny pipeline, two seeds each.
+"""Tiny comparison for tests: PPO, GRPO, DPO and best-of-n on the tiny pipeline, two seeds each (the online
+arms' seeds in parallel).
 feedback.policy and ppo.policy must be set to a local causal-LM directory (tests make a tiny random one);
 the DPO arm's model.source follows ppo.policy."""
 
@@ -12,6 +13,7 @@ def get_config():
     config.compare = {
         "seeds": 2,
         "best_of_n": (1, 2, 4),
+        "parallel_seeds": True,  # the online arms' two seeds as one vmapped program
         "arms": (
             ("ppo", {}),
             ("grpo", {"ppo": {"algorithm": "grpo", "rollout_prompts": 4, "samples_per_prompt": 4, "kl_target": None}}),

@@ -255,6 +255,31 @@ def jit_functions(programs: Programs, state_sharding: PPOState, ref_sharding, me
                        out_shardings=(state_sharding, replicated), donate_argnums=0))
 
 
+def with_seed_axis(shardings):
+    """Shardings of a leading seed axis (replicated along it) on top of each of ``shardings``."""
+    return jax.tree.map(lambda s: NamedSharding(s.mesh, PartitionSpec(None, *s.spec)), shardings)
+
+
+def jit_seed_functions(programs: Programs, state_sharding: PPOState, ref_sharding, mesh: Mesh,
+                       rules: dict) -> PPOFunctions:
+    """``jit_functions`` for S seeds as one program (PureJaxRL-style): the state, prompts, keys, experience
+    and scores carry a leading seed axis S and both steps are ``jax.vmap``-ed over it; the frozen reference
+    is shared. Seed s computes what a run of seed s alone does, to float32 rounding (batched matmuls)."""
+    batch = with_seed_axis(sharding.batch_sharding(mesh, rules))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    seeded_state = with_seed_axis(state_sharding)
+
+    def on_mesh(function, in_axes):
+        return jax.vmap(sharding.with_activation_sharding(functools.partial(function, programs), mesh, rules),
+                        in_axes=in_axes)
+
+    return PPOFunctions(
+        rollout=jax.jit(on_mesh(rollout, (0, None, 0, 0, 0)), out_shardings=batch,
+                        in_shardings=(seeded_state.params, ref_sharding, batch, batch, with_seed_axis(replicated))),
+        update=jax.jit(on_mesh(update, 0), in_shardings=(seeded_state, batch, batch),
+                       out_shardings=(seeded_state, replicated), donate_argnums=0))
+
+
 def rollout_key(rng):
     """The iteration's sampling key; the update takes ``update_key`` and moves the state's key on."""
     return jax.random.fold_in(rng, 0)

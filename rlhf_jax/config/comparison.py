@@ -26,6 +26,8 @@ class CompareConfig:
                           "batch order, the held-out openings)")
     best_of_n: tuple[int, ...] = field((1, 2, 4, 8, 16), "the n of the best-of-n arm")
     confidence: float = field(0.95, "confidence of the interval over seeds (Student's t)")
+    parallel_seeds: bool = field(False, "train an online arm's seeds as one vmapped program (runs.parallel_seeds; "
+                                        "S copies of the parameters and Adam state); False: one after another")
 
     def __post_init__(self):
         require(len(self.arms) > 0, "compare.arms", "name at least one arm")

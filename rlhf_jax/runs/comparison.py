@@ -36,7 +36,7 @@ from rlhf_jax.files import write_atomic, write_json
 from rlhf_jax.metrics import read_metrics
 from rlhf_jax.models import load_tokenizer
 from rlhf_jax.plots import plot_frontier
-from rlhf_jax.runs import best_of_n, pipeline, preference_training
+from rlhf_jax.runs import best_of_n, parallel_seeds, pipeline, preference_training
 
 OFFLINE_TASKS = ("dpo", "ipo")
 REPORTED = ("gold_win_rate", "gold_score", "rm_score", "kl", "gold_gain", "seconds")
@@ -180,8 +180,13 @@ def run(exp: ExperimentConfig, compare: CompareConfig, workdir: str, progress: b
     results = {}
     for name, configs in arms.items():
         kind = arm_kind(name, configs[0])
-        results[name] = [run_arm(name, kind, arm, os.path.join(workdir, name, f"seed{seed}"), workdir, reward_model,
-                                 gold, compare, progress) for seed, arm in enumerate(configs)]
+        directories = [os.path.join(workdir, name, f"seed{seed}") for seed in range(compare.seeds)]
+        pending = [(arm, d) for arm, d in zip(configs, directories) if not pipeline.trained(arm, d)]
+        if kind == "online" and compare.parallel_seeds and len(pending) > 1:  # trained together, evaluated below
+            parallel_seeds.train_seeds([a for a, _ in pending], [d for _, d in pending], reward_model, gold,
+                                       [pipeline.training_prompts(a) for a, _ in pending], progress)
+        results[name] = [run_arm(name, kind, arm, directory, workdir, reward_model, gold, compare, progress)
+                         for arm, directory in zip(configs, directories)]
     summary = {"config": to_dict(exp), "compare": to_dict(compare), "reward_model": rm_results.get("test", {}),
                "arms": summarise(results, compare)}
     write_json(os.path.join(workdir, "compare.json"), summary)

@@ -56,6 +56,17 @@ def reward_stage(exp: ExperimentConfig, workdir: str, progress: bool = True):
     return rm_results, reward_model
 
 
+def training_prompts(exp: ExperimentConfig) -> list[str]:
+    """PPO's training openings: the train split, in an order of ``ppo.seed``."""
+    return sentiment_prompts(None, exp.ppo.prompt_tokens, load_tokenizer(exp.ppo.policy), split="train",
+                             seed=exp.ppo.seed)
+
+
+def trained(exp: ExperimentConfig, ppo_dir: str) -> bool:
+    """Whether ``ppo_dir`` holds the checkpoint of the last iteration."""
+    return os.path.isdir(os.path.join(ppo_dir, "checkpoints", str(exp.ppo.iterations)))
+
+
 def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress: bool = True,
                  save_policy: bool = False) -> tuple[dict, dict]:
     """PPO (or REINFORCE) in ``ppo_dir``, then the held-out evaluation; reused when complete for this config.
@@ -71,12 +82,11 @@ def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress:
     timings = {}
     tick = time.perf_counter()
     tokenizer = load_tokenizer(cfg.policy)
-    if os.path.isdir(os.path.join(ppo_dir, "checkpoints", str(cfg.iterations))):
+    if trained(exp, ppo_dir):
         log.info("stage ppo: reusing %s", ppo_dir)
         setup, state = policy_training.restore(exp, ppo_dir)
     else:
-        prompts = sentiment_prompts(None, cfg.prompt_tokens, tokenizer, split="train", seed=cfg.seed)
-        out = policy_training.train(exp, ppo_dir, reward_fn, gold, prompts, progress=progress)
+        out = policy_training.train(exp, ppo_dir, reward_fn, gold, training_prompts(exp), progress=progress)
         setup, state = out["setup"], out["state"]
     timings["ppo"] = time.perf_counter() - tick
     tick = time.perf_counter()

@@ -118,7 +118,7 @@ def to_mesh(arrays, run: PPOSetup):
     return jax.device_put(arrays, sharding.batch_sharding(run.mesh, run.rules))
 
 
-def _check_resumable(saved: dict, current: dict) -> None:
+def check_resumable(saved: dict, current: dict) -> None:
     """Refuse a checkpoint of another PPO config, naming the field; bookkeeping fields may change, and a
     field added since the checkpoint was made may have its default."""
     for field, value in current.items():
@@ -144,7 +144,7 @@ def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequ
     config_dict = to_dict(cfg)
     if start is not None:
         state, meta = run.checkpoints.restore(start, state, run.state_sharding)
-        _check_resumable(meta["config"], config_dict)
+        check_resumable(meta["config"], config_dict)
         log.info("resumed PPO from iteration %d", start)
     batches, feed = Batches(len(prompts), cfg.rollout_prompts, cfg.seed), Feed.of(run.mesh, run.rules, cfg.rollout_rows)
     main = is_main_process()
@@ -197,7 +197,7 @@ def restore(exp: ExperimentConfig, workdir: str):
     if step is None:
         raise ConfigError(f"--workdir {workdir}: no PPO checkpoint")
     state, meta = run.checkpoints.restore(step, run.state, run.state_sharding)
-    _check_resumable(meta["config"], to_dict(exp.ppo))
+    check_resumable(meta["config"], to_dict(exp.ppo))
     run.checkpoints.close()
     return run, state
 
