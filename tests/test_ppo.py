@@ -181,5 +181,6 @@ def test_seeds_in_parallel_equal_each_seed_alone(tmp_path, tiny_policy, prompts,
         for name in ("loss", "policy_loss", "kl", "score", "gold_score", "kl_coef", "entropy"):
             np.testing.assert_allclose(p[name], s[name], rtol=1e-4, atol=1e-6, err_msg=name)
     restored = policy_training.restore(exps[1], str(tmp_path / "s3"))[1]
-    for a, b in zip(jax.tree.leaves(jax.device_get(restored.params)), jax.tree.leaves(jax.device_get(alone["state"].params))):
+    for a, b in zip(jax.tree.leaves(jax.device_get(restored.params)),
+                    jax.tree.leaves(jax.device_get(alone["state"].params))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

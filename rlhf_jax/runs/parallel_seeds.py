@@ -72,9 +72,9 @@ def train_seeds(exps: Sequence[ExperimentConfig], workdirs: Sequence[str], rewar
     checkpoints = [Checkpointer(os.path.join(w, "checkpoints"), keep=2) for w in workdirs]
     states, start = _restore(checkpoints, exps, run.state, run.state_sharding)
     state = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), ppo.with_seed_axis(run.state_sharding))
+    ref_sharding = sharding.state_shardings(run.ref_params, run.mesh, run.rules)
     functions = ppo.jit_seed_functions(ppo.Programs(run.graphdef, run.ref_graphdef, cfg, run.sampling),
-                                       run.state_sharding, sharding.state_shardings(run.ref_params, run.mesh, run.rules),
-                                       run.mesh, run.rules)
+                                       run.state_sharding, ref_sharding, run.mesh, run.rules)
     batches = [Batches(len(p), cfg.rollout_prompts, e.ppo.seed) for p, e in zip(prompts, exps)]
     writers = [MetricsWriter(w, resume_step=start) for w in workdirs]
     for exp, workdir in zip(exps, workdirs):
@@ -106,8 +106,9 @@ def train_seeds(exps: Sequence[ExperimentConfig], workdirs: Sequence[str], rewar
                                               "seconds_per_iteration": seconds})
             with open(os.path.join(workdir, "samples.jsonl"), "a") as f:
                 for i in range(min(cfg.log_samples, len(responses[s]))):
-                    f.write(json.dumps({"step": iteration, "prompt": texts[s][i], "response": responses[s][i],
-                                        "rm_score": float(scores_SxB[s, i]), "gold_score": float(gold_SxB[s, i])}) + "\n")
+                    sample = {"step": iteration, "prompt": texts[s][i], "response": responses[s][i],
+                              "rm_score": float(scores_SxB[s, i]), "gold_score": float(gold_SxB[s, i])}
+                    f.write(json.dumps(sample) + "\n")
         bar.update(1)
         if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
             for s, (checkpoint, exp) in enumerate(zip(checkpoints, exps)):
