@@ -45,9 +45,9 @@ def _generate(args) -> int:
 
 
 def _config_show(args) -> int:
-    from rlhf_jax.config import describe, load_config
+    from rlhf_jax.config import describe, load_run_config
 
-    print(describe(load_config(args.config, args.overrides)))
+    print(describe(*load_run_config(args.config, args.overrides)))
     return 0
 
 

@@ -80,6 +80,13 @@ def test_bad_comparisons_are_refused_by_name():
         load_config(os.path.join(CONFIGS, "compare_quick.py"))
 
 
+def test_config_show_lists_the_compare_section():
+    from rlhf_jax.config import describe
+
+    text = describe(*load_run_config(os.path.join(CONFIGS, "compare_quick.py"), ["--config.compare.seeds=3"]))
+    assert "compare.seeds = 3  # seeds per arm" in text and "ppo.iterations = 6" in text
+
+
 def test_tiny_comparison_end_to_end(tmp_path, tiny_policy):
     exp, compare = load_run_config(os.path.join(CONFIGS, "tiny_compare.py"),
                                    [f"--config.ppo.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}"])

@@ -22,8 +22,8 @@ BEST_OF_N = "best_of_n"
 class CompareConfig:
     arms: tuple[tuple[str, Any], ...] = field((), "(name, {section: {field: value}}) pairs, each arm's changes to "
                                                   "the base config; the arm named 'best_of_n' samples the reference")
-    seeds: int = field(2, "seeds per arm: seed s sets ppo.seed = train.seed = s (prompt order, sampling keys, "
-                          "batch order, the held-out openings)")
+    seeds: int = field(2, "seeds per arm: seed s sets ppo.seed = s (prompt order, sampling keys, the held-out "
+                          "openings) and an offline arm's train.seed = s (batch order)")
     best_of_n: tuple[int, ...] = field((1, 2, 4, 8, 16), "the n of the best-of-n arm")
     confidence: float = field(0.95, "confidence of the interval over seeds (Student's t)")
     parallel_seeds: bool = field(False, "train an online arm's seeds as one vmapped program (runs.parallel_seeds; "

@@ -137,15 +137,18 @@ def json_ready(value):
     return value
 
 
-def describe(exp: ExperimentConfig) -> str:
-    """Every field of the resolved config with its value and its doc, one line each, by section."""
+def describe(exp: ExperimentConfig, compare: CompareConfig | None = None) -> str:
+    """Every field of the resolved config with its value and its doc, one line each, by section (and a
+    comparison's compare section)."""
     lines = []
-    for name in SECTIONS:
-        section = getattr(exp, name)
+    sections = {name: getattr(exp, name) for name in SECTIONS}
+    if compare is not None:
+        sections["compare"] = compare
+    for name, section in sections.items():
         if section is None:
             lines += [f"{name}: None  # {_doc(ExperimentConfig, name)}", ""]
             continue
-        lines.append(f"{name}:  # {_doc(ExperimentConfig, name)}")
+        lines.append(f"{name}:  # {_doc(ExperimentConfig, name) if name in SECTIONS else 'the arms compared'}")
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             if f.name in ("config", "shape", "rules", "model_config") and isinstance(value, tuple):
