@@ -26,6 +26,7 @@ def get_config():
     config.compare = {
         "seeds": 2,
         "best_of_n": (1, 2, 4, 8, 16),
+        "parallel_seeds": True,  # an online arm's seeds as one vmapped program
         "arms": (  # (name, changes to this config): a sequence, so the report keeps this order
             ("ppo", {}),
             ("rloo", {"ppo": {"algorithm": "rloo", "rollout_prompts": 8, "samples_per_prompt": 4, "epochs": 1,

@@ -16,7 +16,8 @@ from rlhf_jax.config import SECTIONS, ConfigError, ModelConfig, load_config, to_
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
-@pytest.mark.parametrize("cls", [*SECTIONS.values(), ModelConfig, config.ExperimentConfig], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [*SECTIONS.values(), ModelConfig, config.ExperimentConfig, config.CompareConfig],
+                         ids=lambda c: c.__name__)
 def test_every_field_has_a_one_line_doc(cls):
     for f in dataclasses.fields(cls):
         doc = f.metadata.get("doc", "")
@@ -64,3 +65,16 @@ def test_a_checkpoint_from_before_a_field_existed_is_the_same_run_at_its_default
     changed["train"]["beta"] = 0.5
     with pytest.raises(ConfigError, match="train.beta"):
         check_same_run(saved, changed)
+
+
+def test_a_saved_config_from_before_a_field_existed_is_the_same_config_at_its_default():
+    """What decides whether a finished stage (its evaluation.json) is reused: equal configs, or a saved one
+    lacking fields added since, when they are at their default now."""
+    exp = load_config(os.path.join(CONFIGS, "tiny_ppo.py"))
+    saved = to_dict(exp)
+    del saved["ppo"]["reference"], saved["train"]["beta"]
+    assert config.same_config(saved, exp) and config.same_config(to_dict(exp), exp)
+    assert not config.same_config(saved, dataclasses.replace(exp, train=dataclasses.replace(exp.train, beta=0.5)))
+    assert not config.same_config(saved, dataclasses.replace(exp, ppo=dataclasses.replace(exp.ppo, iterations=3)))
+    saved["ppo"]["retired_field"] = 1  # a field this version no longer has: another config
+    assert not config.same_config(saved, exp)

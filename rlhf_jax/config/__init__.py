@@ -24,10 +24,10 @@ from rlhf_jax.config.experiment import (
                                         TrainConfig,
 )
 from rlhf_jax.config.loading import (added_at_default, describe, experiment_from_dict, json_ready, load_config,
-                                     load_run_config, parse_override, to_dict)
+                                     load_run_config, parse_override, same_config, to_dict)
 from rlhf_jax.config.model import DTYPES, FAMILIES, HEADS, POOLINGS, MeshConfig, ModelConfig
 
 __all__ = ["CompareConfig", "ConfigError", "field", "FEEDBACK_KINDS", "SECTIONS", "DataConfig", "ExperimentConfig",
            "FeedbackConfig", "ModelSpec", "PPOConfig", "TrainConfig", "added_at_default", "describe",
-           "experiment_from_dict", "json_ready", "load_config", "load_run_config", "parse_override", "to_dict", "DTYPES",
+           "experiment_from_dict", "json_ready", "load_config", "load_run_config", "parse_override", "same_config", "to_dict", "DTYPES",
            "FAMILIES", "HEADS", "POOLINGS", "MeshConfig", "ModelConfig"]

@@ -129,6 +129,23 @@ def added_at_default(cls, field: str, value, saved: Mapping[str, Any]) -> bool:
     return field not in saved and field in defaults and value == json_ready(defaults[field])
 
 
+def same_config(saved: Mapping[str, Any], exp: ExperimentConfig) -> bool:
+    """Whether a saved ``to_dict`` of a config (e.g. in an evaluation.json) is ``exp``'s, where a field
+    added since it was saved counts as equal when ``exp`` has it at its default (``added_at_default``)."""
+    current = to_dict(exp)
+    if set(saved) != set(current):
+        return False
+    for name, values in current.items():
+        before = saved[name]
+        if values is None or before is None or set(before) - set(values):
+            if values != before:
+                return False
+            continue
+        if any(before.get(f) != v and not added_at_default(SECTIONS[name], f, v, before) for f, v in values.items()):
+            return False
+    return True
+
+
 def json_ready(value):
     if isinstance(value, dict):
         return {k: json_ready(v) for k, v in value.items()}

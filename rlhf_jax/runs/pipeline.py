@@ -17,7 +17,7 @@ import time
 
 from rlhf_jax import assets
 from rlhf_jax.algorithms import ALGORITHMS
-from rlhf_jax.config import ConfigError, ExperimentConfig, to_dict
+from rlhf_jax.config import ConfigError, ExperimentConfig, same_config, to_dict
 from rlhf_jax.distributed import is_main_process
 from rlhf_jax.feedback import language
 from rlhf_jax.feedback.collect import sentiment_prompts
@@ -77,7 +77,7 @@ def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress:
     if os.path.exists(evaluation_path) and (os.path.isdir(policy_dir) or not save_policy):
         with open(evaluation_path) as f:
             evaluation = json.load(f)
-        if evaluation.get("config") == to_dict(exp):
+        if same_config(evaluation.get("config", {}), exp):
             return evaluation, {}
     timings = {}
     tick = time.perf_counter()

@@ -22,7 +22,7 @@ import os
 import jax
 from flax import nnx
 
-from rlhf_jax.config import ConfigError, ExperimentConfig, to_dict
+from rlhf_jax.config import ConfigError, ExperimentConfig, same_config, to_dict
 from rlhf_jax.distributed import is_main_process
 from rlhf_jax.feedback.collect import sentiment_prompts
 from rlhf_jax.feedback.labelers import gold_scorer
@@ -71,7 +71,7 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str, directory: str, rewa
     if os.path.exists(evaluation_path):
         with open(evaluation_path) as f:
             evaluation = json.load(f)
-        if evaluation.get("config") == to_dict(exp) and (reward_model is None or "rm_score" in evaluation["metrics"]):
+        if same_config(evaluation.get("config", {}), exp) and (reward_model is None or "rm_score" in evaluation["metrics"]):
             return evaluation
     policy = save_policy(directory, policy_exp)
     cfg = dataclasses.replace(exp.ppo, policy=policy, reference=exp.model.source)
