@@ -94,7 +94,7 @@ def test_tiny_comparison_end_to_end(tmp_path, tiny_policy):
                   else changes) for name, changes in compare.arms)
     compare = dataclasses.replace(compare, arms=arms)
     summary = comparison.run(exp, compare, str(tmp_path), progress=False)
-    assert list(summary["arms"]) == ["ppo", "grpo", "dpo", "best_of_n"]
+    assert list(summary["arms"]) == ["ppo", "grpo", "dpo", "best_of_n"] and summary["complete"]
     for name, arm in summary["arms"].items():
         assert arm["seeds"] == 2 and arm["gold_win_rate"]["half_width"] is not None, name
         results = [json.loads((tmp_path / name / f"seed{s}" / "result.json").read_text()) for s in (0, 1)]

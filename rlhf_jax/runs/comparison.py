@@ -187,8 +187,15 @@ def run(exp: ExperimentConfig, compare: CompareConfig, workdir: str, progress: b
                                        [pipeline.training_prompts(a) for a, _ in pending], progress)
         results[name] = [run_arm(name, kind, arm, directory, workdir, reward_model, gold, compare, progress)
                          for arm, directory in zip(configs, directories)]
+        summary = write_summary(exp, compare, workdir, rm_results, results)  # after every arm: the arms so far
+    return summary
+
+
+def write_summary(exp: ExperimentConfig, compare: CompareConfig, workdir: str, rm_results: dict,
+                  results: dict[str, list[dict]]) -> dict:
+    """compare.json, frontier.png and compare.md of the arms in ``results``."""
     summary = {"config": to_dict(exp), "compare": to_dict(compare), "reward_model": rm_results.get("test", {}),
-               "arms": summarise(results, compare)}
+               "arms": summarise(results, compare), "complete": list(results) == [name for name, _ in compare.arms]}
     write_json(os.path.join(workdir, "compare.json"), summary)
     plot_frontier(results, summary["arms"], os.path.join(workdir, "frontier.png"))
     write_atomic(os.path.join(workdir, "compare.md"), report(summary))
@@ -205,7 +212,7 @@ def report(summary: dict) -> str:
     compare, arms = summary["compare"], summary["arms"]
     level = f"{compare['confidence']:.0%}"
     lines = [
-        "# Comparison", "",
+        "# Comparison" + ("" if summary["complete"] else f" (so far: {len(arms)} of {len(compare['arms'])} arms)"), "",
         f"Every arm starts from `{summary['config']['ppo']['policy']}`; the online arms and best-of-n use one reward "
         f"model, the offline arms the preferences it was trained on. {compare['seeds']} seed(s) per arm; mean ± the "
         f"half-width of the {level} Student-t interval over seeds. Evaluation: "
