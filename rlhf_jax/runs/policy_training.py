@@ -155,7 +155,8 @@ def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequ
         write_json(os.path.join(workdir, "config.json"), to_dict(exp))
     iteration = start or 0
     end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
-    bar = tqdm(total=end, initial=iteration, disable=not (progress and main), desc="ppo", dynamic_ncols=True)
+    bar = tqdm(total=end, initial=iteration, disable=not (progress and main), desc=cfg.algorithm,
+               dynamic_ncols=True)
     row = {}
     while iteration < end:
         tick = time.perf_counter()
