@@ -43,6 +43,7 @@ def fit(form: str, kl: np.ndarray, gain: np.ndarray) -> dict:
     if alpha > 0 and beta > 0:  # rises from 0, then turns down
         peak = alpha / (2 * beta) if form == "best_of_n" else math.exp(alpha / beta - 1)
     return {"form": form, "alpha": float(alpha), "beta": float(beta), "points": int(len(d)),
+            "max_sqrt_kl": float(d.max()),
             "r2": float(1 - np.sum(residual ** 2) / total) if total > 0 else None,
             "peak_sqrt_kl": None if peak is None else float(peak)}
 

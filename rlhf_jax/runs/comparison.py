@@ -241,10 +241,12 @@ def report(summary: dict) -> str:
                   "best-of-n R = d (alpha - beta d); RL R = d (alpha - beta log d); fitted on every point of the arm "
                   "(training iterations and evaluations, all seeds).", "",
                   "| arm | score | alpha | beta | R^2 | peak at d | points |", "|---|---|---|---|---|---|---|"]
+        # R^2 = 1 - SS_res / SS_tot about the points' mean: the forms have no intercept, so it can be negative
         for name, fit in fits:
             for score, f in fit.items():
                 r2 = "n/a" if f["r2"] is None else f"{f['r2']:.2f}"
-                peak = "none" if f["peak_sqrt_kl"] is None else f"{f['peak_sqrt_kl']:.2f}"
+                peak = "none" if f["peak_sqrt_kl"] is None else f"{f['peak_sqrt_kl']:.2f}" + (
+                    " (past the points)" if f["peak_sqrt_kl"] > f["max_sqrt_kl"] else "")
                 lines.append(f"| {name} | {score} | {f['alpha']:.3f} | {f['beta']:.3f} | {r2} | {peak} | "
                              f"{f['points']} |")
     lines += ["", "![gold and proxy score gained against sqrt(KL)](frontier.png)", ""]
