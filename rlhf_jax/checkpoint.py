@@ -21,6 +21,13 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """Every finished step kept, in order."""
+        return sorted(self.manager.all_steps())
+
+    def delete(self, step: int) -> None:
+        self.manager.delete(step)
+
     def save(self, step: int, state, meta: dict) -> None:
         """Asynchronous save; orbax finalises a step directory only when it is complete."""
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

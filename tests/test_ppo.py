@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -161,14 +162,17 @@ def test_tiny_rlhf_run_end_to_end(tmp_path, tiny_policy):
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_seeds_in_parallel_equal_each_seed_alone(tmp_path, tiny_policy, prompts, reward_model, algorithm):
     """Seeds 0 and 3 as one vmapped program: seed 3's samples, metrics and parameters are those of seed 3
-    run alone (float32 tolerance), and its workdir holds what the run alone writes."""
+    run alone (float32 tolerance), and its workdir holds what the run alone writes; after seed 3's last
+    checkpoint is lost, both resume from the last iteration they share and end the same."""
     from rlhf_jax.runs.parallel_seeds import train_seeds
 
     group = (["--config.ppo.algorithm=grpo", "--config.ppo.rollout_prompts=4", "--config.ppo.samples_per_prompt=4",
               "--config.ppo.kl_target=None"] if algorithm == "grpo" else [])
     exps = [tiny(tiny_policy, f"--config.ppo.seed={seed}", "--config.ppo.iterations=3", *group) for seed in (0, 3)]
-    train_seeds(exps, [str(tmp_path / "s0"), str(tmp_path / "s3")], reward_model, LengthGold(), [prompts, prompts],
-                progress=False)
+    workdirs = [str(tmp_path / "s0"), str(tmp_path / "s3")]
+    train_seeds(exps, workdirs, reward_model, LengthGold(), [prompts, prompts], progress=False)
+    shutil.rmtree(tmp_path / "s3" / "checkpoints" / "3")  # seed 3's last save lost: both resume from iteration 2
+    train_seeds(exps, workdirs, reward_model, LengthGold(), [prompts, prompts], progress=False)
     alone = policy_training.train(exps[1], str(tmp_path / "alone"), reward_model, LengthGold(), prompts, progress=False)
 
     def samples(name):

@@ -6,7 +6,7 @@ had run alone: seed s computes what the run of seed s alone computes, to float32
 (tests/test_comparison.py). The program holds S copies of the parameters and Adam state: use it where
 they fit (``compare.parallel_seeds``), else run the seeds one after another.
 
-One process. A resume needs every seed's latest checkpoint at the same iteration. Each seed's
+One process. A resume starts from the latest iteration every seed has a checkpoint of. Each seed's
 ``seconds_per_iteration`` is its share, 1/S, of the iteration's wall time.
 """
 
@@ -43,20 +43,24 @@ def _check_same_but_seed(exps: Sequence[ExperimentConfig]) -> None:
 
 
 def _restore(checkpoints: list[Checkpointer], exps, template, state_sharding):
-    """Every seed's latest state (one iteration for all), or the fresh states when none has one."""
-    steps = [c.latest_step() for c in checkpoints]
-    if len(set(steps)) > 1:
-        raise ConfigError(f"seeds in parallel: the seeds' checkpoints are at iterations {steps}; run them one by "
-                          "one (compare.parallel_seeds=False) or in a new workdir")
-    if steps[0] is None:
+    """Every seed's state at the latest iteration that all of them have a checkpoint of (one seed's save
+    may have failed, e.g. on a full disk), or the fresh states when there is none."""
+    common = set.intersection(*(set(c.steps()) for c in checkpoints))
+    if not common:
+        if any(c.steps() for c in checkpoints):
+            raise ConfigError(f"seeds in parallel: the seeds have no checkpoint of one iteration in common "
+                              f"({[c.steps() for c in checkpoints]}); run them one by one "
+                              "(compare.parallel_seeds=False) or in a new workdir")
         tx = ppo.make_optimizer(exps[0].ppo)  # the initial parameters do not depend on the seed (zero value head)
         return [jax.device_put(ppo.PPOState.create(template.params, tx, e.ppo), state_sharding) for e in exps], None
-    states = []
+    step, states = max(common), []
     for checkpoint, exp in zip(checkpoints, exps):
-        state, meta = checkpoint.restore(steps[0], template, state_sharding)
+        for later in [s for s in checkpoint.steps() if s > step]:  # redone from ``step``, as the other seeds
+            checkpoint.delete(later)
+        state, meta = checkpoint.restore(step, template, state_sharding)
         check_resumable(meta["config"], to_dict(exp.ppo))
         states.append(state)
-    return states, steps[0]
+    return states, step
 
 
 def train_seeds(exps: Sequence[ExperimentConfig], workdirs: Sequence[str], reward_model, gold,
