@@ -1,6 +1,7 @@
-"""configs/compare_sentiment.py at a size that runs in about 25 minutes on 2 CPU cores: fewer preferences,
-a shorter reward-model run, 6 iterations of the online arms, 24 steps of the offline ones, 64 held-out
-openings, best-of-8. A smoke-scale comparison: read its differences with their intervals.
+"""configs/compare_sentiment.py small: fewer preferences, a shorter reward-model run, 6 iterations of the
+online arms, 24 steps of the offline ones, 64 held-out openings, best-of-8. Meant for about 25 minutes on
+2 CPU cores; measured 34 min (with the seeds one after another; README). A smoke-scale comparison: read
+its differences with their intervals.
 
     rlhf-jax run --config configs/compare_quick.py          (workdir: runs/compare_quick)
 """
