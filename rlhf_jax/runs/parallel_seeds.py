@@ -3,7 +3,7 @@ axis of the state and of every batch (PureJaxRL-style; ``ppo.jit_seed_functions`
 is shared. Each seed keeps its own workdir with the files of a run alone (checkpoints, metrics.jsonl,
 samples.jsonl, config.json, ppo.png), so its evaluation, a resume alone, or a comparison reads it as if it
 had run alone: seed s computes what the run of seed s alone computes, to float32 rounding
-(tests/test_comparison.py). The program holds S copies of the parameters and Adam state: use it where
+(tests/test_ppo.py). The program holds S copies of the parameters and Adam state: use it where
 they fit (``compare.parallel_seeds``), else run the seeds one after another.
 
 One process. A resume starts from the latest iteration every seed has a checkpoint of. Each seed's
@@ -13,7 +13,6 @@ One process. A resume starts from the latest iteration every seed has a checkpoi
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Sequence
@@ -30,7 +29,7 @@ from rlhf_jax.data.pipeline import Batches
 from rlhf_jax.files import write_json
 from rlhf_jax.metrics import MetricsWriter, truncate_after
 from rlhf_jax.plots import plot_ppo
-from rlhf_jax.runs.policy_training import check_resumable, encode_prompts, prepare, prompt_rows
+from rlhf_jax.runs.policy_training import check_resumable, encode_prompts, log_samples, prepare, prompt_rows
 from rlhf_jax.sampling import decode_responses
 
 
@@ -108,11 +107,8 @@ def train_seeds(exps: Sequence[ExperimentConfig], workdirs: Sequence[str], rewar
             row = {name: float(value[s]) for name, value in metrics.items()}
             writer.write(iteration, "train", {**row, "gold_score": float(gold_SxB[s].mean()),
                                               "seconds_per_iteration": seconds})
-            with open(os.path.join(workdir, "samples.jsonl"), "a") as f:
-                for i in range(min(cfg.log_samples, len(responses[s]))):
-                    sample = {"step": iteration, "prompt": texts[s][i], "response": responses[s][i],
-                              "rm_score": float(scores_SxB[s, i]), "gold_score": float(gold_SxB[s, i])}
-                    f.write(json.dumps(sample) + "\n")
+            log_samples(os.path.join(workdir, "samples.jsonl"), iteration, texts[s], responses[s], scores_SxB[s],
+                        gold_SxB[s], cfg.log_samples)
         bar.update(1)
         if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
             for s, (checkpoint, exp) in enumerate(zip(checkpoints, exps)):

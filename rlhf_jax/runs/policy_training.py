@@ -47,6 +47,14 @@ def prompt_rows(rows, cfg: PPOConfig) -> np.ndarray:
     return np.repeat(rows, cfg.samples_per_prompt)
 
 
+def log_samples(path: str, iteration: int, prompts, responses, scores, gold_scores, count: int) -> None:
+    """Append the first ``count`` samples of an iteration to samples.jsonl, with their two scores."""
+    with open(path, "a") as f:
+        for prompt, response, score, gold in list(zip(prompts, responses, scores, gold_scores))[:count]:
+            f.write(json.dumps({"step": iteration, "prompt": prompt, "response": response, "rm_score": float(score),
+                                "gold_score": float(gold)}) + "\n")
+
+
 def responses_of(run: "PPOSetup", feed: Feed, generated) -> list[str]:
     """This process's rows of a batch of generated response tokens ([B, N] tokens and mask), decoded."""
     tokens_BxN, mask_BxN = feed.take(generated)
@@ -174,10 +182,7 @@ def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequ
         row.update(gold_score=float(np.mean(feed.gather(gold_scores))), seconds_per_iteration=time.perf_counter() - tick)
         writer.write(iteration, "train", row)
         if main:  # process 0's rows: the batch's first rows
-            with open(samples_path, "a") as f:
-                for prompt, response, score, g in list(zip(batch_prompts, responses, scores, gold_scores))[:cfg.log_samples]:
-                    f.write(json.dumps({"step": iteration, "prompt": prompt, "response": response,
-                                        "rm_score": float(score), "gold_score": float(g)}) + "\n")
+            log_samples(samples_path, iteration, batch_prompts, responses, scores, gold_scores, cfg.log_samples)
         bar.update(1)
         bar.set_postfix(rm=f"{row['score']:.2f}", gold=f"{row['gold_score']:.2f}", kl=f"{row['kl']:.2f}")
         if iteration % cfg.checkpoint_every == 0 or iteration == end:
