@@ -24,11 +24,9 @@ from tqdm.auto import tqdm
 
 from rlhf_jax.config import ExperimentConfig
 from rlhf_jax.distributed import is_main_process
-from rlhf_jax.feedback.collect import sentiment_prompts
 from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.feeding import Feed
 from rlhf_jax.files import write_json
-from rlhf_jax.models import load_tokenizer
 from rlhf_jax.runs import pipeline, policy_training, reward_training
 from rlhf_jax.sampling import generate
 
@@ -86,9 +84,7 @@ def run(exp: ExperimentConfig, workdir: str, ns: Sequence[int]) -> list[dict]:
     rm_results = reward_training.run(exp, workdir)
     reward_model = pipeline.load_reward_model(reward_training.with_feedback_data(exp, workdir),
                                               os.path.join(workdir, "reward_model"), rm_results["normalization"])
-    cfg = exp.ppo
-    prompts = sentiment_prompts(cfg.eval_prompts, cfg.prompt_tokens, load_tokenizer(cfg.policy),
-                                split="test", seed=cfg.seed)
+    prompts = pipeline.held_out_prompts(exp)
     results = evaluate(exp, reward_model, gold_scorer(exp.feedback), prompts, ns)
     if is_main_process():
         write_json(os.path.join(workdir, "best_of_n.json"), {"prompts": len(prompts), "results": results})

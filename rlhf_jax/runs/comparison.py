@@ -30,11 +30,9 @@ import jax
 from rlhf_jax import frontier
 from rlhf_jax.config import CompareConfig, ConfigError, ExperimentConfig, experiment_from_dict, to_dict
 from rlhf_jax.config.comparison import BEST_OF_N
-from rlhf_jax.feedback.collect import sentiment_prompts
 from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.files import write_atomic, write_json
 from rlhf_jax.metrics import read_metrics
-from rlhf_jax.models import load_tokenizer
 from rlhf_jax.plots import plot_frontier
 from rlhf_jax.runs import best_of_n, parallel_seeds, pipeline, preference_training
 
@@ -102,9 +100,7 @@ def run_arm(name: str, kind: str, arm: ExperimentConfig, directory: str, workdir
             return result
     tick = time.perf_counter()
     if kind == "best_of_n":
-        prompts = sentiment_prompts(arm.ppo.eval_prompts, arm.ppo.prompt_tokens, load_tokenizer(arm.ppo.policy),
-                                    split="test", seed=arm.ppo.seed)
-        per_n = best_of_n.evaluate(arm, reward_model, gold, prompts, compare.best_of_n)
+        per_n = best_of_n.evaluate(arm, reward_model, gold, pipeline.held_out_prompts(arm), compare.best_of_n)
         os.makedirs(directory, exist_ok=True)
         base = next(r for r in per_n if r["n"] == 1)  # draw 0: the reference sample
         reference = {"gold": base["gold_score"], "proxy": base["rm_score"]}

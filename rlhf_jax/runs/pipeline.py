@@ -62,6 +62,12 @@ def training_prompts(exp: ExperimentConfig) -> list[str]:
                              seed=exp.ppo.seed)
 
 
+def held_out_prompts(exp: ExperimentConfig) -> list[str]:
+    """The evaluation's ``ppo.eval_prompts`` openings: the test split, in an order of ``ppo.seed``."""
+    return sentiment_prompts(exp.ppo.eval_prompts, exp.ppo.prompt_tokens, load_tokenizer(exp.ppo.policy), split="test",
+                             seed=exp.ppo.seed)
+
+
 def trained(exp: ExperimentConfig, ppo_dir: str) -> bool:
     """Whether ``ppo_dir`` holds the checkpoint of the last iteration."""
     return os.path.isdir(os.path.join(ppo_dir, "checkpoints", str(exp.ppo.iterations)))
@@ -81,7 +87,6 @@ def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress:
             return evaluation, {}
     timings = {}
     tick = time.perf_counter()
-    tokenizer = load_tokenizer(cfg.policy)
     if trained(exp, ppo_dir):
         log.info("stage ppo: reusing %s", ppo_dir)
         setup, state = policy_training.restore(exp, ppo_dir)
@@ -90,7 +95,7 @@ def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress:
         setup, state = out["setup"], out["state"]
     timings["ppo"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    held_out = sentiment_prompts(cfg.eval_prompts, cfg.prompt_tokens, tokenizer, split="test", seed=cfg.seed)
+    held_out = held_out_prompts(exp)
     evaluation = policy_training.evaluate(setup, state, reward_fn, gold, held_out)
     timings["evaluation"] = time.perf_counter() - tick
     evaluation.update(config=to_dict(exp), iteration=cfg.iterations)
