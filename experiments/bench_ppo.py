@@ -2,29 +2,32 @@
 
 The workload of the peer (../shared/peers/w2_ppo.py, trl 1.12.0): policy SmolLM2-135M-Instruct, its
 frozen copy as reference, 16 prompts of 16 Rotten Tomatoes tokens, exactly 24 sampled tokens
-(temperature 1, no EOS stop), 4 epochs x 4 minibatches (16 Adam steps of 4 sequences), float32.
-The reward model is MiniLM with a random scalar head (the peer uses a second SmolLM2 with a random
-score head: a heavier scorer, so the comparison slightly favours us on scoring and is noted in the
-output). Value: a separate SmolLM2 trunk (as the peer's) by default, or --value shared.
+(temperature 1, no EOS stop), 4 epochs x 4 minibatches (16 Adam steps of 4 sequences), float32; value:
+a separate SmolLM2 trunk with a scalar head; reward model: SmolLM2 with a random scalar head (the peer's
+exact scorer, the default here; --reward minilm-l6 for the lighter MiniLM one). --value shared puts the
+value head on the policy's trunk instead (not the peer's work).
 
-One iteration = rollout + host decode/re-tokenise/score + update; the first (compilation) is
-reported apart, then the median of --iterations timed ones. Prints one JSON line.
+One iteration = rollout + host decode/re-tokenise/score + update. Ours and the peer alternate for
+--passes rounds (the peer's script in its own venv, with its own warm-up); in each, ours is the median of
+--iterations timed iterations after the first of the run (compilation, reported apart), and the ratio is
+peer seconds / ours. MFU: the iteration's model FLOPs (2 x parameters x tokens per forward, x 3 with the
+backward; the embedding table counted where it is the LM head) over ours seconds, against the float32
+GEMM rate jax reaches in the same run (bench_lib). Prints one JSON line.
 
-    python experiments/bench_ppo.py [--iterations 3] [--value separate|shared]
-        [--peer-python /tmp/venv_ppo/bin/python] [--peer-script ../shared/peers/w2_ppo.py]
+    python experiments/bench_ppo.py [--passes 3] [--iterations 3] [--value separate|shared]
+        [--reward smollm2-135m-instruct|minilm-l6|DIR] [--policy DIR]
+        [--peer-python /tmp/venv_ppo/bin/python] [--no-peer]
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import jax
 import numpy as np
+from bench_lib import PEERS, alternate, emit, gemm_gflops, model_dir, run_peer, summary
 from flax import nnx
 from rt_prompts import fixed_length_prompts
 
@@ -35,84 +38,109 @@ from rlhf_jax.runs import policy_training
 from rlhf_jax.sampling import decode_responses
 from rlhf_jax.scoring import RewardModel
 
-POLICY = "smollm2-135m-instruct"
-HERE = os.path.dirname(os.path.abspath(__file__))
+RESPONSE_TOKENS = 24
 
 
-def ours(args):
+def parameter_count(params, without_embedding: bool = False) -> int:
+    """Parameters of a model's state; without its token embedding (a table lookup where it is not the LM head)."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return sum(int(np.prod(leaf.shape)) for path, leaf in leaves
+               if not (without_embedding and "embed" in jax.tree_util.keystr(path)))
+
+
+def iteration_flops(policy_params, value_params, reward_params, rows: int, tokens: int, epochs: int) -> float:
+    """Model FLOPs of one PPO iteration: sampling, the policy's, reference's and value's forward over the
+    rollout, the reward model's forward, then ``epochs`` passes of forward + backward of policy and value."""
+    policy = 2 * parameter_count(policy_params) * rows * tokens
+    value = 2 * parameter_count(value_params, without_embedding=True) * rows * tokens if value_params else 0
+    scorer = 2 * parameter_count(reward_params, without_embedding=True) * rows * tokens
+    rollout = 3 * policy + value + scorer  # sampling + policy log-probs + reference log-probs
+    return rollout + epochs * 3 * (policy + value)
+
+
+def prepare(args):
+    """Our PPO iteration on the peer's workload: () -> seconds of one iteration, and its model FLOPs."""
+    policy = model_dir(args.policy)
     exp = experiment_from_dict({
-        "model": {"source": "minilm-l6", "head": "scalar"}, "train": {"task": "reward_pairwise"},
+        "model": {"source": policy, "head": "scalar"}, "train": {"task": "reward_pairwise"},
         "mesh": {"shape": {"data": 1, "fsdp": 1, "tensor": 1}},
-        "ppo": {"policy": POLICY, "value": args.value, "iterations": 1, "rollout_prompts": args.prompts,
-                "epochs": 4, "minibatches": 4, "prompt_tokens": args.prompt_len, "response_tokens": 24,
+        "ppo": {"policy": policy, "value": args.value, "iterations": 1, "rollout_prompts": args.prompts,
+                "epochs": 4, "minibatches": 4, "prompt_tokens": args.prompt_len, "response_tokens": RESPONSE_TOKENS,
                 "kl_target": 6.0}})
     run = policy_training.prepare(exp, None)
     run.sampling = ppo.sampling_config(exp.ppo, None, 0)  # no EOS stop, like the peer
     run.functions = ppo.jit_functions(ppo.Programs(run.graphdef, run.ref_graphdef, exp.ppo, run.sampling),
                                       run.state_sharding, jax.tree.map(lambda x: x.sharding, run.ref_params),
                                       run.mesh, run.rules)
-    rm_model = from_pretrained("minilm-l6", head="scalar")
-    graphdef, params = nnx.split(rm_model)
-    reward_model = RewardModel(graphdef, params, load_tokenizer("minilm-l6"), 64)
+    scorer = model_dir(args.reward or args.policy)
+    rm_graphdef, rm_params = nnx.split(from_pretrained(scorer, head="scalar"))
+    reward_model = RewardModel(rm_graphdef, rm_params, load_tokenizer(scorer), args.prompt_len + RESPONSE_TOKENS)
     ids = np.asarray(fixed_length_prompts(run.tokenizer, args.prompts, args.prompt_len), np.int32)
     texts = [run.tokenizer.decode(row) for row in ids]
-    state, seconds = run.state, []
-    for _ in range(args.iterations + 1):
+    state = run.state
+
+    def iteration() -> float:
+        nonlocal state
         start = time.perf_counter()
-        experience = run.functions.rollout(state.params, run.ref_params, *policy_training.to_mesh((ids, np.ones_like(ids)), run),
+        experience = run.functions.rollout(state.params, run.ref_params,
+                                           *policy_training.to_mesh((ids, np.ones_like(ids)), run),
                                            ppo.rollout_key(state.rng))
         responses = decode_responses(run.tokenizer, experience.ids_BxT[:, args.prompt_len:],
-                                                 experience.response_mask_BxN)
+                                     experience.response_mask_BxN)
         scores = reward_model.score(texts, responses)
         state, metrics = run.functions.update(state, experience, policy_training.to_mesh(scores, run))
         jax.block_until_ready(metrics)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        return time.perf_counter() - start
 
-
-def peer(args):
-    """Run the peer script in its own venv (torch + trl 1.12.0); returns its JSON line, or why not."""
-    if not (os.path.exists(args.peer_python) and os.path.exists(args.peer_script)):
-        return {"skipped": f"no peer: {args.peer_python} or {args.peer_script} is missing "
-                           f"(../shared/peers/setup.sh makes them)"}
-    result = subprocess.run([args.peer_python, args.peer_script, "--model", "smollm2", "--iters", str(args.iterations),
-                             "--prompts", str(args.prompts), "--prompt-len", str(args.prompt_len)],
-                            capture_output=True, text=True, cwd=os.path.dirname(args.peer_script))
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        return {"failed": result.stderr[-1500:]}
-    return json.loads(lines[-1])
+    value_params = state.params["value_model"] if args.value == "separate" else None
+    policy_params = state.params["policy"]
+    flops = iteration_flops(policy_params, value_params, rm_params, args.prompts,
+                            args.prompt_len + RESPONSE_TOKENS, epochs=4)
+    return iteration, flops
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per pass")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--value", choices=["separate", "shared"], default="separate")
+    parser.add_argument("--policy", default="smollm2-135m-instruct", help="asset name or Hugging Face directory")
+    parser.add_argument("--reward", default=None, help="the reward model's trunk (default: the policy's, as the peer)")
     parser.add_argument("--peer-python", default="/tmp/venv_ppo/bin/python")
-    parser.add_argument("--peer-script", default=os.path.join(HERE, "..", "..", "shared", "peers", "w2_ppo.py"))
+    parser.add_argument("--peer-script", default=os.path.join(PEERS, "w2_ppo.py"))
     parser.add_argument("--no-peer", action="store_true")
     args = parser.parse_args()
-    seconds = ours(args)
-    median = statistics.median(seconds[1:])
-    out = {"workload": "ppo_iteration", "metric": "seconds_per_ppo_iteration",
-           "config": {"policy": POLICY, "dtype": "float32", "prompts": args.prompts, "prompt_len": args.prompt_len,
-                      "response_tokens": 24, "epochs": 4, "minibatches": 4, "value": args.value,
-                      "reward_model": "MiniLM-L6 + random scalar head (peer: SmolLM2 + random score head)"},
-           "rlhf_jax_seconds_per_iteration": round(median, 2),
-           "rlhf_jax_seconds_all": [round(s, 2) for s in seconds],
-           "rlhf_jax_first_iteration_incl_compile": round(seconds[0], 2)}
-    if not args.no_peer:
-        result = peer(args)
-        out["peer"] = {k: v for k, v in result.items() if k != "extra"}
-        value = result.get("value")
-        if value:
-            out["trl_seconds_per_iteration"] = round(value, 2)
-            out["speedup_vs_trl"] = round(value / median, 3)
-    out.update(versions={"jax": jax.__version__}, machine={"nproc": os.cpu_count(), "platform": platform.platform()},
-               date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    print(json.dumps(out))
+    iteration, flops = prepare(args)
+    first = iteration()  # compilation
+    seconds = []
+
+    def ours():
+        seconds.append(statistics.median([iteration() for _ in range(args.iterations)]))
+        return seconds[-1]
+
+    peer_runs = []
+
+    def peer():
+        peer_runs.append(run_peer(args.peer_python, args.peer_script,
+                                  ["--model", "smollm2", "--iters", str(args.iterations),
+                                   "--prompts", str(args.prompts), "--prompt-len", str(args.prompt_len)]))
+        return peer_runs[-1].get("value")
+
+    rounds = alternate(args.passes, ours, None if args.no_peer else peer, lower_is_better=True)
+    ceiling = gemm_gflops()
+    emit({"workload": "ppo_iteration", "metric": "seconds_per_ppo_iteration (ratio: peer / ours)",
+          "config": {"policy": args.policy, "dtype": "float32", "prompts": args.prompts, "prompt_len": args.prompt_len,
+                     "response_tokens": RESPONSE_TOKENS, "epochs": 4, "minibatches": 4, "value": args.value,
+                     "reward_model": f"{args.reward or args.policy} + random scalar head",
+                     "peer": "trl 1.12 PPOTrainer (w2_ppo.py): SmolLM2 policy, value and reward models"},
+          **summary(rounds),
+          "rlhf_jax_first_iteration_incl_compile": round(first, 2),
+          "iteration_model_gflop": round(flops / 1e9, 1),
+          "gemm_ceiling_gflops": round(ceiling, 1),
+          "rlhf_jax_mfu": round(flops / statistics.median(seconds) / 1e9 / ceiling, 3),
+          "peer_runs": [{k: v for k, v in run.items() if k != "config"} for run in peer_runs][:1]})
 
 
 if __name__ == "__main__":

@@ -7,14 +7,19 @@ import random
 from rlhf_jax import assets
 
 
-def review_texts(seed: int = 0) -> list[str]:
-    """Fresh and rotten snippets, stripped, non-empty, shuffled with random.Random(seed)."""
+def review_rows(seed: int = 0) -> list[tuple[str, str]]:
+    """(category, snippet) of the fresh and rotten snippets, stripped, non-empty, shuffled with
+    random.Random(seed): the peers' ``common.load_rt``."""
     csv.field_size_limit(10**8)
     with bz2.open(assets.asset_path("rotten-tomatoes"), "rt", encoding="utf-8") as f:
         rows = [(r["category"], r["text"].strip()) for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")]
     rows = [(c, t) for c, t in rows if t]
     random.Random(seed).shuffle(rows)
-    return [t for _, t in rows]
+    return rows
+
+
+def review_texts(seed: int = 0) -> list[str]:
+    return [t for _, t in review_rows(seed)]
 
 
 def fixed_length_prompts(tokenizer, batch: int, length: int, seed: int = 0) -> list[list[int]]:
