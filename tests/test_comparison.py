@@ -55,13 +55,24 @@ def test_mean_interval_is_students_t():
 
 
 def test_seed_zero_arms_are_the_standalone_configs():
-    """compare_sentiment's seed-0 PPO, GRPO and DPO arms are exactly configs/sentiment_quick.py,
-    grpo_quick.py and dpo_quick.py: the comparison's numbers and the standalone runs' are the same runs."""
+    """compare_sentiment's seed-0 PPO and GRPO arms are exactly configs/sentiment_quick.py and grpo_quick.py,
+    its DPO arm dpo_quick.py at the online arms' 80 Adam steps, and compare_label_smoothing's DPO arm
+    dpo_quick.py itself: the comparisons' numbers and the standalone runs' are the same runs."""
     exp, compare = load_run_config(os.path.join(CONFIGS, "compare_sentiment.py"))
     arms = dict(compare.arms)
-    for arm, standalone in (("ppo", "sentiment_quick.py"), ("grpo", "grpo_quick.py"), ("dpo", "dpo_quick.py")):
+    for arm, standalone in (("ppo", "sentiment_quick.py"), ("grpo", "grpo_quick.py")):
         standalone = load_config(os.path.join(CONFIGS, standalone))
         assert to_dict(comparison.arm_config(exp, arm, arms[arm], 0)) == to_dict(standalone)
+    dpo_quick = to_dict(load_config(os.path.join(CONFIGS, "dpo_quick.py")))
+    dpo_arm = to_dict(comparison.arm_config(exp, "dpo", arms["dpo"], 0))
+    assert {k: v for k, v in dpo_arm["train"].items() if dpo_quick["train"][k] != v} == {
+        "steps": 80, "warmup_steps": 8, "checkpoint_every": 80}
+    assert {**dpo_arm, "train": None} == {**dpo_quick, "train": None}
+    smoothing_exp, smoothing = load_run_config(os.path.join(CONFIGS, "compare_label_smoothing.py"))
+    smoothing_arms = dict(smoothing.arms)
+    assert to_dict(comparison.arm_config(smoothing_exp, "dpo", smoothing_arms["dpo"], 0)) == dpo_quick
+    cdpo = to_dict(comparison.arm_config(smoothing_exp, "cdpo", smoothing_arms["cdpo"], 0))
+    assert cdpo["train"] == {**dpo_quick["train"], "label_smoothing": 0.2}
     seed1 = comparison.arm_config(exp, "dpo", arms["dpo"], 1)
     assert (seed1.ppo.seed, seed1.train.seed) == (1, 1)  # an offline arm's own trainer takes the seed too
     rm_arm = comparison.arm_config(exp, "rloo", arms["rloo"], 1)
@@ -84,7 +95,7 @@ def test_config_show_lists_the_compare_section():
     from rlhf_jax.config import describe
 
     text = describe(*load_run_config(os.path.join(CONFIGS, "compare_quick.py"), ["--config.compare.seeds=3"]))
-    assert "compare.seeds = 3  # seeds per arm" in text and "ppo.iterations = 6" in text
+    assert "compare.seeds = 3  # seeds per arm" in text and "ppo.iterations = 4" in text
 
 
 def test_tiny_comparison_end_to_end(tmp_path, tiny_policy):
