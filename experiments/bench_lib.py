@@ -132,3 +132,29 @@ def compiled_train_step(source: str, head: str, task: str, learning_rate: float,
     loss_fn = TASKS[task].make_loss(tokenizer, model.config.vocab_size, exp.train)
     train_step, _ = jit_steps(graphdef, tx, loss_fn, state_sharding, mesh, rules)
     return tokenizer, jax.device_put(state, state_sharding), train_step
+
+
+def side_by_side_steps(train_step, state, batches, skip: int, passes: int, units_per_step: int, peer) -> dict:
+    """Our jitted train step over ``batches`` (figure: ``units_per_step`` / the median step seconds) against
+    ``peer()`` (a peer script's JSON, its figure under 'value'; None: no peer) in alternating passes. Returns
+    the fields every training bench prints: the passes and ratios, our step seconds, XLA's GFLOP per step, the
+    GEMM ceiling measured now, our MFU against it, and the peer's first run."""
+    flops = compiled_flops(train_step, state, batches[0])
+    step_seconds, peer_runs = [], []
+
+    def ours():
+        nonlocal state
+        state, seconds = time_steps(train_step, state, batches, skip)
+        step_seconds.append(statistics.median(seconds))
+        return units_per_step / step_seconds[-1]
+
+    def theirs():
+        peer_runs.append(peer())
+        return peer_runs[-1].get("value")
+
+    rounds = alternate(passes, ours, theirs if peer is not None else None)
+    ceiling = gemm_gflops()
+    return {**summary(rounds), "rlhf_jax_step_seconds": [round(s, 4) for s in step_seconds],
+            "step_gflop_xla": round(flops / 1e9, 2), "gemm_ceiling_gflops": round(ceiling, 1),
+            "rlhf_jax_mfu": round(flops / statistics.median(step_seconds) / 1e9 / ceiling, 3),
+            "peer_runs": [{k: v for k, v in run.items() if k != "config"} for run in peer_runs][:1]}

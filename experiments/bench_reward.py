@@ -15,11 +15,9 @@ same run and our step's MFU against it (bench_lib). Prints one JSON line.
 
 import argparse
 import os
-import statistics
 
 import numpy as np
-from bench_lib import PEERS, alternate, compiled_flops, compiled_train_step, emit, gemm_gflops, model_dir, \
-    run_peer, summary, time_steps
+from bench_lib import PEERS, compiled_train_step, emit, model_dir, run_peer, side_by_side_steps
 from rt_prompts import review_rows
 
 
@@ -57,35 +55,14 @@ def main():
     source = model_dir(args.model)
     tokenizer, state, train_step = compiled_train_step(source, "scalar", "reward_pairwise", 5e-5, args.steps)
     batches = pair_batches(tokenizer, args.steps, args.batch, args.max_length)
-    flops = compiled_flops(train_step, state, batches[0])
-    step_seconds = []
-
-    def ours():
-        nonlocal state
-        state, seconds = time_steps(train_step, state, batches, args.skip)
-        step_seconds.append(statistics.median(seconds))
-        return args.batch / step_seconds[-1]
-
-    peer_runs = []
-
-    def peer():
-        peer_runs.append(run_peer(args.peer_python, args.peer_script,
-                                  ["--steps", str(args.steps), "--skip", str(args.skip), "--batch", str(args.batch),
-                                   "--max-length", str(args.max_length), "--pad-to", str(args.max_length)]))
-        return peer_runs[-1].get("value")
-
-    rounds = alternate(args.passes, ours, None if args.no_peer else peer)
-    ceiling = gemm_gflops()
+    peer_args = ["--steps", str(args.steps), "--skip", str(args.skip), "--batch", str(args.batch),
+                 "--max-length", str(args.max_length), "--pad-to", str(args.max_length)]
+    peer = None if args.no_peer else (lambda: run_peer(args.peer_python, args.peer_script, peer_args))
     emit({"workload": "reward_model", "metric": "preference_pairs_per_second",
           "config": {"model": args.model, "dtype": "float32", "batch_pairs": args.batch,
                      "length": f"padded to {args.max_length}", "steps": args.steps, "timed_after": args.skip,
                      "peer": f"trl RewardTrainer (w3_reward.py --pad-to {args.max_length})"},
-          **summary(rounds),
-          "rlhf_jax_step_seconds": [round(s, 4) for s in step_seconds],
-          "step_gflop_xla": round(flops / 1e9, 2),
-          "gemm_ceiling_gflops": round(ceiling, 1),
-          "rlhf_jax_mfu": round(flops / statistics.median(step_seconds) / 1e9 / ceiling, 3),
-          "peer_runs": [{k: v for k, v in run.items() if k != "config"} for run in peer_runs][:1]})
+          **side_by_side_steps(train_step, state, batches, args.skip, args.passes, args.batch, peer)})
 
 
 if __name__ == "__main__":

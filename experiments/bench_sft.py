@@ -14,11 +14,9 @@ same run and our step's MFU against it (bench_lib). Prints one JSON line.
 
 import argparse
 import os
-import statistics
 
 import numpy as np
-from bench_lib import PEERS, alternate, compiled_flops, compiled_train_step, emit, gemm_gflops, model_dir, \
-    run_peer, summary, time_steps
+from bench_lib import PEERS, compiled_train_step, emit, model_dir, run_peer, side_by_side_steps
 from rt_prompts import review_texts
 
 
@@ -50,36 +48,13 @@ def main():
     ids_SxBxT = packed_blocks(tokenizer, args.steps * args.batch, args.seq_len).reshape(args.steps, args.batch, -1)
     batches = [{"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones_like(ids)}
                for ids in ids_SxBxT]
-    tokens_per_step = args.batch * args.seq_len
-    flops = compiled_flops(train_step, state, batches[0])
-    step_seconds = []
-
-    def ours():
-        nonlocal state
-        state, seconds = time_steps(train_step, state, batches, args.skip)
-        step_seconds.append(statistics.median(seconds))
-        return tokens_per_step / step_seconds[-1]
-
-    peer_runs = []
-
-    def peer():
-        peer_runs.append(run_peer(args.peer_python, args.peer_script,
-                                  ["--steps", str(args.steps), "--skip", str(args.skip), "--batch", str(args.batch),
-                                   "--seq-len", str(args.seq_len)]))
-        return peer_runs[-1].get("value")
-
-    rounds = alternate(args.passes, ours, None if args.no_peer else peer)
-    ceiling = gemm_gflops()
-    median_seconds = statistics.median(step_seconds)
+    peer_args = ["--steps", str(args.steps), "--skip", str(args.skip), "--batch", str(args.batch),
+                 "--seq-len", str(args.seq_len)]
+    peer = None if args.no_peer else (lambda: run_peer(args.peer_python, args.peer_script, peer_args))
     emit({"workload": "sft", "metric": "training_tokens_per_second",
           "config": {"model": args.model, "dtype": "float32", "batch": args.batch, "seq_len": args.seq_len,
                      "steps": args.steps, "timed_after": args.skip, "peer": "trl SFTTrainer (w4_sft.py)"},
-          **summary(rounds),
-          "rlhf_jax_step_seconds": [round(s, 4) for s in step_seconds],
-          "step_gflop_xla": round(flops / 1e9, 1),
-          "gemm_ceiling_gflops": round(ceiling, 1),
-          "rlhf_jax_mfu": round(flops / median_seconds / 1e9 / ceiling, 3),
-          "peer_runs": [{k: v for k, v in run.items() if k != "config"} for run in peer_runs][:1]})
+          **side_by_side_steps(train_step, state, batches, args.skip, args.passes, args.batch * args.seq_len, peer)})
 
 
 if __name__ == "__main__":
