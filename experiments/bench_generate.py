@@ -10,9 +10,6 @@ the memory bandwidth it achieves. Prints one JSON line.
 """
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 
@@ -21,7 +18,7 @@ import numpy as np
 from flax import nnx
 from rt_prompts import fixed_length_prompts
 
-from bench_lib import model_dir as resolve_model_dir
+from bench_lib import emit, model_dir as resolve_model_dir
 from rlhf_jax.models import from_pretrained, load_tokenizer
 from rlhf_jax.sampling import SamplingConfig, generate
 
@@ -82,7 +79,7 @@ def main():
     model = from_pretrained(model_dir, dtype="float32")
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     tokenizer = load_tokenizer(model_dir)
-    results, versions = {}, {"jax": jax.__version__}
+    results, versions = {}, {}
     for batch in args.batches:
         prompts = fixed_length_prompts(tokenizer, batch, args.prompt_len)
         generated = batch * args.new_tokens
@@ -99,17 +96,13 @@ def main():
                         "transformers_seconds": [round(s, 3) for s in peer_seconds],
                         "speedup_vs_transformers": round(peer_median / median, 3)})
         results[f"batch_{batch}"] = row
-    print(json.dumps({
+    emit({
         "workload": "generate", "metric": "generated_tokens_per_second",
         "config": {"model": args.model, "dtype": "float32", "prompt_len": args.prompt_len,
                    "new_tokens": args.new_tokens,
                    "sampling": "temperature 1, no top-k/top-p, no early stop", "repeats": args.repeats,
                    "peer": "transformers generate (do_sample, KV cache)"},
-        "results": results, "versions": versions,
-        "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "devices": str(jax.devices()[:1])},
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }))
-
+        "results": results, "versions": versions})
 
 if __name__ == "__main__":
     main()

@@ -104,7 +104,10 @@ def environment() -> dict:
 
 
 def emit(result: dict) -> None:
-    print(json.dumps({**result, **environment()}), flush=True)
+    """Print the result as one JSON line with the environment; ``result['versions']`` (a peer's) joins jax's."""
+    env = environment()
+    env["versions"].update(result.get("versions", {}))
+    print(json.dumps({**result, **env}), flush=True)
 
 
 def compiled_train_step(source: str, head: str, task: str, learning_rate: float, steps: int):
