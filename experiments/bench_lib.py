@@ -20,6 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.allocator import keep_freed_memory
+
+keep_freed_memory()  # as the CLI does: freed buffers stay mapped for the next step (rlhf_jax/allocator.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS = os.environ.get("RLHF_JAX_PEERS", os.path.join(HERE, "..", "..", "shared", "peers"))
 

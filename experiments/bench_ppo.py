@@ -27,6 +27,7 @@ import time
 
 import jax
 import numpy as np
+from jax.profiler import TraceAnnotation
 from bench_lib import PEERS, alternate, emit, gemm_gflops, model_dir, run_peer, summary
 from flax import nnx
 from rt_prompts import fixed_length_prompts
@@ -82,14 +83,18 @@ def prepare(args):
     def iteration() -> float:
         nonlocal state
         start = time.perf_counter()
-        experience = run.functions.rollout(state.params, run.ref_params,
-                                           *policy_training.to_mesh((ids, np.ones_like(ids)), run),
-                                           ppo.rollout_key(state.rng))
-        responses = decode_responses(run.tokenizer, experience.ids_BxT[:, args.prompt_len:],
-                                     experience.response_mask_BxN)
-        scores = reward_model.score(texts, responses)
-        state, metrics = run.functions.update(state, experience, policy_training.to_mesh(scores, run))
-        jax.block_until_ready(metrics)
+        with TraceAnnotation("rollout"):  # the phases that experiments/profile_step.py times
+            experience = run.functions.rollout(state.params, run.ref_params,
+                                               *policy_training.to_mesh((ids, np.ones_like(ids)), run),
+                                               ppo.rollout_key(state.rng))
+            jax.block_until_ready(experience)
+        with TraceAnnotation("decode + score"):
+            responses = decode_responses(run.tokenizer, experience.ids_BxT[:, args.prompt_len:],
+                                         experience.response_mask_BxN)
+            scores = reward_model.score(texts, responses)
+        with TraceAnnotation("update"):
+            state, metrics = run.functions.update(state, experience, policy_training.to_mesh(scores, run))
+            jax.block_until_ready(metrics)
         return time.perf_counter() - start
 
     value_params = state.params["value_model"] if args.value == "separate" else None
@@ -99,7 +104,7 @@ def prepare(args):
     return iteration, flops
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per pass")
@@ -111,7 +116,11 @@ def main():
     parser.add_argument("--peer-python", default="/tmp/venv_ppo/bin/python")
     parser.add_argument("--peer-script", default=os.path.join(PEERS, "w2_ppo.py"))
     parser.add_argument("--no-peer", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     iteration, flops = prepare(args)
     first = iteration()  # compilation
     seconds = []

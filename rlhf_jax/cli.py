@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                       "best-of-n")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
     from rlhf_jax import distributed
+    from rlhf_jax.allocator import keep_freed_memory
     from rlhf_jax.assets import AssetError
     from rlhf_jax.config import ConfigError
     from rlhf_jax.data.records import DataError
@@ -379,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
     clear_errors = (AssetError, ConfigError, CheckpointError, DataError, LabelError, FileNotFoundError,
                     distributed.DistributedError)
+    keep_freed_memory()
     try:
         setup = distributed.ProcessSetup.from_flags(args.coordinator, args.num_processes, args.process_id,
                                                     args.auto_distributed)

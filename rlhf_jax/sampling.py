@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from rlhf_jax.config.core import ConfigError
-from rlhf_jax.models.heads import Model, last_token_index
+from rlhf_jax.models.heads import Model
 from rlhf_jax.models.transformer import KVCache
 
 
@@ -74,16 +74,29 @@ def choose_tokens(logits_BxV: jax.Array, keys_B: jax.Array, config: SamplingConf
     if config.greedy:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
     logits_BxV = filter_logits(logits_BxV.astype(jnp.float32) / config.temperature, config.top_k, config.top_p)
-    return jax.vmap(jax.random.categorical)(keys_B, logits_BxV).astype(jnp.int32)
+    return categorical(keys_B, logits_BxV)
+
+
+def categorical(keys_B: jax.Array, logits_BxV: jax.Array) -> jax.Array:
+    """One token per row, exactly ``vmap(jax.random.categorical)(keys_B, logits_BxV)``: the Gumbel-max
+    trick, token = argmax_v (logits_v + g_v), g_v = -log(-log u_v), with the same Gumbel draws.
+
+    The argmax is taken as the first index holding the row's maximum, a max then a min over an iota:
+    two plain reductions that XLA:CPU vectorises, where ``jnp.argmax``'s (value, index) pair reduction,
+    fused with the Gumbel transform, ran element by element (1.6x the sampler's per-token cost at B=64).
+    """
+    scores_BxV = jax.vmap(lambda key, logits_V: jax.random.gumbel(key, logits_V.shape, logits_V.dtype) + logits_V)(
+        keys_B, logits_BxV)
+    best_Bx1 = scores_BxV.max(axis=-1, keepdims=True)
+    index_BxV = jax.lax.broadcasted_iota(jnp.int32, scores_BxV.shape, 1)
+    return jnp.min(jnp.where(scores_BxV == best_Bx1, index_BxV, scores_BxV.shape[-1]), axis=-1)
 
 
 def sample(model: Model, prompt_ids_BxP, prompt_mask_BxP, rng, config: SamplingConfig) -> Generation:
     """The sampler as a traceable function of the model (for use inside a larger jitted program)."""
     batch, prompt_len = prompt_ids_BxP.shape
     cache = KVCache.empty(model.config, batch, prompt_len + config.max_new_tokens)
-    logits_BxPxV, cache = model.decode(prompt_ids_BxP, prompt_mask_BxP, cache)
-    last_B = last_token_index(prompt_mask_BxP)
-    next_logits_BxV = jnp.take_along_axis(logits_BxPxV, last_B[:, None, None], axis=1)[:, 0]
+    next_logits_BxV, cache = model.prefill(prompt_ids_BxP, prompt_mask_BxP, cache)
     row_keys_B = jax.random.split(rng, batch)
 
     def step(carry, index):

@@ -7,7 +7,7 @@ import pytest
 
 from rlhf_jax.config import ConfigError, ModelConfig
 from rlhf_jax.models import KVCache, build_model
-from rlhf_jax.sampling import SamplingConfig, filter_logits, generate
+from rlhf_jax.sampling import SamplingConfig, categorical, filter_logits, generate
 
 
 def tiny(family):
@@ -37,6 +37,32 @@ def test_cached_decoding_equals_full_recompute(family):
         mask = np.concatenate([prompt_mask, np.ones((3, t + 1), np.int32)], axis=1)
         recomputed = np.asarray(model(ids, mask))[:, -1]
         assert np.abs(np.asarray(step_logits)[:, 0] - recomputed).max() <= 1e-5, f"step {t}"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_prefill_gives_decode_logits_at_each_rows_last_real_token(family):
+    model = tiny(family)
+    prompt = np.random.default_rng(1).integers(1, 50, size=(3, 6))
+    mask = np.ones_like(prompt)
+    mask[1, :3] = 0  # left padding
+    mask[2, 4:] = 0  # right padding: the last real token is not the last column
+    all_logits, cache_all = model.decode(prompt, mask, KVCache.empty(model.config, 3, 8))
+    last_logits, cache_last = model.prefill(prompt, mask, KVCache.empty(model.config, 3, 8))
+    expected = np.asarray(all_logits)[np.arange(3), [5, 5, 3]]
+    np.testing.assert_array_equal(np.asarray(last_logits), expected)
+    for written, reference in zip(jax.tree.leaves(cache_last), jax.tree.leaves(cache_all)):
+        np.testing.assert_array_equal(np.asarray(written), np.asarray(reference))
+
+
+def test_categorical_draws_exactly_jax_random_categorical():
+    """Same Gumbel draws, same argmax (first index on ties): the very same tokens, not just the same law."""
+    logits = jax.random.normal(jax.random.key(1), (8, 1000)) * 3
+    ties = jnp.round(logits)  # many equal logits per row
+    for seed in range(20):
+        keys = jax.random.split(jax.random.key(seed), 8)
+        for table in (logits, ties, jnp.where(logits > 0, logits, jnp.finfo(jnp.float32).min)):
+            expected = jax.vmap(jax.random.categorical)(keys, table)
+            np.testing.assert_array_equal(np.asarray(jax.jit(categorical)(keys, table)), np.asarray(expected))
 
 
 def test_left_padding_does_not_change_a_row():

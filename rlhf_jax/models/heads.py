@@ -110,6 +110,15 @@ class Model(nnx.Module):
         hidden_BxTxD, cache = self.backbone(input_ids_BxT, attention_mask_BxT, cache=cache)
         return self.head(hidden_BxTxD, attention_mask_BxT, self.backbone.token_embed), cache
 
+    def prefill(self, input_ids_BxT, attention_mask_BxT, cache: KVCache):
+        """``decode`` of a whole prompt with the head applied at each row's last real token only:
+        (head output for that token, e.g. next-token logits_BxV; updated cache). A causal LM head over
+        every prompt position would cost B x T x D x V multiply-adds for logits that sampling drops."""
+        hidden_BxTxD, cache = self.backbone(input_ids_BxT, attention_mask_BxT, cache=cache)
+        last_B = last_token_index(attention_mask_BxT)
+        hidden_Bx1xD = jnp.take_along_axis(hidden_BxTxD, last_B[:, None, None], axis=1)
+        return self.head(hidden_Bx1xD, jnp.ones_like(attention_mask_BxT[:, :1]), self.backbone.token_embed)[:, 0], cache
+
 
 def build_model(cfg: ModelConfig, seed: int = 0) -> Model:
     """A freshly initialised model. Parameters carry logical axis names (see rlhf_jax.sharding)."""
