@@ -1,10 +1,10 @@
-"""One optimizer step over PPO's trainable weights: rlhf_jax's AdamW beside torch's, same run.
+"""One optimizer step over PPO's trainable weights: rlhf_jax's clip + Adam beside torch's, same run.
 
 The bench_ppo workload trains a SmolLM2-135M policy and a separate SmolLM2 value trunk: 269M float32
-parameters, and 16 AdamW steps per PPO iteration. Ours is the optimizer every run builds
-(``rlhf_jax.steps.make_optimizer``: global-norm clipping, then AdamW with weight decay on matrices),
-jitted with the parameters and moments donated; the peer is ``torch.nn.utils.clip_grad_norm_`` then
-``torch.optim.AdamW`` (its default implementation, and ``fused=True``) in the peers' venv. Both update
+parameters, and 16 optimizer steps per PPO iteration. Ours is the optimizer PPO builds
+(``rlhf_jax.ppo.make_optimizer``: global-norm clipping, then Adam), jitted with the parameters and
+moments donated; the peer is ``torch.nn.utils.clip_grad_norm_`` then ``torch.optim.AdamW`` with no
+weight decay, trl's optimizer (its default implementation, and ``fused=True``) in the peers' venv. Both update
 the same shapes (read from the asset's config.json) with fixed gradients; the figure is the median
 seconds of --steps steps after one warm-up. A step reads the gradient twice (norm, update) and reads and
 writes parameter and both moments: at least 8 float32 arrays per parameter cross memory, so the printed
@@ -52,10 +52,10 @@ def ours(shapes, steps: int) -> float:
     import jax.numpy as jnp
     import optax
 
-    from rlhf_jax.config import TrainConfig
-    from rlhf_jax.steps import make_optimizer
+    from rlhf_jax.config import PPOConfig
+    from rlhf_jax.ppo import make_optimizer
 
-    tx = make_optimizer(TrainConfig(learning_rate=1e-5, steps=1000, warmup_steps=0))
+    tx = make_optimizer(PPOConfig())
     keys = jax.random.split(jax.random.key(0), len(shapes))
     params = {str(i): 0.02 * jax.random.normal(k, s) for i, (k, s) in enumerate(zip(keys, shapes))}
     grads = jax.tree.map(lambda p: 1e-3 * jnp.sign(p), params)
@@ -83,9 +83,7 @@ def torch_peer(shapes, steps: int, fused: bool) -> float:
     params = [torch.nn.Parameter(0.02 * torch.randn(s)) for s in shapes]
     for p in params:
         p.grad = 1e-3 * torch.sign(p.detach())
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": 0.01},
-                                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
-                                  lr=1e-5, fused=fused or None)
+    optimizer = torch.optim.AdamW(params, lr=1e-5, eps=1e-5, weight_decay=0.0, fused=fused or None)
 
     def step():
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -142,7 +140,7 @@ def main():
     emit({"workload": "optimizer_step", "metric": "seconds_per_adamw_step (ratio: peer / ours)",
           "config": {"model": args.model, "trees": "policy trunk + value trunk with scalar head",
                      "parameters_millions": round(parameters / 1e6, 1), "dtype": "float32", "steps": args.steps,
-                     "peer": "torch clip_grad_norm_ + torch.optim.AdamW (default implementation; then fused=True)"},
+                     "peer": "torch clip_grad_norm_ + torch.optim.AdamW, no weight decay (default implementation; then fused=True)"},
           **summary(rounds), "fused_peer_pass": fused_rounds, "peer_failures": failures or None,
           "rlhf_jax_gb_per_s_lower_bound": round(8 * 4 * parameters / statistics.median(ours_seconds) / 1e9, 1),
           "versions": next((r["versions"] for runs in peer_runs.values() for r in runs if "versions" in r), {})})
