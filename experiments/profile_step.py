@@ -167,16 +167,17 @@ def summarise(trace_dir: str, hlo_dir: str, steps: int, wall_s: float, top: int)
 
 
 def print_table(result: dict) -> None:
-    wall = result["wall_ms_per_step"]
-    print(f"wall {wall} ms/step; ops ran {result['ops_running_ms_per_step']} ms (sum over ops "
-          f"{result['op_ms_per_step']} ms: >wall where two ran at once); idle {result['idle_ms_per_step']} ms")
+    wall, op_ms = result["wall_ms_per_step"], result["op_ms_per_step"]
+    print(f"wall {wall} ms/step; ops ran {result['ops_running_ms_per_step']} ms (sum over ops {op_ms} ms: "
+          f">wall where two ran at once); idle {result['idle_ms_per_step']} ms. Shares: of the sum over ops "
+          "(phases: of wall time)")
     primitives = ((f"{kind} / {primitive}", ms) for kind, primitive, ms in result["top_primitives_ms_per_step"])
     for title, rows in (("phase", result["phases_ms_per_step"].items()),
                         ("module", result["modules_ms_per_step"].items()),
                         ("heading", result["headings_ms_per_step"].items()), ("heading / primitive", primitives)):
         print(f"-- by {title}")
         for name, ms in rows:
-            print(f"{ms:9.1f} ms {100 * ms / wall:5.1f}%  {name}")
+            print(f"{ms:9.1f} ms {100 * ms / (wall if title == 'phase' else op_ms):5.1f}%  {name}")
 
 
 def main():
