@@ -11,7 +11,7 @@ writes parameter and both moments: at least 8 float32 arrays per parameter cross
 GB/s (8 x 4 B x parameters / seconds) is a lower bound on the memory traffic achieved, to set beside
 the machine's memory rate. Ours and the peer alternate for --passes rounds. Prints one JSON line.
 
-    python experiments/bench_optimizer.py [--passes 3] [--steps 5] [--model smollm2-135m-instruct]
+    python experiments/bench_optimizer.py [--passes 3] [--steps 5] [--fused] [--model smollm2-135m-instruct]
         [--peer-python /tmp/venv_peers/bin/python] [--no-peer]
 """
 
@@ -47,7 +47,7 @@ def median_step_seconds(step, steps: int) -> float:
     return statistics.median(seconds)
 
 
-def ours(shapes, steps: int) -> float:
+def ours(shapes, steps: int, fused: bool) -> float:
     import jax
     import jax.numpy as jnp
     import optax
@@ -55,7 +55,7 @@ def ours(shapes, steps: int) -> float:
     from rlhf_jax.config import PPOConfig
     from rlhf_jax.ppo import make_optimizer
 
-    tx = make_optimizer(PPOConfig())
+    tx = make_optimizer(PPOConfig(fused_optimizer=fused))
     keys = jax.random.split(jax.random.key(0), len(shapes))
     params = {str(i): 0.02 * jax.random.normal(k, s) for i, (k, s) in enumerate(zip(keys, shapes))}
     grads = jax.tree.map(lambda p: 1e-3 * jnp.sign(p), params)
@@ -98,6 +98,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="asset name or Hugging Face directory")
     parser.add_argument("--peer-python", default="/tmp/venv_peers/bin/python")
+    parser.add_argument("--fused", action="store_true", help="ours with ppo.fused_optimizer (rlhf_jax/optim.py)")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--as-peer", choices=["default", "fused"], help=argparse.SUPPRESS)
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
@@ -130,7 +131,7 @@ def main():
     ours_seconds = []
 
     def ours_run():
-        ours_seconds.append(ours(shapes, args.steps))
+        ours_seconds.append(ours(shapes, args.steps, args.fused))
         return ours_seconds[-1]
 
     rounds = alternate(args.passes, ours_run, peer("default"), lower_is_better=True)
@@ -138,7 +139,7 @@ def main():
                                                        lower_is_better=True)
     failures = {kind: runs[0] for kind, runs in peer_runs.items() if "value" not in runs[0]}
     emit({"workload": "optimizer_step", "metric": "seconds_per_adamw_step (ratio: peer / ours)",
-          "config": {"model": args.model, "trees": "policy trunk + value trunk with scalar head",
+          "config": {"model": args.model, "trees": "policy trunk + value trunk with scalar head", "fused": args.fused,
                      "parameters_millions": round(parameters / 1e6, 1), "dtype": "float32", "steps": args.steps,
                      "peer": "torch clip_grad_norm_ + torch.optim.AdamW, no weight decay (default implementation; then fused=True)"},
           **summary(rounds), "fused_peer_pass": fused_rounds, "peer_failures": failures or None,

@@ -15,7 +15,7 @@ backward; the embedding table counted where it is the LM head) over ours seconds
 GEMM rate jax reaches in the same run (bench_lib). Prints one JSON line.
 
     python experiments/bench_ppo.py [--passes 3] [--iterations 3] [--value separate|shared]
-        [--reward smollm2-135m-instruct|minilm-l6|DIR] [--policy DIR]
+        [--reward smollm2-135m-instruct|minilm-l6|DIR] [--policy DIR] [--fused-optimizer]
         [--peer-python /tmp/venv_ppo/bin/python] [--no-peer]
 """
 
@@ -67,7 +67,7 @@ def prepare(args):
         "mesh": {"shape": {"data": 1, "fsdp": 1, "tensor": 1}},
         "ppo": {"policy": policy, "value": args.value, "iterations": 1, "rollout_prompts": args.prompts,
                 "epochs": 4, "minibatches": 4, "prompt_tokens": args.prompt_len, "response_tokens": RESPONSE_TOKENS,
-                "kl_target": 6.0}})
+                "kl_target": 6.0, "fused_optimizer": args.fused_optimizer}})
     run = policy_training.prepare(exp, None)
     run.sampling = ppo.sampling_config(exp.ppo, None, 0)  # no EOS stop, like the peer
     run.functions = ppo.jit_functions(ppo.Programs(run.graphdef, run.ref_graphdef, exp.ppo, run.sampling),
@@ -115,6 +115,8 @@ def parse_args(argv=None):
     parser.add_argument("--reward", default=None, help="the reward model's trunk (default: the policy's, as the peer)")
     parser.add_argument("--peer-python", default="/tmp/venv_ppo/bin/python")
     parser.add_argument("--peer-script", default=os.path.join(PEERS, "w2_ppo.py"))
+    parser.add_argument("--fused-optimizer", action="store_true",
+                        help="ppo.fused_optimizer: clip + Adam in one pass (rounds differently when clipping acts)")
     parser.add_argument("--no-peer", action="store_true")
     return parser.parse_args(argv)
 
@@ -142,6 +144,7 @@ def main():
     emit({"workload": "ppo_iteration", "metric": "seconds_per_ppo_iteration (ratio: peer / ours)",
           "config": {"policy": args.policy, "dtype": "float32", "prompts": args.prompts, "prompt_len": args.prompt_len,
                      "response_tokens": RESPONSE_TOKENS, "epochs": 4, "minibatches": 4, "value": args.value,
+                     "fused_optimizer": args.fused_optimizer,
                      "reward_model": f"{args.reward or args.policy} + random scalar head",
                      "peer": "trl 1.12 PPOTrainer (w2_ppo.py): SmolLM2 policy, value and reward models"},
           **summary(rounds),

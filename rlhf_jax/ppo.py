@@ -36,6 +36,7 @@ from rlhf_jax.algorithms import ALGORITHMS, Algorithm, Minibatch, PolicyOutputs
 from rlhf_jax.config import PPOConfig
 from rlhf_jax.models.heads import Model
 from rlhf_jax.models.transformer import dense
+from rlhf_jax.optim import clipped_adam
 from rlhf_jax.sampling import SamplingConfig, sample
 from rlhf_jax.steps import optimizer_shardings
 
@@ -111,7 +112,7 @@ class Rollout:
 
 
 def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate, eps=1e-5))
+    return clipped_adam(cfg.learning_rate, max_norm=cfg.grad_clip, eps=1e-5, fused=cfg.fused_optimizer)
 
 
 def sampling_config(cfg: PPOConfig, eos_token_id, pad_token_id) -> SamplingConfig:

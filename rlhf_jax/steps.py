@@ -14,16 +14,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlhf_jax import sharding
 from rlhf_jax.config import TrainConfig
+from rlhf_jax.optim import clipped_adam
 from rlhf_jax.train_state import TrainState
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping; linear warm-up to learning_rate, cosine decay to 0 at ``steps``."""
+    """AdamW with global-norm clipping (optax's chain, or fused: rlhf_jax/optim.py); linear warm-up to
+    learning_rate, cosine decay to 0 at ``steps``; weight decay on matrices only."""
     schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
                                                   max(cfg.steps, cfg.warmup_steps + 1))
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                       optax.adamw(schedule, weight_decay=cfg.weight_decay,
-                                   mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)))
+    return clipped_adam(schedule, max_norm=cfg.grad_clip, weight_decay=cfg.weight_decay,
+                        decay_mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params), fused=cfg.fused_optimizer)
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn):

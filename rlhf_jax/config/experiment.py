@@ -68,6 +68,8 @@ class TrainConfig:
     warmup_steps: int = field(10, "linear warm-up steps")
     weight_decay: float = field(0.01, "AdamW weight decay")
     grad_clip: float = field(1.0, "global gradient-norm clip")
+    fused_optimizer: bool = field(False, "clip + AdamW in one pass per parameter (2.2x faster on CPU; a clipped "
+                                         "step rounds differently from optax's: rlhf_jax/optim.py)")
     mlm_probability: float = field(0.15, "masked LM: share of tokens masked (BERT's 80/10/10)")
     beta: float = field(0.1, "dpo / ipo: the KL strength beta of the preference loss")
     label_smoothing: float = field(0.0, "dpo: the share of labels taken to be wrong (conservative DPO)")
@@ -88,6 +90,8 @@ class TrainConfig:
         require(0 < self.mlm_probability < 1, "train.mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
         require(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
         require(self.beta > 0, "train.beta", f"must be > 0, got {self.beta}")
+        require(isinstance(self.fused_optimizer, bool), "train.fused_optimizer",
+                f"must be True or False, got {self.fused_optimizer!r}")
         require(0 <= self.label_smoothing < 0.5, "train.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
 
 
@@ -153,6 +157,8 @@ class PPOConfig:
     minibatches: int = field(4, "Adam steps per pass")
     learning_rate: float = field(1e-5, "Adam learning rate")
     grad_clip: float = field(1.0, "global gradient-norm clip")
+    fused_optimizer: bool = field(False, "clip + Adam in one pass per parameter (2.2x faster on CPU; a clipped "
+                                         "step rounds differently from optax's: rlhf_jax/optim.py)")
     prompt_tokens: int = field(8, "tokens of each prompt (left-padded)")
     response_tokens: int = field(24, "tokens sampled per response")
     temperature: float = field(1.0, "sampling temperature; the log-probs use the same")
@@ -204,6 +210,8 @@ class PPOConfig:
         require(self.learning_rate >= 0, "ppo.learning_rate", f"must be >= 0, got {self.learning_rate}")
         require(self.temperature > 0, "ppo.temperature", f"must be > 0, got {self.temperature}")
         require(self.kl_target is None or self.kl_target > 0, "ppo.kl_target", f"must be > 0 or None, got {self.kl_target}")
+        require(isinstance(self.fused_optimizer, bool), "ppo.fused_optimizer",
+                f"must be True or False, got {self.fused_optimizer!r}")
         require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "ppo.gamma", "gamma and lam must be in [0, 1]")
 
 
