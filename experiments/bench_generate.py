@@ -104,14 +104,15 @@ def main():
         theirs = None if torch_model is None else peer_call(torch_model, prompts, args.new_tokens)
         if theirs is not None:
             theirs()  # warm-up
-        seconds = []
+        our_seconds = []
 
-        def tokens_per_s(call):
+        def tokens_per_s(call, seconds):
             seconds.append(statistics.median(timed(call) for _ in range(args.repeats)))
             return generated / seconds[-1]
 
-        rounds = alternate(args.passes, lambda: tokens_per_s(ours), theirs and (lambda: tokens_per_s(theirs)))
-        our_seconds = statistics.median(seconds[::2] if theirs else seconds)
+        rounds = alternate(args.passes, lambda: tokens_per_s(ours, our_seconds),
+                           theirs and (lambda: tokens_per_s(theirs, [])))
+        our_seconds = statistics.median(our_seconds)
         results[f"batch_{batch}"] = {
             **summary(rounds), "rlhf_jax_first_call_seconds_incl_compile": round(first, 2),
             "rlhf_jax_weight_gb_read_per_s": round(weight_bytes * args.new_tokens / our_seconds / 1e9, 1)}

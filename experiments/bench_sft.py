@@ -30,6 +30,12 @@ def packed_blocks(tokenizer, count: int, length: int) -> np.ndarray:
     raise ValueError(f"the snippets make fewer than {count} blocks of {length} tokens")
 
 
+def sft_batches(tokenizer, steps: int, batch: int, length: int) -> list[dict]:
+    """``steps`` batches of ``batch`` packed blocks, every token real and trained on."""
+    ids_SxBxT = packed_blocks(tokenizer, steps * batch, length).reshape(steps, batch, length)
+    return [{"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones_like(ids)} for ids in ids_SxBxT]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--passes", type=int, default=3)
@@ -45,9 +51,7 @@ def main():
 
     source = model_dir(args.model)
     tokenizer, state, train_step = compiled_train_step(source, "causal_lm", "causal_lm", 2e-5, args.steps)
-    ids_SxBxT = packed_blocks(tokenizer, args.steps * args.batch, args.seq_len).reshape(args.steps, args.batch, -1)
-    batches = [{"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones_like(ids)}
-               for ids in ids_SxBxT]
+    batches = sft_batches(tokenizer, args.steps, args.batch, args.seq_len)
     peer_args = ["--steps", str(args.steps), "--skip", str(args.skip), "--batch", str(args.batch),
                  "--seq-len", str(args.seq_len)]
     peer = None if args.no_peer else (lambda: run_peer(args.peer_python, args.peer_script, peer_args))

@@ -73,13 +73,11 @@ def workload(name: str, batch: int):
         tokenizer, state, step = compiled_train_step(model_dir("minilm-l6"), "scalar", "reward_pairwise", 5e-5, 8)
         batches = pair_batches(tokenizer, 8, 16, 64)
     else:
-        import numpy as np
-        from bench_sft import packed_blocks
+        from bench_sft import sft_batches
 
         tokenizer, state, step = compiled_train_step(model_dir("smollm2-135m-instruct"), "causal_lm", "causal_lm",
                                                      2e-5, 8)
-        batches = [{"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones_like(ids)}
-                   for ids in packed_blocks(tokenizer, 64, 128).reshape(8, 8, 128)]
+        batches = sft_batches(tokenizer, 8, 8, 128)
     cursor = {"state": state, "i": 0}
 
     def one_step():
@@ -193,7 +191,6 @@ def main():
 
     step = workload(args.workload, args.batch)
     trace_dir = os.path.join(out, "trace")
-    start = time.perf_counter()
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
         start = time.perf_counter()
         for _ in range(args.steps):

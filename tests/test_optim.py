@@ -7,13 +7,14 @@ import numpy as np
 import optax
 import pytest
 
+from rlhf_jax import ppo
 from rlhf_jax.config import ConfigError, PPOConfig, TrainConfig
 from rlhf_jax.optim import clipped_adam
 from rlhf_jax.steps import make_optimizer
 
 SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 6)
 MATRICES = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
-RECIPES = {  # name: (optax's chain, its max_norm, clipped_adam's keywords)
+RECIPES = {  # name: (optax's chain, clipped_adam's keywords for the same recipe)
     "adamw, schedule, mask": (optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(SCHEDULE, weight_decay=0.1,
                                                                                       mask=MATRICES)),
                               dict(learning_rate=SCHEDULE, max_norm=1.0, weight_decay=0.1, decay_mask=MATRICES)),
@@ -65,9 +66,11 @@ def test_configs_choose_the_fused_optimizer_and_reject_a_non_boolean():
     params = {"w": jnp.ones((3, 2))}
     grads = {"w": jnp.full((3, 2), 10.0)}  # clipped
     for fused in (False, True):
-        tx = make_optimizer(TrainConfig(steps=10, warmup_steps=0, fused_optimizer=fused))
-        updates, _ = tx.update(grads, tx.init(params), params)
-        assert np.isfinite(np.asarray(updates["w"])).all()
+        for tx in (make_optimizer(TrainConfig(steps=10, warmup_steps=0, fused_optimizer=fused)),
+                   ppo.make_optimizer(PPOConfig(fused_optimizer=fused))):
+            assert ("clipped_adam" in tx.update.__qualname__) is fused  # the fused update, or optax's chain
+            updates, _ = tx.update(grads, tx.init(params), params)
+            assert np.isfinite(np.asarray(updates["w"])).all()
     with pytest.raises(ConfigError, match="ppo.fused_optimizer"):
         PPOConfig(fused_optimizer="yes")
     with pytest.raises(ConfigError, match="train.fused_optimizer"):
