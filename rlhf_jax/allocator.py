@@ -1,16 +1,24 @@
 """Keep freed host memory in the process for reuse, so XLA:CPU's per-step buffers stop page-faulting.
 
-Every call of a jitted step allocates its temporaries (activations, gradients) and frees them at the
-end. glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh ``mmap``ed pages and
-returns them to the kernel on ``free``, so each step touches its big buffers for the first time again:
-a page fault and a zero-filled page per 4 KiB. In a profile of the MiniLM reward step
-(``experiments/profile_step.py reward``), zeroing the 47 MB embedding gradient alone took 14 ms of a
-680 ms step. With ``mmap`` off and trimming off, glibc keeps freed blocks in its heap and the next step
-reuses pages already mapped. Results are unchanged (only where memory comes from changes); the cost is
-that the process's resident memory does not shrink after its peak.
+Every call of a jitted step allocates its temporaries (activations, gradients, the matmul kernels'
+packing buffers) and frees them at the end. glibc gives blocks above its mmap threshold fresh ``mmap``ed
+pages and returns them to the kernel on ``free``, so each step touches its big buffers for the first time
+again: a page fault and a zero-filled page per 4 KiB. Three settings stop that:
 
-Applied by the CLI and the benches before their first large allocation. ``RLHF_JAX_KEEP_FREED_MEMORY=0``
-leaves the allocator as it is; where the C library is not glibc this does nothing.
+- no ``mmap`` for large blocks (``M_MMAP_MAX`` 0) and no trimming of the heap's top (``M_TRIM_THRESHOLD``
+  at its largest): freed blocks stay in the heap and the next step reuses pages already mapped;
+- one arena (``M_ARENA_MAX`` 1): XLA:CPU's worker threads otherwise allocate from per-thread arenas, whose
+  heaps hold at most 64 MiB and which serve larger blocks with ``mmap`` whatever ``M_MMAP_MAX`` says.
+
+Measured on the MiniLM reward step (``experiments/profile_step.py reward``, 2 cores): the first two alone
+took it from 0.685 to 0.668 s; the arena cap then to 0.50 s, page-fault handling having been ~12% of the
+step's CPU samples in ``perf``. Results are unchanged (only where memory comes from changes); the costs:
+the process's resident memory does not shrink after its peak, and threads that allocate at once share one
+lock (XLA:CPU's pool has a thread per core).
+
+Applied by the CLI and the benches before their first large allocation (threads that already have an
+arena keep it). ``RLHF_JAX_KEEP_FREED_MEMORY=0`` leaves the allocator as it is; where the C library is not
+glibc this does nothing.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ import os
 # mallopt parameters, from glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 NEVER_TRIM = 2**31 - 1  # mallopt takes an int: the largest one, so the heap's top is never given back
+SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM), (M_ARENA_MAX, 1))
 
 
 def keep_freed_memory() -> bool:
-    """Turn off glibc's mmap for large blocks and its heap trimming; True if both took effect."""
+    """Apply ``SETTINGS`` (no mmap, no trimming, one arena) to glibc's malloc; True if all took effect."""
     if os.environ.get("RLHF_JAX_KEEP_FREED_MEMORY", "1") == "0":
         return False
     try:
@@ -35,4 +45,4 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt): nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
+    return all([bool(mallopt(parameter, value)) for parameter, value in SETTINGS])
