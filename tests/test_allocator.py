@@ -1,6 +1,6 @@
 """The allocator setting the CLI applies: on glibc it takes effect, a worker thread's large blocks are reused
 without page faults (XLA:CPU's temporaries are allocated by its worker threads), and an environment variable
-turns it off."""
+turns it off. Applied only in child processes, never in the test process itself."""
 
 import json
 import platform
@@ -36,11 +36,11 @@ print(json.dumps({{"applied": applied, "faults": faults}}))
 """
 
 
-def test_keep_freed_memory_applies_on_glibc_and_can_be_turned_off(monkeypatch):
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    # Only the refusal runs in this process: applied here, the settings would last for the rest of the suite
+    # (and one arena slows XLA's multi-threaded compiles, which the suite is mostly made of).
     monkeypatch.setenv("RLHF_JAX_KEEP_FREED_MEMORY", "0")
     assert keep_freed_memory() is False
-    monkeypatch.delenv("RLHF_JAX_KEEP_FREED_MEMORY")
-    assert keep_freed_memory() is GLIBC
 
 
 def faults_per_round(keep: str) -> dict:
@@ -53,7 +53,7 @@ def faults_per_round(keep: str) -> dict:
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")
 def test_a_worker_threads_freed_block_is_reused_without_page_faults():
     kept, default = faults_per_round("1"), faults_per_round("0")
-    assert kept["applied"] and not default["applied"]
+    assert kept["applied"] is True and default["applied"] is False
     # glibc's default maps a fresh block every round: a fault per 2 MiB huge page at least (per 4 KiB page
     # where transparent huge pages are off).
     assert min(default["faults"]) >= BLOCK_MIB // 2, default
