@@ -1,10 +1,11 @@
 """Global-norm clipping + Adam(W), optionally fused into one pass per parameter (``fused_optimizer``).
 
 Every run's optimizer is ``optax.chain(clip_by_global_norm(c), adam or adamw(lr, ...))``. optax clips
-with ``select(unclipped, g, (g / ||g||) * c)``: a division per parameter, which on XLA:CPU costs more than
-the rest of the step. Over the 269M parameters of PPO's policy and value trunks one step takes 0.41 s,
-where torch's fused AdamW, whose clip multiplies by a coefficient, takes 0.18 s
-(``experiments/bench_optimizer.py``); PPO takes 16 such steps per iteration. The fused form here
+with ``select(unclipped, g, (g / ||g||) * c)``: a division per parameter, and the chain makes separate
+passes over the parameters. Over the 269M parameters of PPO's policy and value trunks one step takes
+0.24 s on 2 CPU cores, where torch's fused AdamW, whose clip multiplies by a coefficient, takes 0.18 s
+and the fused form here 0.19 s (``experiments/bench_optimizer.py [--fused]``, with ``rlhf_jax/allocator.py``'s
+settings; 0.41 s and 0.19 s without them); PPO takes 16 such steps per iteration. The fused form here
 computes each leaf's update as one expression that XLA runs as one loop:
 
     g <- g * s,   s = 1 if ||g|| < c else c / ||g||
