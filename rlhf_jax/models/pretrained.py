@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 
 from rlhf_jax import assets
 from rlhf_jax.config.model import ModelConfig
-from rlhf_jax.models import convert
+from rlhf_jax.models import convert, gguf_tokenizer
 from rlhf_jax.models.convert import CheckpointError
 from rlhf_jax.models.heads import Model, abstract_model, build_model
 
@@ -122,7 +122,7 @@ def load_tokenizer(name_or_path: str):
 
     path = resolve_source(name_or_path)
     if path.endswith(".gguf"):
-        return transformers.AutoTokenizer.from_pretrained(os.path.dirname(path) or ".", gguf_file=os.path.basename(path))
+        return gguf_tokenizer.load(path)
     return transformers.AutoTokenizer.from_pretrained(path)
 
 
