@@ -222,10 +222,7 @@ def _plan(args) -> int:
     from rlhf_jax import plan
 
     shape = plan.parse_mesh(args.mesh)
-    # Simulated CPU devices for the mesh; read when JAX first initialises its backend, which is later.
-    os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
-                               f"--xla_force_host_platform_device_count={plan.mesh_devices(shape)}")
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    plan.use_simulated_cpu_devices(plan.mesh_devices(shape))
     from rlhf_jax.config import load_config
 
     print(plan.report(load_config(args.config, args.overrides), shape, args.shape, args.hbm))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import jax
 import numpy as np
@@ -57,6 +58,13 @@ def parse_mesh(text: str) -> tuple[tuple[str, int], ...]:
 
 def mesh_devices(shape: tuple[tuple[str, int], ...]) -> int:
     return math.prod(size for _, size in shape)
+
+
+def use_simulated_cpu_devices(count: int) -> None:
+    """Compile on ``count`` simulated CPU devices. XLA_FLAGS is read when JAX first initialises its backend,
+    which is later; the platform goes through ``jax.config``, since JAX_PLATFORMS is read at jax's import."""
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
+    jax.config.update("jax_platforms", "cpu")
 
 
 def model_config(exp: ExperimentConfig, shape: str | None) -> ModelConfig:

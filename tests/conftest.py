@@ -38,9 +38,8 @@ def review_sentences():
     return [rows[0], rows[1][:60], rows[2], rows[3][:25]]
 
 
-@pytest.fixture(scope="session")
-def tiny_policy(tmp_path_factory, smollm2_dir):
-    """A tiny random Llama with SmolLM2's tokenizer, saved as a Hugging Face directory."""
+def write_tiny_policy(path: str, smollm2_dir: str) -> str:
+    """A tiny random Llama (torch's initialisation, seed 0) with SmolLM2's tokenizer, as a Hugging Face directory."""
     import torch
     import transformers
 
@@ -49,7 +48,15 @@ def tiny_policy(tmp_path_factory, smollm2_dir):
     config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, intermediate_size=48, tie_word_embeddings=True,
                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    path = str(tmp_path_factory.mktemp("policy"))
     transformers.LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory, smollm2_dir):
+    """The tiny policy; RLHF_JAX_TINY_POLICY names one written beforehand (a venv without torch uses it)."""
+    prepared = os.environ.get("RLHF_JAX_TINY_POLICY")
+    if prepared:
+        return prepared
+    return write_tiny_policy(str(tmp_path_factory.mktemp("policy")), smollm2_dir)

@@ -80,3 +80,15 @@ def test_activations_stay_split_along_the_batch_as_devices_are_added(remat):
             "--config.data.max_length=64", f"--config.model.config.remat={remat}"])
         temporaries.append(plan.plan(exp)[1][0].temporaries)
     assert temporaries[1] <= 1.1 * temporaries[0], temporaries
+
+
+def test_plan_selects_the_cpu_platform_although_jax_is_already_imported():
+    """`plan` compiles on simulated CPU devices: the platform is set through jax.config (the environment
+    variable would be read too late, at jax's import), and JAX_PLATFORMS unset is not left to chance."""
+    code = ("import jax, sys\nfrom rlhf_jax import cli\n"
+            f"cli.main(['plan', '--config', {os.path.join(CONFIGS, 'tiny_cls.py')!r}, '--mesh', 'data=2,fsdp=1,tensor=1'])\n"
+            "print('platforms', jax.config.jax_platforms, len(jax.devices('cpu')))")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "platforms cpu 2"

@@ -5,11 +5,18 @@ iteration's policy is the reference, so its KL is 0; the second's is not).
 The values were recorded from the code before the reshaping of issue 13 (commit 158745c) by running
 this test with RLHF_JAX_RECORD_GOLDEN=1 on the 2-core CPU machine. Re-record only with a reason in the
 commit message (a deliberate change of the maths, or of XLA's CPU numerics after a jax upgrade).
+
+Exact (``==``) under the jax they were recorded with (constraints/tested.txt). Another jax release
+moves XLA's float32 rounding (jitted ``exp`` differs by 1-2 ulps on a few inputs in a million), so
+there each metric must satisfy ``|got - recorded| <= OTHER_JAX_ATOL + OTHER_JAX_RTOL * |recorded|``:
+float32 rounding of O(1-40) quantities, and of differences of log-probabilities near 0 (KL, the
+losses); the largest deviation measured under jax 0.12.0.1 is in docs/versions.md.
 """
 
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -20,6 +27,8 @@ ALGORITHMS = {"ppo": [], "reinforce": ["--config.ppo.algorithm='reinforce'", "--
 # Metrics whose recorded values were fixed on purpose since: value_clip_fraction counted float32
 # rounding of V_old + clip(V - V_old) as clipping (issue 13); it is checked against its definition instead.
 CORRECTED = {"value_clip_fraction"}
+RECORDED_WITH_JAX = "0.10.2"
+OTHER_JAX_ATOL, OTHER_JAX_RTOL = 1e-6, 1e-5
 
 
 def logged_metrics(tmp_path, tiny_policy, algorithm):
@@ -57,6 +66,11 @@ def test_one_tiny_iteration_logs_the_recorded_metrics(tmp_path, tiny_policy, alg
     for row, recorded in zip(metrics, golden):
         assert sorted(row) == sorted(recorded)
         for name, value in recorded.items():
-            if name not in CORRECTED:
+            if name in CORRECTED:
+                continue
+            if jax.__version__ == RECORDED_WITH_JAX or isinstance(value, str):
                 assert row[name] == value, (row["step"], name, row[name], value)  # bit for bit, no tolerance
+            else:
+                assert abs(row[name] - value) <= OTHER_JAX_ATOL + OTHER_JAX_RTOL * abs(value), \
+                    (jax.__version__, row["step"], name, row[name], value)
     assert metrics[1]["kl"] != 0 and all(np.isfinite(v) for row in metrics for v in row.values() if not isinstance(v, str))

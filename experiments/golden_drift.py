@@ -1,0 +1,31 @@
+"""How far this jax moves the PPO / REINFORCE goldens: every metric of tests/golden/ that differs, with its
+absolute and relative deviation (docs/versions.md). Run from the repository root:
+
+    RLHF_JAX_TINY_POLICY=DIR python experiments/golden_drift.py
+
+DIR is a tiny policy written by tests/conftest.py's write_tiny_policy (it needs torch, so a venv without
+it takes one written elsewhere).
+"""
+
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import conftest  # noqa: E402,F401  (8 simulated devices, before jax starts)
+import jax  # noqa: E402
+from test_ppo_golden import ALGORITHMS, CORRECTED, GOLDEN, logged_metrics  # noqa: E402
+
+for algorithm in sorted(ALGORITHMS):
+    metrics = logged_metrics(pathlib.Path(tempfile.mkdtemp()), os.environ["RLHF_JAX_TINY_POLICY"], algorithm)
+    moved = {}
+    for row, recorded in zip(metrics, json.load(open(GOLDEN))[algorithm]):
+        for name, value in recorded.items():
+            if name not in CORRECTED and row[name] != value:
+                moved[f"{row['step']}:{name}"] = {"recorded": value, "got": row[name], "abs": abs(row[name] - value),
+                                                  "rel": abs(row[name] - value) / max(abs(value), 1e-30)}
+    print(json.dumps({"jax": jax.__version__, "algorithm": algorithm, "metrics_moved": len(moved),
+                      "max_abs": max((m["abs"] for m in moved.values()), default=0.0),
+                      "max_rel": max((m["rel"] for m in moved.values()), default=0.0), "moved": moved}))
