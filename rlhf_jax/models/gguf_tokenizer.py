@@ -24,6 +24,7 @@ from typing import Any
 
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from rlhf_jax.models.convert import CheckpointError
 
@@ -38,19 +39,6 @@ PRE_TOKENIZER_SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "lla
                         "deepseek-r1-qwen": _QWEN2_SPLIT}
 _SPECIAL_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
                 "pad_token": "padding_token_id"}
-
-
-def _byte_alphabet() -> dict[int, str]:
-    """GPT-2's map from each byte to a printable character (the alphabet byte-level BPE spells in)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    codes, extra = list(printable), 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
 
 
 def read_metadata(path: str) -> dict[str, Any]:
@@ -76,7 +64,7 @@ def build(path: str) -> tuple[tokenizers.Tokenizer, dict[str, Any]]:
             raise CheckpointError(f"{path}: no tokenizer.{key} in the GGUF metadata")
     tokens: list[str] = meta["ggml.tokens"]
     types: list[int] = meta.get("ggml.token_type") or [1] * len(tokens)
-    spelling = _byte_alphabet()
+    spelling = bytes_to_unicode()  # GPT-2's printable character for each byte
     alphabet = set(spelling.values())
     vocab = {}
     for index, token in enumerate(tokens):
