@@ -1,4 +1,4 @@
-"""How far this jax moves the PPO / REINFORCE goldens: every metric of tests/golden/ that differs, with its
+"""How far this jax and this CPU move the PPO / REINFORCE goldens from the reference recording: every metric of tests/golden/ that differs, with its
 absolute and relative deviation (docs/versions.md). Run from the repository root:
 
     RLHF_JAX_TINY_POLICY=DIR python experiments/golden_drift.py
@@ -16,16 +16,17 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import conftest  # noqa: E402,F401  (8 simulated devices, before jax starts)
 import jax  # noqa: E402
-from test_ppo_golden import ALGORITHMS, CORRECTED, GOLDEN, logged_metrics  # noqa: E402
+from conftest import GOLDEN_REFERENCE, golden_environment  # noqa: E402
+from test_ppo_golden import ALGORITHMS, GOLDEN, logged_metrics  # noqa: E402
 
 for algorithm in sorted(ALGORITHMS):
     metrics = logged_metrics(pathlib.Path(tempfile.mkdtemp()), os.environ["RLHF_JAX_TINY_POLICY"], algorithm)
     moved = {}
-    for row, recorded in zip(metrics, json.load(open(GOLDEN))[algorithm]):
+    for row, recorded in zip(metrics, json.load(open(GOLDEN))[GOLDEN_REFERENCE][algorithm]):
         for name, value in recorded.items():
-            if name not in CORRECTED and row[name] != value:
+            if row[name] != value:
                 moved[f"{row['step']}:{name}"] = {"recorded": value, "got": row[name], "abs": abs(row[name] - value),
                                                   "rel": abs(row[name] - value) / max(abs(value), 1e-30)}
-    print(json.dumps({"jax": jax.__version__, "algorithm": algorithm, "metrics_moved": len(moved),
+    print(json.dumps({"environment": golden_environment(), "algorithm": algorithm, "metrics_moved": len(moved),
                       "max_abs": max((m["abs"] for m in moved.values()), default=0.0),
                       "max_rel": max((m["rel"] for m in moved.values()), default=0.0), "moved": moved}))

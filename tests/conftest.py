@@ -60,3 +60,69 @@ def tiny_policy(tmp_path_factory, smollm2_dir):
     if prepared:
         return prepared
     return write_tiny_policy(str(tmp_path_factory.mktemp("policy")), smollm2_dir)
+
+
+# Goldens: recorded numbers that a refactor must reproduce. XLA:CPU picks its kernels by the host's vector
+# ISA, so float32 rounding repeats bit for bit only under the same jax release on the same class of CPU:
+# a recording is kept per such environment, compared with ``==`` where one exists for this machine and,
+# elsewhere, against the reference recording to |got - recorded| <= GOLDEN_ATOL + GOLDEN_RTOL |recorded|
+# (float32 rounding of O(1-40) quantities and of differences of log-probabilities near 0; the deviations
+# measured under another jax and on another CPU are in docs/versions.md).
+GOLDEN_ATOL, GOLDEN_RTOL = 1e-6, 1e-5
+GOLDEN_REFERENCE = "jax 0.10.2, AuthenticAMD, avx512"  # the first recording (an AMD EPYC, 2026-11)
+
+
+def golden_environment() -> str:
+    """'jax VERSION, CPU VENDOR, ISA': what decides whether float32 results repeat bit for bit."""
+    vendor, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    vendor = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    isa = "+".join(name for name, flag in (("avx512", "avx512f"), ("amx", "amx_tile")) if flag in flags)
+    return f"jax {jax.__version__}, {vendor}, {isa or 'no avx512'}"
+
+
+def check_golden(path: str, case: str, got, loose_skip=()) -> bool:
+    """Compare ``got`` (JSON-like) with the recording of ``case`` in ``path``: bit for bit if one was made in
+    this environment, else to the tolerance above against the reference (GOLDEN_REFERENCE where the file has
+it, else its first environment by name; keys in ``loose_skip``, e.g. a
+    digest, skipped there). With RLHF_JAX_RECORD_GOLDEN=1 this environment's recording is written first.
+    Returns whether the comparison was exact."""
+    import json
+
+    recordings = json.load(open(path)) if os.path.exists(path) else {}
+    here = golden_environment()
+    if os.environ.get("RLHF_JAX_RECORD_GOLDEN"):
+        recordings.setdefault(here, {})[case] = got
+        with open(path, "w") as f:
+            json.dump(recordings, f, indent=1, sort_keys=True)
+    exact = case in recordings.get(here, {})
+    reference = GOLDEN_REFERENCE if GOLDEN_REFERENCE in recordings else min(recordings)
+    recorded = recordings[here if exact else reference][case]
+    _assert_matches(got, recorded, exact, case, set(loose_skip))
+    return exact
+
+
+def _assert_matches(got, recorded, exact: bool, where: str, loose_skip: set):
+    if isinstance(recorded, dict):
+        assert sorted(got) == sorted(recorded), where
+        for key in recorded:
+            if exact or key not in loose_skip:
+                _assert_matches(got[key], recorded[key], exact, f"{where}.{key}", loose_skip)
+    elif isinstance(recorded, list):
+        assert len(got) == len(recorded), where
+        for i, (g, r) in enumerate(zip(got, recorded)):
+            _assert_matches(g, r, exact, f"{where}[{i}]", loose_skip)
+    elif exact or isinstance(recorded, str):
+        assert got == recorded, (where, got, recorded)  # bit for bit, no tolerance
+    else:
+        assert abs(got - recorded) <= GOLDEN_ATOL + GOLDEN_RTOL * abs(recorded), \
+            (golden_environment(), where, got, recorded)

@@ -107,3 +107,20 @@ def test_ci_runs_the_readmes_test_command_verbatim():
     command = next(line.strip() for line in readme[start:] if line.startswith("    "))
     ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read().splitlines()
     assert command in ci, f"README's test command is not a line of .ci/run: {command}"
+
+
+@pytest.mark.slow
+def test_the_readmes_code_example_runs(capsys):
+    """The README's Python example, as written: SmolLM2's loss and gradient on two reviews."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) == 1
+    namespace = {"__name__": "readme_example"}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    assert "perplexity" in capsys.readouterr().out
+    import jax
+    import numpy as np
+
+    loss, grads = float(namespace["loss"]), jax.tree.leaves(namespace["grads"])
+    assert 0 < loss < np.log(namespace["model"].config.vocab_size), loss  # better than uniform, not zero
+    assert all(np.isfinite(g).all() for g in grads) and any(np.abs(g).max() > 0 for g in grads)

@@ -1,0 +1,130 @@
+"""A regression net under the algorithms: one update of every policy-gradient algorithm and one DPO / IPO
+step, each on a tiny random Llama and fixed arrays, log exactly the metrics and parameters recorded in
+tests/golden/update_steps.json.
+
+The driver-level golden (test_ppo_golden.py) runs two whole iterations of PPO and REINFORCE; this one
+reaches every entry of the algorithm registry and both preference losses, with no tokenizer, sampler or
+reward model in the way, so a move of the maths or of the update program that changes one bit shows here.
+
+Recorded with ``RLHF_JAX_RECORD_GOLDEN=1`` before the reshaping of issue 25. Exact (``==`` on every metric
+and on a SHA-256 of the updated parameters) in an environment with a recording of its own, elsewhere the
+metrics to conftest.check_golden's tolerance.
+"""
+
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import check_golden
+from flax import nnx
+
+from rlhf_jax.config import ModelConfig, PPOConfig, TrainConfig
+from rlhf_jax.models import build_model
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "update_steps.json")
+TINY = ModelConfig(family="llama", vocab_size=64, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=24,
+                   pad_token_id=0, eos_token_id=1)
+PROMPTS, SAMPLES, PROMPT_LEN, RESPONSE_LEN = 2, 2, 3, 5  # B = 4 rows
+PG_CONFIGS = {
+    "ppo": dict(epochs=2, minibatches=2),
+    "reinforce": dict(algorithm="reinforce", epochs=1, minibatches=2),
+    "rloo": dict(algorithm="rloo", epochs=1, minibatches=2),
+    "grpo": dict(algorithm="grpo", epochs=2, minibatches=2, kl_target=None),
+    "dr_grpo": dict(algorithm="dr_grpo", epochs=2, minibatches=2, kl_target=None),
+}
+
+
+def params_digest(params) -> str:
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        digest.update(np.asarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def fixed_rollout(programs, params):
+    """A rollout of fixed tokens (row 3's response ends two tokens early), scored by the initial policy; the
+    old log-probs are nudged by fixed noise so that the ratio moves off 1 and clipping is reached."""
+    from rlhf_jax import ppo
+
+    rng = np.random.default_rng(0)
+    rows = PROMPTS * SAMPLES
+    ids_BxT = jnp.asarray(rng.integers(2, TINY.vocab_size, (rows, PROMPT_LEN + RESPONSE_LEN)), jnp.int32)
+    response_mask_BxN = jnp.ones((rows, RESPONSE_LEN), jnp.float32).at[3, -2:].set(0.0)
+    mask_BxT = jnp.concatenate([jnp.ones((rows, PROMPT_LEN), jnp.int32), response_mask_BxN.astype(jnp.int32)], 1)
+    model = nnx.merge(programs.graphdef, params)
+    logp_BxN, entropy_BxN, values_BxN = ppo.policy_outputs(model, ids_BxT, mask_BxT, PROMPT_LEN, 1.0)
+    noise_BxN = jnp.asarray(rng.normal(0.0, 0.3, (rows, RESPONSE_LEN)), jnp.float32)
+    ref_noise_BxN = jnp.asarray(rng.normal(0.0, 0.2, (rows, RESPONSE_LEN)), jnp.float32)
+    scores_B = jnp.asarray(rng.normal(0.0, 1.0, rows), jnp.float32)
+    rollout = ppo.Rollout(ids_BxT=ids_BxT, mask_BxT=mask_BxT, response_mask_BxN=response_mask_BxN,
+                          logp_BxN=(logp_BxN + noise_BxN) * response_mask_BxN,
+                          ref_logp_BxN=(logp_BxN + ref_noise_BxN) * response_mask_BxN,
+                          values_BxN=(values_BxN + noise_BxN) * response_mask_BxN, entropy_BxN=entropy_BxN)
+    return rollout, scores_B
+
+
+def policy_gradient_update(name: str) -> dict:
+    from rlhf_jax import ppo
+
+    cfg = PPOConfig(rollout_prompts=PROMPTS, samples_per_prompt=SAMPLES, prompt_tokens=PROMPT_LEN,
+                    response_tokens=RESPONSE_LEN, learning_rate=1e-2, **PG_CONFIGS[name])
+    with nnx.use_eager_sharding(False):
+        model = ppo.ActorCritic(build_model(TINY, seed=0), None, rngs=nnx.Rngs(cfg.seed))
+    graphdef, params = nnx.split(model)
+    ref_graphdef, _ = nnx.split(build_model(TINY, seed=0))
+    programs = ppo.Programs(graphdef, ref_graphdef, cfg, ppo.sampling_config(cfg, TINY.eos_token_id, 0))
+    rollout, scores_B = fixed_rollout(programs, params)
+    state = ppo.PPOState.create(params, programs.tx, cfg)
+    new_state, metrics = jax.jit(ppo.update, static_argnums=0)(programs, state, rollout, scores_B)
+    return {"metrics": {k: float(v) for k, v in sorted(metrics.items())}, "params": params_digest(new_state.params),
+            "kl_coef": float(new_state.kl_coef)}
+
+
+def preference_step(kind: str) -> dict:
+    from rlhf_jax import dpo
+    from rlhf_jax.steps import make_optimizer, make_train_step
+    from rlhf_jax.train_state import TrainState
+
+    train = TrainConfig(task=kind, steps=1, warmup_steps=0, learning_rate=1e-2, label_smoothing=0.1 if kind == "dpo"
+                        else 0.0)
+    rng = np.random.default_rng(1)
+    rows, length = 3, 6
+    batch = {"weights": jnp.asarray([1.0, 1.0, 0.5], jnp.float32),
+             "ref_chosen": jnp.asarray(rng.normal(-20.0, 2.0, rows), jnp.float32),
+             "ref_rejected": jnp.asarray(rng.normal(-20.0, 2.0, rows), jnp.float32)}
+    for side in ("chosen", "rejected"):
+        batch[f"{side}_ids"] = jnp.asarray(rng.integers(2, TINY.vocab_size, (rows, length)), jnp.int32)
+        batch[f"{side}_mask"] = jnp.ones((rows, length), jnp.int32).at[1, -2:].set(0)
+        batch[f"{side}_loss_mask"] = batch[f"{side}_mask"].at[:, :2].set(0)
+    graphdef, params = nnx.split(build_model(TINY, seed=0))
+    tx = make_optimizer(train)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       rng=jax.random.PRNGKey(0))
+    loss_fn = dpo.make_loss(kind)(None, TINY.vocab_size, train)
+    new_state, metrics = jax.jit(make_train_step(graphdef, tx, loss_fn))(state, batch)
+    return {"metrics": {k: float(v) for k, v in sorted(metrics.items())}, "params": params_digest(new_state.params)}
+
+
+CASES = {**{name: (policy_gradient_update, name) for name in PG_CONFIGS},
+         **{kind: (preference_step, kind) for kind in ("dpo", "ipo")}}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_step_gives_the_recorded_numbers(case):
+    function, argument = CASES[case]
+    got = function(argument)
+    assert all(np.isfinite(v) for v in got["metrics"].values())
+    check_golden(GOLDEN, case, got, loose_skip={"params"})
+
+
+def test_the_fixed_arrays_reach_clipping_and_move_every_parameter():
+    """The golden is worth its bits only if its step does something: PPO's ratio leaves the clip range on
+    some tokens, and one step changes the parameters."""
+    golden = next(iter(json.load(open(GOLDEN)).values()))
+    assert golden["ppo"]["metrics"]["clip_fraction"] > 0
+    assert golden["grpo"]["metrics"]["clip_fraction"] > 0
+    assert len({golden[case]["params"] for case in CASES}) == len(CASES)
