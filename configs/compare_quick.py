@@ -1,6 +1,6 @@
 """configs/compare_sentiment.py small: fewer preferences, a shorter reward-model run, 4 iterations of the
 online arms (16 Adam steps), 16 steps of the offline ones, 64 held-out openings, best-of-8. Meant for at
-most 25 minutes on 2 CPU cores: measured 23 min from scratch (README). A smoke test of the whole
+most 25 minutes on 2 CPU cores (its measured time: docs/comparison.md). A smoke test of the whole
 comparison more than a result: read its differences with their intervals.
 
     rlhf-jax run --config configs/compare_quick.py          (workdir: runs/compare_quick)
@@ -15,7 +15,7 @@ def get_config():
     config.train.steps = 80
     config.train.warmup_steps = 8
     config.train.checkpoint_every = 80
-    config.ppo.update({"iterations": 4, "eval_prompts": 64, "checkpoint_every": 4})
+    config.rl.update({"iterations": 4, "eval_prompts": 64, "checkpoint_every": 4})
     for name, changes in config.compare.arms:
         if name in ("dpo", "ipo"):
             changes["train"].update({"steps": 16, "warmup_steps": 2, "checkpoint_every": 16})

@@ -8,7 +8,7 @@ Budget: every trained arm takes 80 Adam steps. The online arms draw the same 640
 (20 iterations x 32: PPO 32 openings x 1, RLOO and GRPO 8 openings x 4); the offline arms take 80 steps of
 16 pairs (two thirds of one pass over the preferences, which were drawn once from the reference, as the
 reward model's). Writes compare.md, compare.json and frontier.png (gold and proxy score against sqrt(KL),
-with Gao et al. 2022's forms fitted). Measured from scratch: 76 min on 2 CPU cores (README). Label
+with Gao et al. 2022's forms fitted). Its results and wall time: docs/comparison.md. Label
 smoothing (conservative DPO) has its own comparison, configs/compare_label_smoothing.py.
 """
 
@@ -28,16 +28,16 @@ MATCHED_STEPS = {"steps": 80, "warmup_steps": 8, "checkpoint_every": 80}
 
 def get_config():
     config = sentiment_quick.get_config()
-    grpo = dict(grpo_quick.get_config().ppo)
+    grpo = dict(grpo_quick.get_config().rl)
     config.compare = {
         "seeds": 2,
         "best_of_n": (1, 2, 4, 8, 16),
         "parallel_seeds": True,  # an online arm's seeds as one vmapped program
         "arms": (  # (name, changes to this config): a sequence, so the report keeps this order
             ("ppo", {}),
-            ("rloo", {"ppo": {"algorithm": "rloo", "rollout_prompts": 8, "samples_per_prompt": 4, "epochs": 1,
+            ("rloo", {"rl": {"algorithm": "rloo", "rollout_prompts": 8, "samples_per_prompt": 4, "epochs": 1,
                               "minibatches": 4}}),
-            ("grpo", {"ppo": grpo}),
+            ("grpo", {"rl": grpo}),
             ("dpo", offline_arm("dpo", **MATCHED_STEPS)),
             # IPO's target margin 1 / (2 beta) is in nats of the summed log-ratio: dpo_quick's beta 0.05 would ask for
             # 10 (its validation loss starts at 100 and the gradients are clipped from ~3,000); 0.5 asks for 1

@@ -10,6 +10,6 @@ from . import sentiment_quick
 
 def get_config():
     config = sentiment_quick.get_config()
-    config.ppo.update({"algorithm": "grpo", "rollout_prompts": 8, "samples_per_prompt": 4, "kl_target": None,
+    config.rl.update({"algorithm": "grpo", "rollout_prompts": 8, "samples_per_prompt": 4, "kl_target": None,
                        "kl_coef": 0.03, "epochs": 2, "minibatches": 2, "learning_rate": 5e-5})
     return config

@@ -11,9 +11,9 @@ from . import sentiment_quick
 
 def get_config():
     config = sentiment_quick.get_config()
-    config.ppo.algorithm = "reinforce"
-    config.ppo.reward = "language"
-    config.ppo.epochs = 1
-    config.ppo.minibatches = 2
-    config.ppo.learning_rate = 5e-5
+    config.rl.algorithm = "reinforce"
+    config.rl.reward = "language"
+    config.rl.epochs = 1
+    config.rl.minibatches = 2
+    config.rl.learning_rate = 5e-5
     return config

@@ -19,6 +19,6 @@ def get_config():
     config.feedback.samples_per_prompt = 4
     config.train.update({"task": "reward_pairwise", "steps": 900, "batch_size": 32, "eval_batch_size": 64,
                          "warmup_steps": 60, "checkpoint_every": 150, "eval_every": 150})
-    config.ppo = sentiment_quick.get_config().ppo
-    config.ppo.update({"iterations": 32, "rollout_prompts": 64, "epochs": 2, "minibatches": 4, "checkpoint_every": 8})
+    config.rl = sentiment_quick.get_config().rl
+    config.rl.update({"iterations": 32, "rollout_prompts": 64, "epochs": 2, "minibatches": 4, "checkpoint_every": 8})
     return config

@@ -1,5 +1,5 @@
 """The main job: make SmolLM2-135M-Instruct continue movie-review openings more positively, from
-simulated human preferences, in about 20 minutes on 2 CPU cores.
+simulated human preferences, on 2 CPU cores in the time docs/performance.md gives.
 
     rlhf-jax run --config configs/sentiment_quick.py          (workdir: runs/sentiment_quick)
 
@@ -28,5 +28,5 @@ def get_config():
     config.train.learning_rate = 5e-5
     config.train.checkpoint_every = 160
     config.train.eval_every = 0
-    config.ppo = {"epochs": 2, "minibatches": 2, "learning_rate": 5e-5, "kl_coef": 0.03, "checkpoint_every": 4}
+    config.rl = {"epochs": 2, "minibatches": 2, "learning_rate": 5e-5, "kl_coef": 0.03, "checkpoint_every": 4}
     return config

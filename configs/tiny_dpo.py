@@ -1,5 +1,5 @@
 """Tiny DPO run for tests: the tiny policy learns from the tiny feedback's pairs directly.
-feedback.policy, model.source and ppo.policy must be set to a local causal-LM directory (tests make one)."""
+feedback.policy, model.source and rl.policy must be set to a local causal-LM directory (tests make one)."""
 
 from . import tiny_ppo
 

@@ -37,7 +37,9 @@ def main() -> None:
     parser.add_argument("--no-kill", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        result = run_load(workdir, args.annotators, args.answers, kill_after=None if args.no_kill else args.answers // 2)
+        result = run_load(
+            workdir, args.annotators, args.answers, kill_after=None if args.no_kill else args.answers // 2
+        )
         ceiling = store_ceiling(workdir, args.answers)
     print(json.dumps({
         "bench": "labeling", "machine": platform.machine(), "annotators": args.annotators,

@@ -32,9 +32,9 @@ def model_dir(name_or_path: str) -> str:
     """An asset's name (fetched and verified into the cache) or a local Hugging Face directory."""
     if os.path.isdir(name_or_path):
         return name_or_path
-    from rlhf_jax import assets
+    from rlhf_jax.models.pretrained import resolve_source
 
-    return str(assets.asset_path(name_or_path))
+    return resolve_source(name_or_path)
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -130,14 +130,14 @@ def compiled_train_step(source: str, head: str, task: str, learning_rate: float,
                                 "train": {"task": task, "learning_rate": learning_rate, "steps": steps,
                                           "warmup_steps": 0},
                                 "mesh": {"shape": {"data": 1, "fsdp": 1, "tensor": 1}}})
-    mesh, rules = sharding.make_mesh(exp.mesh), dict(exp.mesh.rules)
+    layout = sharding.Layout.of(exp.mesh)
     model, tokenizer = from_pretrained(source, head=head, dtype="float32"), load_tokenizer(source)
     tx = make_optimizer(exp.train)
     graphdef, params = nnx.split(model)
     state = TrainState.create(params, tx, exp.train.seed)
-    state_sharding = train_state_shardings(state, tx, mesh, rules)
+    state_sharding = train_state_shardings(state, tx, layout)
     loss_fn = TASKS[task].make_loss(tokenizer, model.config.vocab_size, exp.train)
-    train_step, _ = jit_steps(graphdef, tx, loss_fn, state_sharding, mesh, rules)
+    train_step, _ = jit_steps(graphdef, tx, loss_fn, state_sharding, layout)
     return tokenizer, jax.device_put(state, state_sharding), train_step
 
 

@@ -2,7 +2,7 @@
 
 The bench_ppo workload trains a SmolLM2-135M policy and a separate SmolLM2 value trunk: 269M float32
 parameters, and 16 optimizer steps per PPO iteration. Ours is the optimizer PPO builds
-(``rlhf_jax.ppo.make_optimizer``: global-norm clipping, then Adam), jitted with the parameters and
+(``rlhf_jax.rl.make_optimizer``: global-norm clipping, then Adam), jitted with the parameters and
 moments donated; the peer is ``torch.nn.utils.clip_grad_norm_`` then ``torch.optim.AdamW`` with no
 weight decay, trl's optimizer (its default implementation, and ``fused=True``) in the peers' venv. Both update
 the same shapes (read from the asset's config.json) with fixed gradients; the figure is the median
@@ -52,10 +52,10 @@ def ours(shapes, steps: int, fused: bool) -> float:
     import jax.numpy as jnp
     import optax
 
-    from rlhf_jax.config import PPOConfig
-    from rlhf_jax.ppo import make_optimizer
+    from rlhf_jax.config import RLConfig
+    from rlhf_jax.rl.online import make_optimizer
 
-    tx = make_optimizer(PPOConfig(fused_optimizer=fused))
+    tx = make_optimizer(RLConfig(fused_optimizer=fused))
     keys = jax.random.split(jax.random.key(0), len(shapes))
     params = {str(i): 0.02 * jax.random.normal(k, s) for i, (k, s) in enumerate(zip(keys, shapes))}
     grads = jax.tree.map(lambda p: 1e-3 * jnp.sign(p), params)
@@ -98,7 +98,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="asset name or Hugging Face directory")
     parser.add_argument("--peer-python", default="/tmp/venv_peers/bin/python")
-    parser.add_argument("--fused", action="store_true", help="ours with ppo.fused_optimizer (rlhf_jax/optim.py)")
+    parser.add_argument("--fused", action="store_true", help="ours with rl.fused_optimizer (rlhf_jax/optim.py)")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--as-peer", choices=["default", "fused"], help=argparse.SUPPRESS)
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
@@ -138,15 +138,28 @@ def main():
     fused_peer = None if args.no_peer else peer("fused")()  # once, after the passes
     ours_median = statistics.median(ours_seconds)
     failures = {kind: runs[0] for kind, runs in peer_runs.items() if "value" not in runs[0]}
-    emit({"workload": "optimizer_step", "metric": "seconds_per_adamw_step (ratio: peer / ours)",
-          "config": {"model": args.model, "trees": "policy trunk + value trunk with scalar head", "fused": args.fused,
-                     "parameters_millions": round(parameters / 1e6, 1), "dtype": "float32", "steps": args.steps,
-                     "peer": "torch clip_grad_norm_ + torch.optim.AdamW, no weight decay (default implementation; then fused=True)"},
-          **summary(rounds), "peer_fused_seconds": fused_peer and round(fused_peer, 3),
-          "ratio_vs_peer_fused": fused_peer and round(fused_peer / ours_median, 3),
-          "peer_failures": failures or None,
-          "rlhf_jax_gb_per_s_lower_bound": round(8 * 4 * parameters / ours_median / 1e9, 1),
-          "versions": next((r["versions"] for runs in peer_runs.values() for r in runs if "versions" in r), {})})
+    emit(
+        {
+            "workload": "optimizer_step",
+            "metric": "seconds_per_adamw_step (ratio: peer / ours)",
+            "config": {
+                "model": args.model,
+                "trees": "policy trunk + value trunk with scalar head",
+                "fused": args.fused,
+                "parameters_millions": round(parameters / 1e6, 1),
+                "dtype": "float32",
+                "steps": args.steps,
+                "peer": "torch clip_grad_norm_ + torch.optim.AdamW, no weight decay (default implementation; "
+                        "then fused=True)",
+            },
+            **summary(rounds),
+            "peer_fused_seconds": fused_peer and round(fused_peer, 3),
+            "ratio_vs_peer_fused": fused_peer and round(fused_peer / ours_median, 3),
+            "peer_failures": failures or None,
+            "rlhf_jax_gb_per_s_lower_bound": round(8 * 4 * parameters / ours_median / 1e9, 1),
+            "versions": next((r["versions"] for runs in peer_runs.values() for r in runs if "versions" in r), {}),
+        }
+    )
 
 
 if __name__ == "__main__":

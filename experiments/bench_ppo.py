@@ -27,14 +27,14 @@ import time
 
 import jax
 import numpy as np
-from jax.profiler import TraceAnnotation
 from bench_lib import PEERS, alternate, emit, gemm_gflops, model_dir, run_peer, summary
 from flax import nnx
+from jax.profiler import TraceAnnotation
 from rt_prompts import fixed_length_prompts
 
-from rlhf_jax import ppo
 from rlhf_jax.config import experiment_from_dict
 from rlhf_jax.models import from_pretrained, load_tokenizer
+from rlhf_jax.rl import online
 from rlhf_jax.runs import policy_training
 from rlhf_jax.sampling import decode_responses
 from rlhf_jax.scoring import RewardModel
@@ -65,14 +65,17 @@ def prepare(args):
     exp = experiment_from_dict({
         "model": {"source": policy, "head": "scalar"}, "train": {"task": "reward_pairwise"},
         "mesh": {"shape": {"data": 1, "fsdp": 1, "tensor": 1}},
-        "ppo": {"policy": policy, "value": args.value, "iterations": 1, "rollout_prompts": args.prompts,
+        "rl": {"policy": policy, "value": args.value, "iterations": 1, "rollout_prompts": args.prompts,
                 "epochs": 4, "minibatches": 4, "prompt_tokens": args.prompt_len, "response_tokens": RESPONSE_TOKENS,
                 "kl_target": 6.0, "fused_optimizer": args.fused_optimizer}})
     run = policy_training.prepare(exp, None)
-    run.sampling = ppo.sampling_config(exp.ppo, None, 0)  # no EOS stop, like the peer
-    run.functions = ppo.jit_functions(ppo.Programs(run.graphdef, run.ref_graphdef, exp.ppo, run.sampling),
-                                      run.state_sharding, jax.tree.map(lambda x: x.sharding, run.ref_params),
-                                      run.mesh, run.rules)
+    run.sampling = online.sampling_config(exp.rl, None, 0)  # no EOS stop, like the peer
+    run.functions = online.jit_functions(
+        online.Programs(run.graphdef, run.ref_graphdef, exp.rl, run.sampling),
+        run.state_sharding,
+        jax.tree.map(lambda x: x.sharding, run.ref_params),
+        run.layout,
+    )
     scorer = model_dir(args.reward or args.policy)
     rm_graphdef, rm_params = nnx.split(from_pretrained(scorer, head="scalar"))
     reward_model = RewardModel(rm_graphdef, rm_params, load_tokenizer(scorer), args.prompt_len + RESPONSE_TOKENS)
@@ -86,7 +89,7 @@ def prepare(args):
         with TraceAnnotation("rollout"):  # the phases that experiments/profile_step.py times
             experience = run.functions.rollout(state.params, run.ref_params,
                                                *policy_training.to_mesh((ids, np.ones_like(ids)), run),
-                                               ppo.rollout_key(state.rng))
+                                               online.rollout_key(state.rng))
             jax.block_until_ready(experience)
         with TraceAnnotation("decode + score"):
             responses = decode_responses(run.tokenizer, experience.ids_BxT[:, args.prompt_len:],
@@ -116,7 +119,7 @@ def parse_args(argv=None):
     parser.add_argument("--peer-python", default="/tmp/venv_ppo/bin/python")
     parser.add_argument("--peer-script", default=os.path.join(PEERS, "w2_ppo.py"))
     parser.add_argument("--fused-optimizer", action="store_true",
-                        help="ppo.fused_optimizer: clip + Adam in one pass (rounds differently when clipping acts)")
+                        help="rl.fused_optimizer: clip + Adam in one pass (rounds differently when clipping acts)")
     parser.add_argument("--no-peer", action="store_true")
     return parser.parse_args(argv)
 

@@ -4,7 +4,7 @@ The peer's workload (../shared/peers/w3_reward.py, trl 1.16): all-MiniLM-L6-v2 w
 pairs of a "fresh" (chosen) and a "rotten" (rejected) Rotten Tomatoes snippet, each [CLS] text [SEP]
 truncated to 64 tokens, batch 16 pairs (32 sequences per forward). The peer runs with --pad-to 64, so both
 sides compute every batch at length 64 (trl's default pads to the longest in the batch: the peer's JSON
-has that figure too when run without --pad-to). Ours: ``rlhf_jax.reward.pairwise`` in ``rlhf_jax.steps``.
+has that figure too when run without --pad-to). Ours: ``rlhf_jax.rl.reward.pairwise`` in ``rlhf_jax.steps``.
 Metric: pairs/s = 16 / the median step time after the first --skip steps. Ours and the peer alternate for
 --passes rounds; each round's ratio is printed, and their median; also the GEMM ceiling measured in the
 same run and our step's MFU against it (bench_lib). Prints one JSON line.

@@ -33,7 +33,9 @@ def packed_blocks(tokenizer, count: int, length: int) -> np.ndarray:
 def sft_batches(tokenizer, steps: int, batch: int, length: int) -> list[dict]:
     """``steps`` batches of ``batch`` packed blocks, every token real and trained on."""
     ids_SxBxT = packed_blocks(tokenizer, steps * batch, length).reshape(steps, batch, length)
-    return [{"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones_like(ids)} for ids in ids_SxBxT]
+    return [
+        {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones_like(ids)} for ids in ids_SxBxT
+    ]
 
 
 def main():

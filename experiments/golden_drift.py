@@ -1,4 +1,5 @@
-"""How far this jax and this CPU move the PPO / REINFORCE goldens from the reference recording: every metric of tests/golden/ that differs, with its
+"""How far this jax and this CPU move the PPO / REINFORCE goldens from the reference recording: every metric
+of tests/golden/ that differs, with its
 absolute and relative deviation (docs/versions.md). Run from the repository root:
 
     RLHF_JAX_TINY_POLICY=DIR python experiments/golden_drift.py
@@ -14,10 +15,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-import conftest  # noqa: E402,F401  (8 simulated devices, before jax starts)
-import jax  # noqa: E402
-from conftest import GOLDEN_REFERENCE, golden_environment  # noqa: E402
-from test_ppo_golden import ALGORITHMS, GOLDEN, logged_metrics  # noqa: E402
+import conftest  # noqa: F401  (8 simulated devices, before jax starts)
+from conftest import GOLDEN_REFERENCE, golden_environment
+from test_ppo_golden import ALGORITHMS, GOLDEN, logged_metrics
 
 for algorithm in sorted(ALGORITHMS):
     metrics = logged_metrics(pathlib.Path(tempfile.mkdtemp()), os.environ["RLHF_JAX_TINY_POLICY"], algorithm)

@@ -14,7 +14,7 @@ prepare)
   pip3 download -q --no-deps -d $G/whl12 trl==1.12.0
   for m in smollm2-135m-instruct minilm-l6; do
     mkdir -p $G/like/$m
-    src=$(python3 -c "from rlhf_jax import assets; print(assets.asset_path('$m'))")
+    src=$(python3 -c "from rlhf_jax.models.pretrained import resolve_source; print(resolve_source('$m'))")
     find "$src" -maxdepth 1 -type f ! -name '*.safetensors' ! -name '*.gguf' -exec cp {} $G/like/$m/ \;
   done
   cp -a "$(dirname "$(python3 -c "from rlhf_jax import assets; print(assets.asset_path('rotten-tomatoes'))")")" \

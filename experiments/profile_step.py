@@ -36,7 +36,6 @@ import shutil
 import sys
 import time
 
-
 PHASES = ("rollout", "decode + score", "update")  # bench_ppo's TraceAnnotations
 PERFETTO_EVENT_CAP = 1_000_000  # jax's Perfetto trace keeps at most this many events (one PPO iteration: ~0.9M)
 
@@ -155,13 +154,17 @@ def summarise(trace_dir: str, hlo_dir: str, steps: int, wall_s: float, top: int)
     by_heading["matmul: Eigen dots running after their launch"] += async_dot_us
     busy_ms, async_dot_ms = busy_us / steps / 1e3, async_dot_us / steps / 1e3
     op_ms = sum(by_heading.values()) / steps / 1e3
-    return {"trace_truncated": len(events) >= PERFETTO_EVENT_CAP, "wall_ms_per_step": round(wall_ms, 1), "op_ms_per_step": round(op_ms, 1),
-            "ops_running_ms_per_step": round(busy_ms + async_dot_ms, 1),
-            "idle_ms_per_step": round(wall_ms - busy_ms - async_dot_ms, 1),
-            "phases_ms_per_step": {k: per_step_ms(v) for k, v in phases.most_common()},
-            "modules_ms_per_step": {k: per_step_ms(v) for k, v in by_module.most_common(8)},
-            "headings_ms_per_step": {k: per_step_ms(v) for k, v in by_heading.most_common()},
-            "top_primitives_ms_per_step": [[k, p, per_step_ms(v)] for (k, p), v in by_primitive.most_common(top)]}
+    return {
+        "trace_truncated": len(events) >= PERFETTO_EVENT_CAP,
+        "wall_ms_per_step": round(wall_ms, 1),
+        "op_ms_per_step": round(op_ms, 1),
+        "ops_running_ms_per_step": round(busy_ms + async_dot_ms, 1),
+        "idle_ms_per_step": round(wall_ms - busy_ms - async_dot_ms, 1),
+        "phases_ms_per_step": {k: per_step_ms(v) for k, v in phases.most_common()},
+        "modules_ms_per_step": {k: per_step_ms(v) for k, v in by_module.most_common(8)},
+        "headings_ms_per_step": {k: per_step_ms(v) for k, v in by_heading.most_common()},
+        "top_primitives_ms_per_step": [[k, p, per_step_ms(v)] for (k, p), v in by_primitive.most_common(top)],
+    }
 
 
 def print_table(result: dict) -> None:

@@ -6,7 +6,7 @@ feedback -> reward model -> PPO -> evaluation -> report. ``--no-torch`` makes ``
 in this process first, so a stage that needs PyTorch (which only the ``test`` extra installs) stops
 the run. CI runs it in a venv made with ``pip install -e .`` alone.
 
-    python experiments/tiny_pipeline.py --workdir runs/tiny_pipeline [--no-torch] [--config.ppo.iterations=2 ...]
+    python experiments/tiny_pipeline.py --workdir runs/tiny_pipeline [--no-torch] [--config.rl.iterations=2 ...]
 """
 
 import sys
@@ -14,10 +14,10 @@ import sys
 if "--no-torch" in sys.argv:
     sys.modules["torch"] = None  # any `import torch` now raises ImportError
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import os
+import time
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "tiny_ppo.py")
 TINY_LLAMA = {"family": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 48}
@@ -45,11 +45,11 @@ def main() -> int:
     for name in assets.ASSETS:
         assets.fetch(name)
     policy = write_tiny_policy(os.path.join(args.workdir, "tiny_policy"))
-    code = cli.main(["run", "--config", CONFIG, "--workdir", args.workdir, f"--config.ppo.policy={policy}",
+    code = cli.main(["run", "--config", CONFIG, "--workdir", args.workdir, f"--config.rl.policy={policy}",
                      f"--config.feedback.policy={policy}", *overrides])
     if code:
         return code
-    with open(os.path.join(args.workdir, "ppo", "evaluation.json")) as f:
+    with open(os.path.join(args.workdir, "rl", "evaluation.json")) as f:
         metrics = json.load(f)["metrics"]
     print(json.dumps({"workdir": args.workdir, "seconds": round(time.time() - start, 1),
                       "torch_blocked": args.no_torch,

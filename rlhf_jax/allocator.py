@@ -12,15 +12,12 @@ again: a page fault and a zero-filled page per 4 KiB. Three settings stop that:
 - one arena (``M_ARENA_MAX`` 1): XLA:CPU's worker threads otherwise allocate from per-thread arenas, whose
   heaps hold at most 64 MiB and which serve larger blocks with ``mmap`` whatever ``M_MMAP_MAX`` says.
 
-Measured on the MiniLM reward step (``experiments/profile_step.py reward``, 2 cores): the first two alone
-took it from 0.685 to 0.668 s; the arena cap then to 0.50 s, page-fault handling having been ~12% of the
-step's CPU samples in ``perf``. SmolLM2's SFT step (``bench_sft.py``'s): 3.9 -> 3.3 s with no trimming at
-all, zeroing fresh pages having been 21% of its samples. Results are unchanged (only where memory comes
+What each setting saved on the reward and SFT steps, found with ``perf`` and ``strace``, is in
+docs/performance.md (``experiments/profile_step.py``). Results are unchanged (only where memory comes
 from changes). The costs: the process's resident memory does not shrink after its peak, and threads
 that allocate at once share one lock (XLA:CPU's pool has a thread per core). That lock slows compiles,
-which allocate from many threads at once (LLVM's parallel codegen): ``tests/test_ppo.py``, nearly all
-compilation, took 138 s against 120 s. Worth it for runs made of many steps (the main job: 8.7 -> 8.1
-min), not for a process that mostly compiles.
+which allocate from many threads at once (LLVM's parallel codegen). Worth it for runs made of many steps,
+not for a process that mostly compiles (docs/performance.md has both).
 
 Applied by the CLI and the benches before their first large allocation (threads that already have an
 arena keep it). ``RLHF_JAX_KEEP_FREED_MEMORY=0`` leaves the allocator as it is; where the C library is not
@@ -51,4 +48,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt): nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all([bool(mallopt(parameter, value)) for parameter, value in SETTINGS])  # a list: apply every one
+    applied = [bool(mallopt(parameter, value)) for parameter, value in SETTINGS]  # every one, even after a failure
+    return all(applied)

@@ -47,8 +47,12 @@ class Checkpointer:
         """Only the ``params`` of the state saved at ``step`` (no optimiser state is read), into the
         structure, dtypes and shardings of ``abstract_params`` (jax.ShapeDtypeStruct leaves)."""
         restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), abstract_params)
-        return self._restore(step, state=ocp.args.PyTreeRestore(
-            item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True)).state["params"]
+        return self._restore(
+            step,
+            state=ocp.args.PyTreeRestore(
+                item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True
+            ),
+        ).state["params"]
 
     def _restore(self, step: int, **items):
         try:

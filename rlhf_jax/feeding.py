@@ -47,8 +47,8 @@ class Feed:
     local: slice
 
     @classmethod
-    def of(cls, mesh: Mesh, rules: dict, rows: int) -> "Feed":
-        placement = sharding.batch_sharding(mesh, rules)
+    def of(cls, layout: sharding.Layout, rows: int) -> Feed:
+        placement = layout.batch
         return cls(placement, rows, _local_slice(placement, rows))
 
     @property
@@ -162,7 +162,7 @@ def local_mesh(mesh: Mesh) -> Mesh:
     if jax.process_count() == 1:
         return mesh
     devices = jax.local_devices()
-    sizes = {name: 1 for name in mesh.axis_names}
+    sizes = dict.fromkeys(mesh.axis_names, 1)
     if "tensor" in sizes and len(devices) % mesh.shape["tensor"] == 0:
         sizes["tensor"] = mesh.shape["tensor"]
     rest = "fsdp" if "fsdp" in sizes else mesh.axis_names[0]

@@ -2,11 +2,10 @@
 
 Every run's optimizer is ``optax.chain(clip_by_global_norm(c), adam or adamw(lr, ...))``. optax clips
 with ``select(unclipped, g, (g / ||g||) * c)``: a division per parameter, and the chain makes separate
-passes over the parameters. Over the 269M parameters of PPO's policy and value trunks one step takes
-0.24 s on 2 CPU cores, where torch's fused AdamW, whose clip multiplies by a coefficient, takes 0.18 s
-and the fused form here 0.19 s (``experiments/bench_optimizer.py [--fused]``, with ``rlhf_jax/allocator.py``'s
-settings; 0.41 s and 0.19 s without them); PPO takes 16 such steps per iteration. The fused form here
-computes each leaf's update as one expression that XLA runs as one loop:
+passes over the parameters: memory traffic, which torch's fused AdamW (whose clip multiplies by a
+coefficient) does in one pass (``experiments/bench_optimizer.py [--fused]`` times the three; the figures
+are in docs/performance.md). A policy-gradient iteration takes epochs x minibatches such steps. The fused
+form here computes each leaf's update as one expression that XLA runs as one loop:
 
     g <- g * s,   s = 1 if ||g|| < c else c / ||g||
     m <- (1 - b1) g + b1 m              v <- (1 - b2) g^2 + b2 v          t <- t + 1
@@ -20,7 +19,7 @@ Off by default, so that no recorded run moves. ``init`` is the optax chain's own
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -2,7 +2,7 @@
 
 The model is built from abstract shapes (``jax.eval_shape``: no weights allocated), placed on a mesh of
 simulated CPU devices by the config's logical-axis rules, and the train step (and, for a config with a
-ppo section, the PPO update) is lowered and compiled for that mesh. Per device, in bytes:
+rl section, its policy-gradient update) is lowered and compiled for that mesh. Per device, in bytes:
 
     parameters, optimizer    sum over leaves of the shard a device holds (shape / mesh split x itemsize)
     batch                    the step's input batch (the update's experience)
@@ -23,10 +23,10 @@ import os
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
-from rlhf_jax import ppo, sharding
+from rlhf_jax import sharding
 from rlhf_jax.config import ConfigError, ExperimentConfig, ModelConfig
+from rlhf_jax.rl import online
 from rlhf_jax.steps import jit_steps, make_optimizer, train_state_shardings
 from rlhf_jax.tasks import TASKS
 from rlhf_jax.train_state import TrainState
@@ -112,24 +112,24 @@ class StepPlan:
     total: int
 
     @classmethod
-    def of(cls, step: str, parameters: int, optimizer: int, batch: int, compiled) -> "StepPlan":
+    def of(cls, step: str, parameters: int, optimizer: int, batch: int, compiled) -> StepPlan:
         memory = compiled.memory_analysis()
         total = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
                  - memory.alias_size_in_bytes)
         return cls(step, parameters, optimizer, batch, memory.temp_size_in_bytes, total)
 
 
-def plan_train_step(exp: ExperimentConfig, cfg: ModelConfig, mesh, rules: dict) -> StepPlan:
+def plan_train_step(exp: ExperimentConfig, cfg: ModelConfig, layout: sharding.Layout) -> StepPlan:
     from rlhf_jax.models import abstract_model
 
     graphdef, params = nnx.split(abstract_model(cfg))
     tx = make_optimizer(exp.train)
     state = jax.eval_shape(lambda p: TrainState.create(p, tx, exp.train.seed), params)
-    state_sharding = train_state_shardings(state, tx, mesh, rules)
+    state_sharding = train_state_shardings(state, tx, layout)
     loss_fn = TASKS[exp.train.task].make_loss(_mask_tokenizer(exp), cfg.vocab_size, exp.train)
-    train_step, _ = jit_steps(graphdef, tx, loss_fn, state_sharding, mesh, rules)
+    train_step, _ = jit_steps(graphdef, tx, loss_fn, state_sharding, layout)
     batch = abstract_batch(exp, exp.train.batch_size)
-    batch_sharding = jax.tree.map(lambda _: sharding.batch_sharding(mesh, rules), batch)
+    batch_sharding = jax.tree.map(lambda _: layout.batch, batch)
     compiled = train_step.lower(sharding.abstract(state, state_sharding),
                                 sharding.abstract(batch, batch_sharding)).compile()
     return StepPlan.of("train step", per_device_bytes(state.params, state_sharding.params),
@@ -147,28 +147,27 @@ def _mask_tokenizer(exp: ExperimentConfig):
     return load_tokenizer(exp.model.tokenizer or exp.model.source)
 
 
-def plan_ppo_update(exp: ExperimentConfig, cfg: ModelConfig, mesh, rules: dict) -> StepPlan:
-    """The PPO update of an actor-critic (value head on the policy's trunk) of the model's architecture."""
+def plan_ppo_update(exp: ExperimentConfig, cfg: ModelConfig, layout: sharding.Layout) -> StepPlan:
+    """The policy-gradient update of an actor-critic (value head on the policy's trunk) of the model's architecture."""
     from rlhf_jax.models import abstract_model
 
-    p = exp.ppo
+    p = exp.rl
     policy_cfg = dataclasses.replace(cfg, head="causal_lm")
     with nnx.use_eager_sharding(False):
-        model = nnx.eval_shape(lambda: ppo.ActorCritic(abstract_model(policy_cfg), None, rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda: online.ActorCritic(abstract_model(policy_cfg), None, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(model)
     ref_graphdef = nnx.graphdef(abstract_model(policy_cfg))
-    tx = ppo.make_optimizer(p)
-    state = jax.eval_shape(lambda q: ppo.PPOState.create(q, tx, p), params)
-    state_sharding = ppo.state_shardings(state, tx, mesh, rules)
-    sampling = ppo.sampling_config(p, cfg.eos_token_id, cfg.pad_token_id or 0)
-    programs = ppo.Programs(graphdef, ref_graphdef, p, sampling)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    functions = ppo.jit_functions(programs, state_sharding, replicated, mesh, rules)
+    tx = online.make_optimizer(p)
+    state = jax.eval_shape(lambda q: online.PolicyState.create(q, tx, p), params)
+    state_sharding = online.state_shardings(state, tx, layout)
+    sampling = online.sampling_config(p, cfg.eos_token_id, cfg.pad_token_id or 0)
+    programs = online.Programs(graphdef, ref_graphdef, p, sampling)
+    functions = online.jit_functions(programs, state_sharding, layout.replicated, layout)
     b, t, n = p.rollout_rows, p.prompt_tokens + p.response_tokens, p.response_tokens
     f32, i32 = np.float32, np.int32
-    rollout = ppo.Rollout(*(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in (
+    rollout = online.Rollout(*(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in (
         ((b, t), i32), ((b, t), i32), ((b, n), f32), ((b, n), f32), ((b, n), f32), ((b, n), f32), ((b, n), f32))))
-    batch = sharding.batch_sharding(mesh, rules)
+    batch = layout.batch
     rollout_sharding = jax.tree.map(lambda _: batch, rollout)
     scores = jax.ShapeDtypeStruct((b,), f32)
     compiled = functions.update.lower(sharding.abstract(state, state_sharding),
@@ -180,12 +179,12 @@ def plan_ppo_update(exp: ExperimentConfig, cfg: ModelConfig, mesh, rules: dict) 
 
 
 def plan(exp: ExperimentConfig, shape: str | None = None) -> tuple[ModelConfig, list[StepPlan]]:
-    """(the model's config, per-device bytes of its train step and, with a ppo section, its PPO update)."""
-    mesh, rules = sharding.make_mesh(exp.mesh), dict(exp.mesh.rules)
+    """(the model's config, per-device bytes of its train step and, with an rl section, its policy-gradient update)."""
+    layout = sharding.Layout.of(exp.mesh)
     cfg = model_config(exp, shape)
-    steps = [plan_train_step(exp, cfg, mesh, rules)]
-    if exp.ppo is not None and cfg.is_causal:
-        steps.append(plan_ppo_update(exp, cfg, mesh, rules))
+    steps = [plan_train_step(exp, cfg, layout)]
+    if exp.rl is not None and cfg.is_causal:
+        steps.append(plan_ppo_update(exp, cfg, layout))
     return cfg, steps
 
 

@@ -47,7 +47,7 @@ def plot_training(workdir: str, filename: str = "training.png") -> str | None:
     return path
 
 
-def plot_ppo(workdir: str, filename: str = "ppo.png") -> str | None:
+def plot_policy_training(workdir: str, filename: str = "training.png") -> str | None:
     """Gold and reward-model scores against iteration and against KL (over-optimisation shows as the
     two curves parting), and the KL coefficient."""
     plt = pyplot()

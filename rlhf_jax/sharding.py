@@ -9,7 +9,7 @@ of the same array, stays replicated on that dimension.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 import math
 import threading
@@ -52,11 +52,6 @@ def mesh_axes(rules: dict, logical: str | None, mesh: Mesh) -> tuple[str, ...]:
     return tuple(axis for axis in targets if mesh.shape[axis] > 1)
 
 
-def data_parallel_size(mesh: Mesh, rules: dict) -> int:
-    """How many ways the batch axis is split."""
-    return math.prod(mesh.shape[axis] for axis in mesh_axes(rules, "batch", mesh))
-
-
 def mesh_spec(logical: PartitionSpec | tuple, shape: tuple[int, ...], mesh: Mesh, rules: dict) -> PartitionSpec:
     """Logical names of one array's dimensions -> a PartitionSpec over the mesh's axes."""
     used: set[str] = set()
@@ -72,63 +67,91 @@ def mesh_spec(logical: PartitionSpec | tuple, shape: tuple[int, ...], mesh: Mesh
     return PartitionSpec(*out)
 
 
-def state_shardings(state: nnx.State, mesh: Mesh, rules: dict):
-    """NamedShardings with the same tree structure as ``state`` (abstract or concrete)."""
-    logical = nnx.get_partition_spec(state)
-    return jax.tree.map(lambda spec, leaf: NamedSharding(mesh, mesh_spec(spec, leaf.shape, mesh, rules)),
-                        logical, state, is_leaf=lambda x: isinstance(x, PartitionSpec))
-
-
 def abstract(tree, shardings):
     """ShapeDtypeStructs of ``tree``'s leaves carrying ``shardings`` (a tree of the same structure): what
     orbax restores into, and what ``jit(...).lower`` compiles for, without arrays."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def shard_model(model: nnx.Module, mesh: Mesh, rules: dict) -> nnx.Module:
-    """Place the model's arrays on the mesh according to the rules (in place; returns the model)."""
-    state = nnx.state(model)
-    nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
-    return model
+_ACTIVATIONS = threading.local()  # the Layout while a step on a mesh is being traced
 
 
-def batch_sharding(mesh: Mesh, rules: dict) -> NamedSharding:
-    """Batch arrays (any rank): the leading axis over the 'batch' rule's mesh axes, the rest replicated."""
-    targets = mesh_axes(rules, "batch", mesh)
-    lead = None if not targets else (targets[0] if len(targets) == 1 else targets)
-    return NamedSharding(mesh, PartitionSpec(lead))
+@dataclasses.dataclass(frozen=True, eq=False)
+class Layout:
+    """Where a run's arrays live: the device mesh, and the rules that map logical axis names to its axes
+    (``MeshConfig.rules``). One value of it goes wherever shardings are made."""
 
+    mesh: Mesh
+    rules: dict
 
-_ACTIVATIONS = threading.local()  # (mesh, rules) while a step on a mesh is being traced
+    @classmethod
+    def of(cls, cfg: MeshConfig, devices=None) -> Layout:
+        return cls(make_mesh(cfg, devices), dict(cfg.rules))
 
+    def axes(self, logical: str | None) -> tuple[str, ...]:
+        """The mesh axes (of size > 1) that a logical axis maps to."""
+        return mesh_axes(self.rules, logical, self.mesh)
 
-@contextlib.contextmanager
-def activation_sharding(mesh: Mesh, rules: dict):
-    """While tracing a step inside this context, ``constrain`` pins activations to the mesh by the rules."""
-    previous = getattr(_ACTIVATIONS, "value", None)
-    _ACTIVATIONS.value = (mesh, rules)
-    try:
-        yield
-    finally:
-        _ACTIVATIONS.value = previous
+    def data_parallel_size(self) -> int:
+        """How many ways the batch axis is split."""
+        return math.prod(self.mesh.shape[axis] for axis in self.axes("batch"))
 
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
 
-def with_activation_sharding(function, mesh: Mesh, rules: dict):
-    """``function`` traced inside ``activation_sharding(mesh, rules)`` (wrap it before ``jax.jit``)."""
-    @functools.wraps(function)
-    def traced(*args, **kwargs):
-        with activation_sharding(mesh, rules):
-            return function(*args, **kwargs)
+    @property
+    def batch(self) -> NamedSharding:
+        """Batch arrays (any rank): the leading axis over the 'batch' rule's mesh axes, the rest replicated."""
+        targets = self.axes("batch")
+        return NamedSharding(self.mesh, PartitionSpec(None if not targets else
+                                                      targets[0] if len(targets) == 1 else targets))
 
-    return traced
+    def spec(self, logical: PartitionSpec | tuple, shape: tuple[int, ...]) -> PartitionSpec:
+        """The PartitionSpec of one array from its dimensions' logical names (``mesh_spec``)."""
+        return mesh_spec(logical, shape, self.mesh, self.rules)
+
+    def shardings(self, state: nnx.State):
+        """NamedShardings with the same tree structure as ``state`` (abstract or concrete), by the logical
+        axes its parameters carry."""
+        logical = nnx.get_partition_spec(state)
+        return jax.tree.map(lambda spec, leaf: NamedSharding(self.mesh, self.spec(spec, leaf.shape)),
+                            logical, state, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+    def place(self, model: nnx.Module) -> nnx.Module:
+        """Put the model's arrays on the mesh by the rules (in place; returns the model)."""
+        state = nnx.state(model)
+        nnx.update(model, jax.device_put(state, self.shardings(state)))
+        return model
+
+    def traced(self, function):
+        """``function`` traced with ``constrain`` pinning activations by the rules (wrap it before ``jax.jit``)."""
+        @functools.wraps(function)
+        def traced(*args, **kwargs):
+            previous = getattr(_ACTIVATIONS, "value", None)
+            _ACTIVATIONS.value = self
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _ACTIVATIONS.value = previous
+
+        return traced
+
+    def jit(self, function, *, in_shardings, out_shardings, donate_argnums=(), vmap_axes=None):
+        """The one way a program is compiled here: ``function`` traced with activations pinned by the rules
+        (``traced``), vmapped over ``vmap_axes`` if given (a leading seed axis), jitted with explicit
+        shardings and donated arguments."""
+        traced = self.traced(function)
+        if vmap_axes is not None:
+            traced = jax.vmap(traced, in_axes=vmap_axes)
+        return jax.jit(traced, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
 
 
 def constrain(x, logical: tuple):
     """An activation's sharding by its dimensions' logical names (e.g. ('batch', None, 'embed')) when a step
     is traced for a mesh, else ``x`` unchanged. Without it XLA's propagation may follow the parameters'
     FSDP split onto the activations and replicate the batch."""
-    context = getattr(_ACTIVATIONS, "value", None)
-    if context is None:
+    layout = getattr(_ACTIVATIONS, "value", None)
+    if layout is None:
         return x
-    mesh, rules = context
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, mesh_spec(logical, x.shape, mesh, rules)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(layout.mesh, layout.spec(logical, x.shape)))

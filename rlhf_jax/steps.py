@@ -1,16 +1,19 @@
-"""Pure jitted steps: ``train_step(state, batch) -> (state, metrics)``, ``eval_step(params, batch, rng) -> sums``.
+"""Pure jitted steps of the supervised trainer: ``train_step(graphdef, tx, loss_fn, state, batch) -> (state,
+metrics)`` and ``eval_step(graphdef, loss_fn, params, batch, rng) -> sums``.
 
-The model's graphdef is closed over (static); everything that changes is in the arguments. Jitted
-with the shardings of the mesh, and the training state donated, so one step is one XLA program on
-1 CPU or many devices alike.
+The leading arguments (the model's graphdef, the optimiser, the task's loss) are static, bound with
+``functools.partial``; everything that changes is an array argument. ``jit_steps`` compiles them as
+``rlhf_jax.rl.online`` compiles the rollout and update, through ``sharding.Layout.jit``: the mesh's
+shardings, the training state donated, one XLA program on 1 CPU or many devices alike.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlhf_jax import sharding
 from rlhf_jax.config import TrainConfig
@@ -27,58 +30,47 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                         decay_mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params), fused=cfg.fused_optimizer)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, loss_fn):
-    def train_step(state: TrainState, batch: dict):
-        rng, step_rng = jax.random.split(state.rng)
+def train_step(graphdef, tx: optax.GradientTransformation, loss_fn, state: TrainState, batch: dict):
+    """One optimiser step on ``loss_fn(model, batch, rng) -> (loss, metrics)``; returns (state, metrics)."""
+    rng, step_rng = jax.random.split(state.rng)
 
-        def loss_of(params):
-            return loss_fn(nnx.merge(graphdef, params), batch, step_rng)
+    def loss_of(params):
+        return loss_fn(nnx.merge(graphdef, params), batch, step_rng)
 
-        (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {name: value for name, value in metrics.items() if name != "confusion"}
-        metrics["grad_norm"] = optax.global_norm(grads)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
-
-    return train_step
+    (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {name: value for name, value in metrics.items() if name != "confusion"}
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
 
-def make_eval_step(graphdef, loss_fn):
-    def eval_step(params, batch: dict, rng):
-        _, metrics = loss_fn(nnx.merge(graphdef, params), batch, rng)
-        return {name: value for name, value in metrics.items() if name != "loss"}
-
-    return eval_step
+def eval_step(graphdef, loss_fn, params, batch: dict, rng):
+    """The loss's summed metrics on one batch (``losses.summarize`` turns their totals into means)."""
+    _, metrics = loss_fn(nnx.merge(graphdef, params), batch, rng)
+    return {name: value for name, value in metrics.items() if name != "loss"}
 
 
-def optimizer_shardings(tx: optax.GradientTransformation, opt_state, params_sharding, mesh: Mesh):
+def optimizer_shardings(tx: optax.GradientTransformation, opt_state, params_sharding, layout: sharding.Layout):
     """Optimizer moments sharded like their parameters; counts and other non-parameter leaves replicated."""
-    replicated = NamedSharding(mesh, PartitionSpec())
     return optax.tree_map_params(tx, lambda _, s: s, opt_state, params_sharding,
-                                 transform_non_params=lambda _: replicated,
+                                 transform_non_params=lambda _: layout.replicated,
                                  is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def train_state_shardings(state: TrainState, tx: optax.GradientTransformation, mesh: Mesh, rules: dict) -> TrainState:
+def train_state_shardings(state: TrainState, tx: optax.GradientTransformation, layout: sharding.Layout) -> TrainState:
     """Parameters by their logical axes; optimizer moments like their parameters; the rest replicated."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    params = sharding.state_shardings(state.params, mesh, rules)
-    return TrainState(step=replicated, params=params, opt_state=optimizer_shardings(tx, state.opt_state, params, mesh),
-                      rng=replicated)
+    params = layout.shardings(state.params)
+    return TrainState(step=layout.replicated, params=params,
+                      opt_state=optimizer_shardings(tx, state.opt_state, params, layout), rng=layout.replicated)
 
 
-def jit_steps(graphdef, tx, loss_fn, state_sharding: TrainState, mesh: Mesh, rules: dict):
-    """(train_step, eval_step) compiled with explicit shardings; the train state is donated."""
-    batch = sharding.batch_sharding(mesh, rules)
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def on_mesh(step):  # traced with the residual stream pinned to the batch split
-        return sharding.with_activation_sharding(step, mesh, rules)
-
-    train_step = jax.jit(on_mesh(make_train_step(graphdef, tx, loss_fn)), in_shardings=(state_sharding, batch),
-                         out_shardings=(state_sharding, replicated), donate_argnums=0)
-    eval_step = jax.jit(on_mesh(make_eval_step(graphdef, loss_fn)),
-                        in_shardings=(state_sharding.params, batch, replicated), out_shardings=replicated)
-    return train_step, eval_step
+def jit_steps(graphdef, tx, loss_fn, state_sharding: TrainState, layout: sharding.Layout):
+    """(train_step, eval_step) compiled with explicit shardings, traced with the residual stream pinned to
+    the batch split; the train state is donated."""
+    batch, replicated = layout.batch, layout.replicated
+    return (layout.jit(functools.partial(train_step, graphdef, tx, loss_fn), in_shardings=(state_sharding, batch),
+                       out_shardings=(state_sharding, replicated), donate_argnums=0),
+            layout.jit(functools.partial(eval_step, graphdef, loss_fn),
+                       in_shardings=(state_sharding.params, batch, replicated), out_shardings=replicated))
 

@@ -1,4 +1,4 @@
-"""Supervised tasks, one record each: the head it trains, how examples become arrays, its loss
+"""Supervised tasks, one record each: the head it trains (``config.TASK_HEADS``), how examples become arrays, its loss
 ``loss_fn(model, batch, rng) -> (loss, metrics)`` (a model call plus a pure loss from ``losses``), and
 how its evaluation is summarised. A config picks a task by name (``train.task``); a researcher adds one
 with one entry here, without touching the trainer.
@@ -7,13 +7,15 @@ with one entry here, without touching the trainer.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
-from rlhf_jax import dpo, losses, reward
+from rlhf_jax import losses
+from rlhf_jax.config import TASK_HEADS
 from rlhf_jax.data import pipeline
+from rlhf_jax.rl import preference, reward
 
 LossFn = Callable  # (model, batch: dict[str, Array], rng) -> (loss, metrics)
 
@@ -53,7 +55,9 @@ def unigram_baseline(train: dict, held_out: dict, batch_size: int, seed: int, ma
                      probability: float) -> dict:
     """MLM baseline on exactly the evaluation's masked positions: predict every masked token from
     train-set unigram frequencies (add-one smoothed)."""
-    counts = np.bincount(train["input_ids"][train["maskable"].astype(bool)], minlength=vocab_size).astype(np.float64) + 1
+    counts = (
+        np.bincount(train["input_ids"][train["maskable"].astype(bool)], minlength=vocab_size).astype(np.float64) + 1
+    )
     log_probs = np.log(counts / counts.sum())
     key = eval_key(seed)
     nll, correct, count = 0.0, 0.0, 0.0
@@ -78,16 +82,22 @@ def _masked_lm_baseline(train_arrays, held_out, train, tokenizer, vocab_size) ->
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """head: the model head it trains. tokenize(examples, tokenizer, max_length, data_config) -> arrays, row
-    by row (a row's arrays do not depend on the other rows tokenised with it). prepare(examples) ->
-    examples: what one row is, when it is not one example (reward_grouped: one prompt's pairs), or None.
-    reference: each split gets the initial (reference) model's log-probs of its rows (``dpo``).
-    make_loss(tokenizer, vocab_size, train_config) -> loss_fn. perplexity: its evaluation reports
-    exp(loss). baseline(train_arrays, held_out_arrays, train_config, tokenizer, vocab_size) -> extra
-    evaluation metrics, or None. feedback: the human-feedback rows a reward-model task trains on,
-    'pairs' (preferences) or 'scores' (ratings, scored comments); None for the other tasks."""
+    """One supervised task.
 
-    head: str
+    name: its key in TASKS and ``config.TASK_HEADS``, which gives the model head it trains.
+    tokenize(examples, tokenizer, max_length, data_config) -> arrays, row by row (a row's arrays do not
+    depend on the other rows tokenised with it).
+    prepare(examples) -> examples: what one row is, when it is not one example (reward_grouped: one
+    prompt's pairs), or None.
+    reference: each split gets the initial (reference) model's log-probs of its rows (``dpo``).
+    make_loss(tokenizer, vocab_size, train_config) -> loss_fn.
+    perplexity: its evaluation reports exp(loss).
+    baseline(train_arrays, held_out_arrays, train_config, tokenizer, vocab_size) -> extra evaluation
+    metrics, or None.
+    feedback: the human-feedback rows a reward-model task trains on, 'pairs' (preferences) or 'scores'
+    (ratings, scored comments); None for the other tasks."""
+
+    name: str
     tokenize: Callable
     make_loss: Callable
     perplexity: bool = False
@@ -95,6 +105,10 @@ class Task:
     feedback: str | None = None
     prepare: Callable | None = None
     reference: bool = False  # the data carry the initial model's log-probs (DPO), computed once before training
+
+    @property
+    def head(self) -> str:
+        return TASK_HEADS[self.name]
 
 
 def _fixed(loss_fn: LossFn) -> Callable:
@@ -104,17 +118,23 @@ def _fixed(loss_fn: LossFn) -> Callable:
 TASKS: dict[str, Task] = {
     "classification": Task("classification", pipeline.tokenize_classification, _fixed(classification)),
     "causal_lm": Task("causal_lm", pipeline.tokenize_causal_lm, _fixed(causal_lm), perplexity=True),
-    "masked_lm": Task("masked_lm", pipeline.tokenize_masked_lm, make_masked_lm, perplexity=True,
-                      baseline=_masked_lm_baseline),
-    "reward_pairwise": Task("scalar", reward.tokenize_pairs, _fixed(reward.pairwise), feedback="pairs"),
-    "reward_grouped": Task("scalar", reward.tokenize_groups, _fixed(reward.grouped), feedback="pairs",
-                           prepare=reward.group_pairs),
-    "reward_best_of_n": Task("scalar", reward.tokenize_pairs, _fixed(reward.best_of_n), feedback="pairs"),
-    "reward_regression": Task("scalar", reward.tokenize_ratings, _fixed(reward.regression), feedback="scores"),
-    "dpo": Task("causal_lm", dpo.tokenize_preference_sequences, dpo.make_loss("dpo"), feedback="pairs",
-                reference=True),
-    "ipo": Task("causal_lm", dpo.tokenize_preference_sequences, dpo.make_loss("ipo"), feedback="pairs",
-                reference=True),
+    "masked_lm": Task(
+        "masked_lm", pipeline.tokenize_masked_lm, make_masked_lm, perplexity=True, baseline=_masked_lm_baseline
+    ),
+    "reward_pairwise": Task("reward_pairwise", reward.tokenize_pairs, _fixed(reward.pairwise), feedback="pairs"),
+    "reward_grouped": Task(
+        "reward_grouped", reward.tokenize_groups, _fixed(reward.grouped), feedback="pairs", prepare=reward.group_pairs
+    ),
+    "reward_best_of_n": Task("reward_best_of_n", reward.tokenize_pairs, _fixed(reward.best_of_n), feedback="pairs"),
+    "reward_regression": Task(
+        "reward_regression", reward.tokenize_ratings, _fixed(reward.regression), feedback="scores"
+    ),
+    "dpo": Task(
+        "dpo", preference.tokenize_preference_sequences, preference.make_loss("dpo"), feedback="pairs", reference=True
+    ),
+    "ipo": Task(
+        "ipo", preference.tokenize_preference_sequences, preference.make_loss("ipo"), feedback="pairs", reference=True
+    ),
 }
 
 

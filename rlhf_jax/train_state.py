@@ -16,7 +16,7 @@ class TrainState:
     rng: jax.Array  # raw uint32 PRNG key; every step splits it, so randomness is threaded and resumable
 
     @classmethod
-    def create(cls, params: nnx.State, tx: optax.GradientTransformation, seed: int) -> "TrainState":
+    def create(cls, params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
         import jax.numpy as jnp
 
         return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),

@@ -15,8 +15,15 @@ from flax import nnx
 
 from rlhf_jax import sharding
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.config import (SECTIONS, ConfigError, ExperimentConfig, ModelConfig, ModelSpec, added_at_default,
-                             experiment_from_dict, to_dict)
+from rlhf_jax.config import (
+    ConfigError,
+    ExperimentConfig,
+    ModelConfig,
+    ModelSpec,
+    experiment_from_dict,
+    loading,
+    to_dict,
+)
 from rlhf_jax.feeding import local_mesh
 from rlhf_jax.models import abstract_model, build_model, from_pretrained, load_tokenizer, pretrained_config
 
@@ -69,19 +76,10 @@ def _same_files(a, b) -> bool:
 
 def check_same_run(saved: dict, current: dict) -> None:
     """Refuse a checkpoint made by another model, data or training config than ``current`` (JSON dicts),
-    naming the first field that differs; bookkeeping fields may change, and a field added since the
-    checkpoint was made is the same run when it has its default (the behaviour before it existed)."""
-    for section in ("model", "data", "train"):
-        for field, value in current[section].items():
-            before = saved.get(section, {}).get(field)
-            if before == value or (section == "train" and field in RESUMABLE_CHANGES):
-                continue
-            if added_at_default(SECTIONS[section], field, value, saved.get(section, {})):
-                continue
-            if (section, field) == ("data", "source") and _same_files(before, value):
-                continue
-            raise ConfigError(f"config field '{section}.{field}': the checkpoint was made with {before!r}, "
-                              f"this run has {value!r}; use a new workdir")
+    naming the first field that differs (``config.loading.check_same_run``): the bookkeeping of ``RESUMABLE_CHANGES``
+    may change, and a data source may move to files of the same contents."""
+    loading.check_same_run(saved, current, ("model", "data", "train"), {f"train.{f}" for f in RESUMABLE_CHANGES},
+                          equal=lambda name, before, now: name == "data.source" and _same_files(before, now))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +111,10 @@ def restore(workdir: str, expected: ExperimentConfig | None = None, local: bool 
         _check_vocabulary(cfg, tokenizer)
         graphdef, shapes = nnx.split(abstract_model(cfg))
         mesh_config = (expected or exp).mesh
-        mesh, rules = sharding.make_mesh(mesh_config), dict(mesh_config.rules)
+        layout = sharding.Layout.of(mesh_config)
         if local:
-            mesh = local_mesh(mesh)
-        placement = sharding.state_shardings(shapes, mesh, rules)
+            layout = sharding.Layout(local_mesh(layout.mesh), layout.rules)
+        placement = layout.shardings(shapes)
         params = checkpoints.restore_params(step, sharding.abstract(shapes, placement))
     finally:
         checkpoints.close()

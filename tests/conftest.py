@@ -5,14 +5,45 @@ import os
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+ONE_DEVICE = ["--config.mesh.shape={'data': 1, 'fsdp': 1, 'tensor': 1}"]
+EIGHT_DEVICES = ["--config.mesh.shape={'data': 2, 'fsdp': 2, 'tensor': 2}"]
+
+
+def tiny_rl(policy: str, *overrides: str):
+    """configs/tiny_ppo.py with ``policy`` as the policy and the feedback's sampler, and ``overrides``."""
+    from rlhf_jax.config import load_config
+
+    return load_config(os.path.join(CONFIGS, "tiny_ppo.py"),
+                       [f"--config.rl.policy={policy}", f"--config.feedback.policy={policy}", *overrides])
+
+
+class LengthGold:
+    """A deterministic stand-in gold scorer: longer responses are better."""
+
+    def score(self, prompts, responses):
+        import numpy as np
+
+        return np.asarray([len(r) / 10.0 for r in responses])
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir():
+    """SmolLM2 as the float32 transformers directory rlhf_jax makes from its GGUF asset."""
+    from rlhf_jax.models.pretrained import resolve_source
+
+    return resolve_source("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The SmolLM2 asset itself, a Q4_1 GGUF file."""
     from rlhf_jax import assets
 
     return str(assets.asset_path("smollm2-135m-instruct"))

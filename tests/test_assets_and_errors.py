@@ -24,7 +24,10 @@ def make_wheel(wheelhouse, lexicon: bytes):
     with zipfile.ZipFile(os.path.join(wheelhouse, "vaderSentiment-3.3.2-py2.py3-none-any.whl"), "w") as whl:
         whl.writestr(LEXICON, lexicon)
         whl.writestr(info + "METADATA", "Metadata-Version: 2.1\nName: vaderSentiment\nVersion: 3.3.2\n")
-        whl.writestr(info + "WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py2-none-any\nTag: py3-none-any\n")
+        whl.writestr(
+            info + "WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py2-none-any\nTag: py3-none-any\n",
+        )
         whl.writestr(info + "RECORD", "")
 
 

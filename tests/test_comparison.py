@@ -50,7 +50,9 @@ def test_mean_interval_is_students_t():
     mean = sum(values) / 3
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
     out = frontier.mean_interval(values, 0.95)
-    assert out["mean"] == pytest.approx(mean) and out["half_width"] == pytest.approx(4.302652729911275 * sd / math.sqrt(3))
+    assert out["mean"] == pytest.approx(mean) and out["half_width"] == pytest.approx(
+        4.302652729911275 * sd / math.sqrt(3)
+    )
     assert frontier.mean_interval([0.5])["half_width"] is None  # one seed: no interval
 
 
@@ -74,14 +76,14 @@ def test_seed_zero_arms_are_the_standalone_configs():
     cdpo = to_dict(comparison.arm_config(smoothing_exp, "cdpo", smoothing_arms["cdpo"], 0))
     assert cdpo["train"] == {**dpo_quick["train"], "label_smoothing": 0.2}
     seed1 = comparison.arm_config(exp, "dpo", arms["dpo"], 1)
-    assert (seed1.ppo.seed, seed1.train.seed) == (1, 1)  # an offline arm's own trainer takes the seed too
+    assert (seed1.rl.seed, seed1.train.seed) == (1, 1)  # an offline arm's own trainer takes the seed too
     rm_arm = comparison.arm_config(exp, "rloo", arms["rloo"], 1)
     assert rm_arm.train == exp.train  # an online arm leaves the reward model's trainer alone
 
 
 def test_bad_comparisons_are_refused_by_name():
     exp, _ = load_run_config(os.path.join(CONFIGS, "compare_quick.py"))
-    with pytest.raises(ConfigError, match="compare.arms.grpo: config field 'ppo.samples_per_prompt'"):
+    with pytest.raises(ConfigError, match="compare.arms.grpo: config field 'rl.samples_per_prompt'"):
         comparison.arm_config(exp, "grpo", {"ppo": {"algorithm": "grpo", "samples_per_prompt": 1}}, 0)
     with pytest.raises(ConfigError, match="compare.seeds"):
         load_run_config(os.path.join(CONFIGS, "compare_quick.py"), ["--config.compare.seeds=0"])
@@ -95,12 +97,12 @@ def test_config_show_lists_the_compare_section():
     from rlhf_jax.config import describe
 
     text = describe(*load_run_config(os.path.join(CONFIGS, "compare_quick.py"), ["--config.compare.seeds=3"]))
-    assert "compare.seeds = 3  # seeds per arm" in text and "ppo.iterations = 4" in text
+    assert "compare.seeds = 3  # seeds per arm" in text and "rl.iterations = 4" in text
 
 
 def test_tiny_comparison_end_to_end(tmp_path, tiny_policy):
     exp, compare = load_run_config(os.path.join(CONFIGS, "tiny_compare.py"),
-                                   [f"--config.ppo.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}"])
+                                   [f"--config.rl.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}"])
     arms = tuple((name, {**changes, "model": {**changes["model"], "source": tiny_policy}} if name == "dpo"
                   else changes) for name, changes in compare.arms)
     compare = dataclasses.replace(compare, arms=arms)

@@ -120,7 +120,9 @@ def test_each_row_has_its_own_random_stream():
 
 def test_top_k_and_top_p_filters():
     logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
-    kept = lambda x: np.asarray(x[0] > jnp.finfo(jnp.float32).min)
+    def kept(x):
+        return np.asarray(x[0] > jnp.finfo(jnp.float32).min)
+
     np.testing.assert_array_equal(kept(filter_logits(logits, 2, 1.0)), [1, 1, 0, 0, 0])
     # nucleus: mass before token j < 0.8 keeps 0.5, 0.2, 0.15 (mass before the 4th is 0.85)
     np.testing.assert_array_equal(kept(filter_logits(logits, 0, 0.8)), [1, 1, 1, 0, 0])

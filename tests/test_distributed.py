@@ -132,15 +132,15 @@ def rlhf_run(workdir, policy, processes, config="tiny_ppo.py"):
     command = ["run", "--config", os.path.join(CONFIGS, config), "--workdir", str(workdir), MESH,
                f"--config.feedback.policy={policy}"]
     if config == "tiny_ppo.py":
-        command += [f"--config.ppo.policy={policy}", "--config.ppo.iterations=2"]
+        command += [f"--config.rl.policy={policy}", "--config.rl.iterations=2"]
     run_cli(command, processes)
     with open(os.path.join(workdir, "reward_model", "evaluation.json")) as f:
         reward_model = json.load(f)
     if config != "tiny_ppo.py":
         return reward_model, None, None
-    with open(os.path.join(workdir, "ppo", "evaluation.json")) as f:
+    with open(os.path.join(workdir, "rl", "evaluation.json")) as f:
         evaluation = json.load(f)
-    with open(os.path.join(workdir, "ppo", "metrics.jsonl")) as f:
+    with open(os.path.join(workdir, "rl", "metrics.jsonl")) as f:
         ppo_rows = [{k: v for k, v in json.loads(line).items() if not k.startswith("seconds")} for line in f]
     return reward_model, ppo_rows, evaluation
 
@@ -175,10 +175,10 @@ def test_reward_model_and_ppo_two_processes_equal_one(tmp_path, tiny_policy):
     assert two[2]["metrics"]["prompts"] == 24 and len(two[2]["samples"]) == 24
     assert [s["policy"] for s in two[2]["samples"]] == [s["policy"] for s in one[2]["samples"]]
     # PPO parameters after the 2 iterations, restored on the same 8-device mesh.
-    exp = load_config(os.path.join(CONFIGS, "tiny_ppo.py"), [MESH, f"--config.ppo.policy={tiny_policy}",
+    exp = load_config(os.path.join(CONFIGS, "tiny_ppo.py"), [MESH, f"--config.rl.policy={tiny_policy}",
                                                              f"--config.feedback.policy={tiny_policy}",
-                                                             "--config.ppo.iterations=2"])
-    params = [jax.device_get(policy_training.restore(exp, str(tmp_path / name / "ppo"))[1].params)
+                                                             "--config.rl.iterations=2"])
+    params = [jax.device_get(policy_training.restore(exp, str(tmp_path / name / "rl"))[1].params)
               for name in ("two", "one")]
     for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

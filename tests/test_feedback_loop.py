@@ -8,21 +8,16 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import CONFIGS
+from conftest import tiny_rl as tiny
 from flax import nnx
 
-from rlhf_jax import ppo
 from rlhf_jax.config import ConfigError, load_config
 from rlhf_jax.feedback.labelers import SimulatedHuman, VaderScorer
 from rlhf_jax.feedback.language import LanguageReward, comment_ratings
 from rlhf_jax.metrics import read_metrics
+from rlhf_jax.rl import online
 from rlhf_jax.runs import policy_training
-
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
-
-
-def tiny(policy, *overrides):
-    return load_config(os.path.join(CONFIGS, "tiny_ppo.py"),
-                       [f"--config.ppo.policy={policy}", f"--config.feedback.policy={policy}", *overrides])
 
 
 def cli(*args):
@@ -59,21 +54,21 @@ def test_language_reward_is_the_scored_comment_of_the_simulated_human():
 def likelihood_change(tiny_policy, algorithm: str, scores_B, *overrides, k: int = 1):
     """One update of ``algorithm`` on 16 rollouts (16 / k prompts, k samples each) given these scores: how
     much each sampled sequence's log-likelihood moved, and the update's metrics."""
-    exp = tiny(tiny_policy, f"--config.ppo.algorithm={algorithm}", "--config.ppo.epochs=1", "--config.ppo.minibatches=1",
-               "--config.ppo.learning_rate=1e-3", "--config.mesh.shape={'data': 1, 'fsdp': 1, 'tensor': 1}",
-               f"--config.ppo.rollout_prompts={16 // k}", f"--config.ppo.samples_per_prompt={k}", *overrides)
+    exp = tiny(tiny_policy, f"--config.rl.algorithm={algorithm}", "--config.rl.epochs=1", "--config.rl.minibatches=1",
+               "--config.rl.learning_rate=1e-3", "--config.mesh.shape={'data': 1, 'fsdp': 1, 'tensor': 1}",
+               f"--config.rl.rollout_prompts={16 // k}", f"--config.rl.samples_per_prompt={k}", *overrides)
     from rlhf_jax.feedback.collect import sentiment_prompts
     from rlhf_jax.models import load_tokenizer
 
     prompts = list(np.repeat(sentiment_prompts(16 // k, 8, load_tokenizer(tiny_policy), split="train"), k))
     run = policy_training.prepare(exp, None)
-    arrays, _ = policy_training.encode_prompts(run.tokenizer, prompts, exp.ppo.prompt_tokens)
+    arrays, _ = policy_training.encode_prompts(run.tokenizer, prompts, exp.rl.prompt_tokens)
     ids, mask = policy_training.to_mesh(arrays, run)
-    experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, ppo.rollout_key(run.state.rng))
+    experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, online.rollout_key(run.state.rng))
 
     def sequence_logp(params):
         model = nnx.merge(run.graphdef, params)
-        logp, _, _ = ppo.policy_outputs(model, experience.ids_BxT, experience.mask_BxT, exp.ppo.prompt_tokens, 1.0)
+        logp, _, _ = online.policy_outputs(model, experience.ids_BxT, experience.mask_BxT, exp.rl.prompt_tokens, 1.0)
         return np.asarray(jax.device_get((logp * experience.response_mask_BxN).sum(axis=1)))
 
     before = sequence_logp(run.state.params)
@@ -96,7 +91,7 @@ def test_group_algorithms_raise_the_likelihood_of_each_prompts_better_samples(ti
     level = np.repeat([3.0, 1.0, -1.0, -3.0], 4)
     better = np.tile([True, False, True, False], 4)
     scores_B = (level + np.where(better, 0.5, -0.5)).astype(np.float32)
-    change, metrics = likelihood_change(tiny_policy, algorithm, scores_B, "--config.ppo.kl_target=None", k=4)
+    change, metrics = likelihood_change(tiny_policy, algorithm, scores_B, "--config.rl.kl_target=None", k=4)
     for group in range(4):
         rows = slice(4 * group, 4 * group + 4)
         assert change[rows][better[rows]].mean() > 0 > change[rows][~better[rows]].mean(), group
@@ -104,15 +99,15 @@ def test_group_algorithms_raise_the_likelihood_of_each_prompts_better_samples(ti
 
 
 @pytest.mark.parametrize("algorithm,overrides,field", [
-    ("rloo", ["--config.ppo.samples_per_prompt=1"], "ppo.samples_per_prompt"),
-    ("rloo", ["--config.ppo.samples_per_prompt=4", "--config.ppo.epochs=2"], "ppo.epochs"),
-    ("grpo", ["--config.ppo.samples_per_prompt=4"], "ppo.kl_target"),
-    ("grpo", ["--config.ppo.samples_per_prompt=4", "--config.ppo.kl_target=None",
-              "--config.ppo.loss_aggregation=tokens"], "ppo.loss_aggregation"),
+    ("rloo", ["--config.rl.samples_per_prompt=1"], "rl.samples_per_prompt"),
+    ("rloo", ["--config.rl.samples_per_prompt=4", "--config.rl.epochs=2"], "rl.epochs"),
+    ("grpo", ["--config.rl.samples_per_prompt=4"], "rl.kl_target"),
+    ("grpo", ["--config.rl.samples_per_prompt=4", "--config.rl.kl_target=None",
+              "--config.rl.loss_aggregation=tokens"], "rl.loss_aggregation"),
 ])
 def test_group_algorithms_refuse_configs_they_do_not_suit(algorithm, overrides, field):
     with pytest.raises(ConfigError, match=field):
-        load_config(os.path.join(CONFIGS, "tiny_ppo.py"), [f"--config.ppo.algorithm={algorithm}", *overrides])
+        load_config(os.path.join(CONFIGS, "tiny_ppo.py"), [f"--config.rl.algorithm={algorithm}", *overrides])
 
 
 def test_a_new_algorithm_is_one_registry_entry(tiny_policy, monkeypatch):
@@ -120,14 +115,14 @@ def test_a_new_algorithm_is_one_registry_entry(tiny_policy, monkeypatch):
     scored above zero, push away from the others (advantage = sign of the score, no baseline)."""
     import jax.numpy as jnp
 
-    from rlhf_jax import algorithms, rl
+    from rlhf_jax.rl import algorithms, maths
 
     def sign_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
         return jnp.sign(scores_B), jnp.zeros_like(mask_BxN)
 
     def sign_loss(cfg, out, batch):
-        loss = rl.reinforce_surrogate(out.logp_BxN, batch.advantages, batch.mask_BxN)
-        ratio = rl.masked_mean(jnp.exp(out.logp_BxN - batch.old_logp_BxN), batch.mask_BxN)
+        loss = maths.reinforce_surrogate(out.logp_BxN, batch.advantages, batch.mask_BxN)
+        ratio = maths.masked_mean(jnp.exp(out.logp_BxN - batch.old_logp_BxN), batch.mask_BxN)
         return loss, {"loss": loss, "ratio": ratio, "imitated": jnp.mean(batch.advantages > 0)}
 
     monkeypatch.setitem(algorithms.ALGORITHMS, "imitate_positive", algorithms.Algorithm(
@@ -139,20 +134,20 @@ def test_a_new_algorithm_is_one_registry_entry(tiny_policy, monkeypatch):
 
 
 def test_reinforce_needs_one_epoch():
-    with pytest.raises(ConfigError, match="ppo.epochs"):
-        load_config(os.path.join(CONFIGS, "tiny_ppo.py"), ["--config.ppo.algorithm=reinforce", "--config.ppo.epochs=2"])
+    with pytest.raises(ConfigError, match="rl.epochs"):
+        load_config(os.path.join(CONFIGS, "tiny_ppo.py"), ["--config.rl.algorithm=reinforce", "--config.rl.epochs=2"])
 
 
 def test_reinforce_on_language_feedback_end_to_end(tmp_path, tiny_policy):
     cli("run", "--config", os.path.join(CONFIGS, "tiny_ppo.py"), "--workdir", str(tmp_path),
-        f"--config.ppo.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
-        "--config.ppo.algorithm=reinforce", "--config.ppo.reward=language", "--config.ppo.epochs=1",
-        "--config.ppo.iterations=2")
+        f"--config.rl.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
+        "--config.rl.algorithm=reinforce", "--config.rl.reward=language", "--config.rl.epochs=1",
+        "--config.rl.iterations=2")
     assert not (tmp_path / "reward_model").exists()  # the comments are the reward: no reward model trained
-    train_rows = [r for r in read_metrics(str(tmp_path / "ppo")) if r["split"] == "train"]
+    train_rows = [r for r in read_metrics(str(tmp_path / "rl")) if r["split"] == "train"]
     assert [r["step"] for r in train_rows] == [1, 2]
     assert all(-1 <= r["score"] <= 1 for r in train_rows)  # VADER of a comment
-    evaluation = json.loads((tmp_path / "ppo" / "evaluation.json").read_text())["metrics"]
+    evaluation = json.loads((tmp_path / "rl" / "evaluation.json").read_text())["metrics"]
     assert 0 <= evaluation["gold_win_rate"] <= 1
 
 
@@ -184,19 +179,19 @@ def test_regression_reward_model_on_its_feedback_kind(tmp_path, tiny_policy, kin
 
 def test_two_round_loop_trains_round_two_on_both_rounds(tmp_path, tiny_policy):
     result = cli("loop", "--config", os.path.join(CONFIGS, "tiny_ppo.py"), "--workdir", str(tmp_path), "--rounds", "2",
-                 f"--config.ppo.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
-                 "--config.ppo.iterations=2")
+                 f"--config.rl.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
+                 "--config.rl.iterations=2")
     own = [read_jsonl(tmp_path / f"round_{r}" / "feedback" / "preferences.jsonl") for r in range(2)]
     assert own[0] and own[1] and not {r["id"] for r in own[0]} & {r["id"] for r in own[1]}
     # Round 1 samples from round 0's PPO policy, not the starting one.
-    assert {r["source"] for r in own[1]} == {str(tmp_path / "round_0" / "ppo" / "policy")}
+    assert {r["source"] for r in own[1]} == {str(tmp_path / "round_0" / "rl" / "policy")}
     assert {r["prompt"] for r in own[0]} != {r["prompt"] for r in own[1]}
     both = read_jsonl(tmp_path / "round_1" / "all_feedback.jsonl")
     assert [r["id"] for r in both] == [r["id"] for r in own[0] + own[1]]
     config = json.loads((tmp_path / "round_1" / "reward_model" / "config.json").read_text())
     assert config["data"]["source"] == str(tmp_path / "round_1" / "all_feedback.jsonl")
-    assert json.loads((tmp_path / "round_1" / "ppo" / "config.json").read_text())["ppo"]["policy"] == \
-        str(tmp_path / "round_0" / "ppo" / "policy")
+    assert json.loads((tmp_path / "round_1" / "rl" / "config.json").read_text())["rl"]["policy"] == \
+        str(tmp_path / "round_0" / "rl" / "policy")
     history = json.loads((tmp_path / "rounds.json").read_text())
     assert [h["round"] for h in history] == [0, 1]
     assert [h["feedback_rows"] for h in history] == [len(own[0]), len(own[0]) + len(own[1])]
@@ -208,7 +203,7 @@ def test_loop_with_people_waits_for_their_labels(tmp_path, tiny_policy):
     """labels_from='app': the loop writes the round's queue and stops with the commands to run."""
     result = subprocess.run(
         [sys.executable, "-m", "rlhf_jax.cli", "loop", "--config", os.path.join(CONFIGS, "tiny_ppo.py"),
-         "--workdir", str(tmp_path), "--rounds", "1", f"--config.ppo.policy={tiny_policy}",
+         "--workdir", str(tmp_path), "--rounds", "1", f"--config.rl.policy={tiny_policy}",
          f"--config.feedback.policy={tiny_policy}", "--config.feedback.labels_from=app"],
         capture_output=True, text=True)
     assert result.returncode == 3, result.stderr[-3000:]
@@ -218,17 +213,19 @@ def test_loop_with_people_waits_for_their_labels(tmp_path, tiny_policy):
 
 
 def test_ppo_remat_changes_no_number_and_bfloat16_stays_close(tiny_policy):
-    """ppo.model_config switches the policy, reference and value model to activation checkpointing or
+    """rl.model_config switches the policy, reference and value model to activation checkpointing or
     bfloat16 compute (float32 parameters and Adam state) for the rollout and the update."""
     scores_B = np.linspace(-1.0, 1.0, 16).astype(np.float32)
     plain_change, plain = likelihood_change(tiny_policy, "ppo", scores_B)
-    remat_change, remat = likelihood_change(tiny_policy, "ppo", scores_B, "--config.ppo.model_config={'remat': 'full'}")
+    remat_change, remat = likelihood_change(tiny_policy, "ppo", scores_B, "--config.rl.model_config={'remat': 'full'}")
     # A sequence's log-likelihood is a float32 sum near -65 nats (6 tokens of a random 49k-vocabulary
     # model), whose spacing is 7.6e-6: its change may differ by that rounding, measured 1 ulp; allow 2.
     np.testing.assert_allclose(remat_change, plain_change, rtol=0, atol=2 * np.spacing(np.float32(65)))
     for name, value in plain.items():
         assert float(remat[name]) == pytest.approx(float(value), rel=1e-5, abs=1e-7), name
-    bf16_change, bf16 = likelihood_change(tiny_policy, "ppo", scores_B, "--config.ppo.model_config={'dtype': 'bfloat16'}")
+    bf16_change, bf16 = likelihood_change(
+        tiny_policy, "ppo", scores_B, "--config.rl.model_config={'dtype': 'bfloat16'}"
+    )
     # Measured: the loss within 1e-6 relative, the likelihood changes within 1.3% of the largest; ~3x margin.
     assert float(bf16["loss"]) == pytest.approx(float(plain["loss"]), rel=1e-5)
     assert np.abs(bf16_change - plain_change).max() < 0.04 * np.abs(plain_change).max()
@@ -244,7 +241,7 @@ def test_preference_optimisation_end_to_end(tmp_path, tiny_policy, task):
 
     cli("run", "--config", os.path.join(CONFIGS, "tiny_dpo.py"), "--workdir", str(tmp_path),
         f"--config.model.source={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
-        f"--config.ppo.policy={tiny_policy}", f"--config.train.task={task}")
+        f"--config.rl.policy={tiny_policy}", f"--config.train.task={task}")
     rows = read_metrics(str(tmp_path / "policy_training"))
     start = next(r for r in rows if r["split"] == "validation" and r["step"] == 0)
     expected = math.log(2) if task == "dpo" else (1 / (2 * 0.1)) ** 2
@@ -260,20 +257,21 @@ def test_preference_optimisation_end_to_end(tmp_path, tiny_policy, task):
 def test_reference_logprobs_are_kept_by_what_they_depend_on(tmp_path, tiny_policy):
     """The reference pass is stored under a key of its inputs: a second split of the same rows and
     parameters reads the file (proved by doctoring it), other parameters make a pass and file of their own."""
-    from rlhf_jax import dpo, sharding
+    from rlhf_jax import sharding
     from rlhf_jax.config import MeshConfig
     from rlhf_jax.data.pipeline import Split
     from rlhf_jax.models import from_pretrained, load_tokenizer
+    from rlhf_jax.rl import preference
 
     tokenizer = load_tokenizer(tiny_policy)
     pairs = [{"prompt": f"Review {i}:", "chosen": " fine and warm", "rejected": " dull"} for i in range(12)]
     mesh_cfg = MeshConfig()
-    mesh, rules = sharding.make_mesh(mesh_cfg), dict(mesh_cfg.rules)
+    layout = sharding.Layout.of(mesh_cfg)
     graphdef, params = nnx.split(from_pretrained(tiny_policy, head="causal_lm"))
 
     def columns(params):
-        split = Split(pairs, dpo.tokenize_preference_sequences, tokenizer, 16, None)
-        dpo.add_reference_logprobs(split, graphdef, params, mesh, rules, 8, str(tmp_path))
+        split = Split(pairs, preference.tokenize_preference_sequences, tokenizer, 16, None)
+        preference.add_reference_logprobs(split, graphdef, params, layout, 8, str(tmp_path))
         return split.columns
 
     first = columns(params)
@@ -295,14 +293,16 @@ def test_best_of_n_picks_match_a_loop_and_the_analytic_kl():
             best = max(range(n), key=lambda j: reward[p, j])
             picked_gold.append(gold[p, best])
             wins += 1.0 if gold[p, best] > gold[p, 0] else (0.5 if gold[p, best] == gold[p, 0] else 0.0)
-        assert row["gold_score"] == pytest.approx(np.mean(picked_gold)) and row["gold_win_rate"] == pytest.approx(wins / 7)
+        assert row["gold_score"] == pytest.approx(np.mean(picked_gold)) and row["gold_win_rate"] == pytest.approx(
+            wins / 7
+        )
         assert row["kl"] == pytest.approx(np.log(n) - (n - 1) / n)
     assert best_of_n.analytic_kl(1) == 0.0 and best_of_n.analytic_kl(2) == pytest.approx(0.19314718, abs=1e-8)
 
 
 def test_best_of_n_end_to_end(tmp_path, tiny_policy):
     out = cli("best-of-n", "--config", os.path.join(CONFIGS, "tiny_ppo.py"), "--workdir", str(tmp_path), "--n", "4,1,2",
-              f"--config.ppo.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}").stdout
+              f"--config.rl.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}").stdout
     results = json.loads((tmp_path / "best_of_n.json").read_text())["results"]
     assert [r["n"] for r in results] == [1, 2, 4] and "| 4 |" in out
     assert results[0]["gold_win_rate"] == 0.5 and results[0]["kl"] == 0.0  # n = 1 is the reference sample

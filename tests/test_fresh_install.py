@@ -12,7 +12,7 @@ def test_the_pipeline_runs_end_to_end_with_torch_blocked(tmp_path):
     """Every asset fetched into an empty cache, then `rlhf-jax run` on a tiny config, `import torch` failing."""
     env = dict(os.environ, RLHF_JAX_CACHE=str(tmp_path / "cache"))
     result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "tiny_pipeline.py"), "--no-torch",
-                             "--workdir", str(tmp_path / "run"), "--config.ppo.iterations=2"],
+                             "--workdir", str(tmp_path / "run"), "--config.rl.iterations=2"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])

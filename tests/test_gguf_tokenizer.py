@@ -8,9 +8,8 @@ import pytest
 import transformers
 
 from rlhf_jax import assets
-from rlhf_jax.models import CheckpointError, gguf_tokenizer, load_tokenizer  # noqa: F401
+from rlhf_jax.models import CheckpointError, gguf_tokenizer, load_tokenizer
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERSATIONS = [
     [{"role": "user", "content": "What did you think of the film?"}],
     [{"role": "system", "content": "You review movies."}, {"role": "user", "content": "Rate 'Heat' (1995), 1-10."},
@@ -20,9 +19,10 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def tokenizers(smollm2_dir):
-    reference = transformers.AutoTokenizer.from_pretrained(smollm2_dir, gguf_file=GGUF)  # imports torch
-    return reference, load_tokenizer(smollm2_dir), gguf_tokenizer.read_metadata(os.path.join(smollm2_dir, GGUF))
+def tokenizers(smollm2_dir, smollm2_gguf):
+    reference = transformers.AutoTokenizer.from_pretrained(os.path.dirname(smollm2_gguf),
+                                                           gguf_file=os.path.basename(smollm2_gguf))  # imports torch
+    return reference, load_tokenizer(smollm2_dir), gguf_tokenizer.read_metadata(smollm2_gguf)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,8 @@ def test_decode_of_encode_round_trips(tokenizers, rotten_tomatoes_rows):
         assert ours.decode(ours(text)["input_ids"]) == text
 
 
-def test_the_gguf_path_and_the_converted_directory_agree(smollm2_dir, rotten_tomatoes_rows):
-    from_file = load_tokenizer(os.path.join(smollm2_dir, GGUF))
+def test_the_gguf_path_and_the_converted_directory_agree(smollm2_dir, smollm2_gguf, rotten_tomatoes_rows):
+    from_file = load_tokenizer(smollm2_gguf)
     from_directory = load_tokenizer(smollm2_dir)
     rows = rotten_tomatoes_rows[:500]
     assert from_file(rows)["input_ids"] == from_directory(rows)["input_ids"]

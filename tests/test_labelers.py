@@ -41,7 +41,9 @@ def test_labels_are_deterministic_and_order_independent():
     prompts, a, b = random_pairs(200)
     human = SimulatedHuman(TableScorer(), temperature=0.3, seed=3)
     labels = human.prefer(prompts, a, b)["labels"]
-    np.testing.assert_array_equal(labels, SimulatedHuman(TableScorer(), temperature=0.3, seed=3).prefer(prompts, a, b)["labels"])
+    np.testing.assert_array_equal(
+        labels, SimulatedHuman(TableScorer(), temperature=0.3, seed=3).prefer(prompts, a, b)["labels"]
+    )
     order = np.random.default_rng(1).permutation(200)
     shuffled = human.prefer([prompts[i] for i in order], [a[i] for i in order], [b[i] for i in order])["labels"]
     np.testing.assert_array_equal(shuffled, labels[order])

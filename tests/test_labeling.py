@@ -136,7 +136,9 @@ def test_schema_migrates_reopens_and_refuses_a_newer_version(tmp_path, store):
 def test_export_majority_and_all_votes(store, tmp_path):
     for name, choice in (("a", 1), ("b", 1), ("c", 0)):
         store.add_annotator(name)
-        store.submit(name, f"{name}-0", "i0", "choice", choice, ratings=[2, 6], comment="more like b" if name == "a" else "")
+        store.submit(
+            name, f"{name}-0", "i0", "choice", choice, ratings=[2, 6], comment="more like b" if name == "a" else ""
+        )
     store.submit("a", "a-1", "i1", "tie")
     store.submit("b", "b-1", "i1", "choice", 0)
     majority = export(store, str(tmp_path / "m"), votes="majority")

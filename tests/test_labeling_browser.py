@@ -28,7 +28,11 @@ ITEMS = [
     {"id": "i2", "prompt": "The plot", "responses": ["meanders.", "twists.", "is fine."]},
     {"id": "i3", "prompt": "Music by", "responses": ["the usual.", "nobody."]},
     {"id": "i4", "prompt": "In the end", "responses": ["it fails.", "it works."]},
-    {"id": "i5", "prompt": "Credits <i>roll</i>", "responses": ["<script>window.pwned = 1</script>", "<b>bold</b> claims"]},
+    {
+        "id": "i5",
+        "prompt": "Credits <i>roll</i>",
+        "responses": ["<script>window.pwned = 1</script>", "<b>bold</b> claims"],
+    },
 ]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]

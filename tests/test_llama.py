@@ -12,23 +12,26 @@ import transformers
 from rlhf_jax.models import from_pretrained, load_tokenizer, save_pretrained
 from rlhf_jax.sampling import SamplingConfig, generate
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SENTENCE = "The movie was a delight from start to finish, and the acting was superb."
 
 
 @pytest.fixture(scope="module")
-def reference(smollm2_dir):
-    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir, gguf_file=GGUF, dtype=torch.float32)
+def reference(smollm2_gguf):
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(smollm2_gguf), gguf_file=os.path.basename(smollm2_gguf), dtype=torch.float32
+    )
     return model.eval()
 
 
 @pytest.fixture(scope="module")
-def ours(smollm2_dir):
-    return from_pretrained(os.path.join(smollm2_dir, GGUF))
+def ours(smollm2_gguf):
+    return from_pretrained(smollm2_gguf)
 
 
 def perplexity(logits_1xTxV, ids_1xT):
-    logprobs = jax.nn.log_softmax(jnp.asarray(logits_1xTxV[0, :-1], jnp.float64 if jax.config.x64_enabled else jnp.float32))
+    logprobs = jax.nn.log_softmax(
+        jnp.asarray(logits_1xTxV[0, :-1], jnp.float64 if jax.config.x64_enabled else jnp.float32)
+    )
     return float(np.exp(-np.mean(np.take_along_axis(np.asarray(logprobs), ids_1xT[0, 1:, None], -1))))
 
 
@@ -53,8 +56,14 @@ def test_greedy_generation_matches(ours, reference, smollm2_dir):
     config = SamplingConfig(max_new_tokens=16, greedy=True, eos_token_id=None, pad_token_id=pad)
     tokens = np.asarray(generate(ours, enc["input_ids"], enc["attention_mask"], jax.random.key(0), config).tokens_BxN)
     with torch.no_grad():
-        out = reference.generate(input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"]),
-                                 max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=pad)
+        out = reference.generate(
+            input_ids=torch.tensor(enc["input_ids"]),
+            attention_mask=torch.tensor(enc["attention_mask"]),
+            max_new_tokens=16,
+            min_new_tokens=16,
+            do_sample=False,
+            pad_token_id=pad,
+        )
     np.testing.assert_array_equal(tokens, out[:, enc["input_ids"].shape[1]:].numpy())
 
 
@@ -62,7 +71,9 @@ def test_greedy_generation_matches(ours, reference, smollm2_dir):
 def test_gguf_and_converted_directory_agree(ours, smollm2_dir):
     from_dir = from_pretrained(smollm2_dir)
     ids = np.arange(5, 17)[None]
-    np.testing.assert_array_equal(np.asarray(ours(ids, np.ones_like(ids))), np.asarray(from_dir(ids, np.ones_like(ids))))
+    np.testing.assert_array_equal(
+        np.asarray(ours(ids, np.ones_like(ids))), np.asarray(from_dir(ids, np.ones_like(ids)))
+    )
 
 
 @pytest.mark.parametrize("tied", [True, False])

@@ -194,8 +194,9 @@ def test_preference_losses_and_gradients_match_a_float64_loop(rng, kind, eps):
             up, down = [pc.copy(), pr.copy()], [pc.copy(), pr.copy()]
             up[moved][i] += step
             down[moved][i] -= step
-            numeric = (preference_loop(*up, rc, rr, beta, kind, eps) - preference_loop(*down, rc, rr, beta, kind, eps)) \
-                / (2 * step)
+            numeric = (
+                preference_loop(*up, rc, rr, beta, kind, eps) - preference_loop(*down, rc, rr, beta, kind, eps)
+            ) / (2 * step)
             assert float(grad[i]) == pytest.approx(numeric, abs=1e-5), (moved, i)
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from rlhf_jax import ppo
-from rlhf_jax.config import ConfigError, PPOConfig, TrainConfig
+from rlhf_jax.config import ConfigError, RLConfig, TrainConfig
 from rlhf_jax.optim import clipped_adam
+from rlhf_jax.rl import online
 from rlhf_jax.steps import make_optimizer
 
 SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 6)
@@ -26,8 +26,11 @@ RECIPES = {  # name: (optax's chain, clipped_adam's keywords for the same recipe
 def run(tx, grad_scales, seed=0):
     """Parameters and optimizer state after one jitted step per gradient scale (random gradients)."""
     rng = np.random.default_rng(seed)
-    params = {"w": jnp.asarray(rng.normal(size=(33, 17)), jnp.float32), "b": jnp.asarray(rng.normal(size=17), jnp.float32),
-              "layers": [{"k": jnp.asarray(rng.normal(size=(17, 5)), jnp.float32)}]}
+    params = {
+        "w": jnp.asarray(rng.normal(size=(33, 17)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=17), jnp.float32),
+        "layers": [{"k": jnp.asarray(rng.normal(size=(17, 5)), jnp.float32)}],
+    }
     state = tx.init(params)
     step = jax.jit(lambda g, s, p: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))
     for scale in grad_scales:
@@ -67,12 +70,12 @@ def test_configs_choose_the_fused_optimizer_and_reject_a_non_boolean():
     grads = {"w": jnp.full((3, 2), 10.0)}  # clipped
     for fused in (False, True):
         for tx in (make_optimizer(TrainConfig(steps=10, warmup_steps=0, fused_optimizer=fused)),
-                   ppo.make_optimizer(PPOConfig(fused_optimizer=fused))):
+                   online.make_optimizer(RLConfig(fused_optimizer=fused))):
             assert ("clipped_adam" in tx.update.__qualname__) is fused  # the fused update, or optax's chain
             updates, _ = tx.update(grads, tx.init(params), params)
             assert np.isfinite(np.asarray(updates["w"])).all()
-    with pytest.raises(ConfigError, match="ppo.fused_optimizer"):
-        PPOConfig(fused_optimizer="yes")
+    with pytest.raises(ConfigError, match="rl.fused_optimizer"):
+        RLConfig(fused_optimizer="yes")
     with pytest.raises(ConfigError, match="train.fused_optimizer"):
         TrainConfig(fused_optimizer=1)
 

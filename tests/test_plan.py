@@ -31,7 +31,7 @@ def test_the_135m_plan_matches_the_bytes_a_real_8_device_run_holds(tmp_path, smo
     _, (step,) = plan.plan(exp)
     run = supervised.prepare(exp, str(tmp_path), with_data=False)  # SmolLM2-135M's real weights on 8 devices
     run.checkpoints.close()
-    batch = Feed.of(run.mesh, run.rules, exp.train.batch_size).put(
+    batch = Feed.of(run.layout, exp.train.batch_size).put(
         jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), plan.abstract_batch(exp, exp.train.batch_size)))
     state, _ = run.train_step(run.state, batch)  # one real step: the state it leaves on each device
     for device in jax.devices():
@@ -75,9 +75,15 @@ def test_activations_stay_split_along_the_batch_as_devices_are_added(remat):
     12.3 GiB on 16; pinned, 4.6 and 4.6)."""
     temporaries = []
     for devices in (4, 8):
-        exp = load_config(os.path.join(CONFIGS, "tiny_sft.py"), [
-            f"--config.mesh.shape={{'data': 1, 'fsdp': {devices}, 'tensor': 1}}", f"--config.train.batch_size={devices}",
-            "--config.data.max_length=64", f"--config.model.config.remat={remat}"])
+        exp = load_config(
+            os.path.join(CONFIGS, "tiny_sft.py"),
+            [
+                f"--config.mesh.shape={{'data': 1, 'fsdp': {devices}, 'tensor': 1}}",
+                f"--config.train.batch_size={devices}",
+                "--config.data.max_length=64",
+                f"--config.model.config.remat={remat}",
+            ],
+        )
         temporaries.append(plan.plan(exp)[1][0].temporaries)
     assert temporaries[1] <= 1.1 * temporaries[0], temporaries
 
@@ -85,9 +91,12 @@ def test_activations_stay_split_along_the_batch_as_devices_are_added(remat):
 def test_plan_selects_the_cpu_platform_although_jax_is_already_imported():
     """`plan` compiles on simulated CPU devices: the platform is set through jax.config (the environment
     variable would be read too late, at jax's import), and JAX_PLATFORMS unset is not left to chance."""
-    code = ("import jax, sys\nfrom rlhf_jax import cli\n"
-            f"cli.main(['plan', '--config', {os.path.join(CONFIGS, 'tiny_cls.py')!r}, '--mesh', 'data=2,fsdp=1,tensor=1'])\n"
-            "print('platforms', jax.config.jax_platforms, len(jax.devices('cpu')))")
+    code = (
+        "import jax, sys\nfrom rlhf_jax import cli\n"
+        f"cli.main(['plan', '--config', {os.path.join(CONFIGS, 'tiny_cls.py')!r}, "
+        "'--mesh', 'data=2,fsdp=1,tensor=1'])\n"
+        "print('platforms', jax.config.jax_platforms, len(jax.devices('cpu')))"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

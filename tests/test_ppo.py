@@ -9,29 +9,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import CONFIGS, EIGHT_DEVICES, ONE_DEVICE, LengthGold
+from conftest import tiny_rl as tiny
 from flax import nnx
 
-from rlhf_jax import ppo
-from rlhf_jax.config import load_config
 from rlhf_jax.metrics import read_metrics
+from rlhf_jax.rl import online
 from rlhf_jax.runs import policy_training
 from rlhf_jax.scoring import RewardModel
-
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
-ONE_DEVICE = ["--config.mesh.shape={'data': 1, 'fsdp': 1, 'tensor': 1}"]
-EIGHT_DEVICES = ["--config.mesh.shape={'data': 2, 'fsdp': 2, 'tensor': 2}"]
-
-
-def tiny(policy, *overrides):
-    return load_config(os.path.join(CONFIGS, "tiny_ppo.py"),
-                       [f"--config.ppo.policy={policy}", f"--config.feedback.policy={policy}", *overrides])
-
-
-class LengthGold:
-    """A deterministic stand-in gold scorer: longer responses are better."""
-
-    def score(self, prompts, responses):
-        return np.asarray([len(r) / 10.0 for r in responses])
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +40,19 @@ def prompts(tiny_policy):
 def one_iteration(exp, prompts, scores_B=None):
     """(setup, rollout, scores, new state, metrics) of the first PPO iteration."""
     run = policy_training.prepare(exp, None)
-    arrays, _ = policy_training.encode_prompts(run.tokenizer, prompts[:exp.ppo.rollout_prompts], exp.ppo.prompt_tokens)
+    arrays, _ = policy_training.encode_prompts(run.tokenizer, prompts[:exp.rl.rollout_prompts], exp.rl.prompt_tokens)
     ids, mask = policy_training.to_mesh(arrays, run)
     params_before = jax.device_get(run.state.params)
-    experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, ppo.rollout_key(run.state.rng))
+    experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, online.rollout_key(run.state.rng))
     experience_host = jax.device_get(experience)
     if scores_B is None:
-        scores_B = np.random.default_rng(0).normal(size=exp.ppo.rollout_prompts).astype(np.float32)
+        scores_B = np.random.default_rng(0).normal(size=exp.rl.rollout_prompts).astype(np.float32)
     state, metrics = run.functions.update(run.state, experience, policy_training.to_mesh(scores_B, run))
     return params_before, experience_host, scores_B, jax.device_get(state), jax.device_get(metrics)
 
 
 def test_learning_rate_zero_keeps_ratio_one_and_moves_nothing(tiny_policy, prompts):
-    exp = tiny(tiny_policy, "--config.ppo.learning_rate=0.0", *ONE_DEVICE)
+    exp = tiny(tiny_policy, "--config.rl.learning_rate=0.0", *ONE_DEVICE)
     before, experience, _, state, metrics = one_iteration(exp, prompts)
     # Every minibatch of every epoch recomputes the rollout's log-probs: the ratio is 1 up to float32
     # rounding (XLA compiles the rollout's forward and the update's separately, and its CPU GEMMs may
@@ -89,7 +74,7 @@ def test_value_head_starts_at_zero_and_learns(tiny_policy, prompts):
 
 
 def test_separate_value_model(tiny_policy, prompts):
-    exp = tiny(tiny_policy, "--config.ppo.value='separate'", *ONE_DEVICE)
+    exp = tiny(tiny_policy, "--config.rl.value='separate'", *ONE_DEVICE)
     _, experience, _, state, metrics = one_iteration(exp, prompts)
     assert np.all(experience.values_BxN == 0) and np.isfinite(metrics["value_loss"])
     assert "value_model" in state.params and state.params.get("value_head") is None
@@ -120,8 +105,8 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_policy, prompts, reward_mode
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds_per_iteration"} for r in rows]  # noqa: E731
     assert strip(read_metrics(str(tmp_path / "a"))) == strip(read_metrics(str(tmp_path / "b")))
     assert (tmp_path / "a" / "samples.jsonl").read_text() == (tmp_path / "b" / "samples.jsonl").read_text()
-    assert int(a.step) == exp.ppo.iterations and float(a.kl_coef) != exp.ppo.kl_coef  # the controller moved
-    assert (tmp_path / "a" / "ppo.png").stat().st_size > 1000
+    assert int(a.step) == exp.rl.iterations and float(a.kl_coef) != exp.rl.kl_coef  # the controller moved
+    assert (tmp_path / "a" / "training.png").stat().st_size > 1000
 
 
 def test_resume_refuses_a_changed_config(tmp_path, tiny_policy, prompts, reward_model):
@@ -129,34 +114,34 @@ def test_resume_refuses_a_changed_config(tmp_path, tiny_policy, prompts, reward_
 
     exp = tiny(tiny_policy, *ONE_DEVICE)
     policy_training.train(exp, str(tmp_path), reward_model, LengthGold(), prompts, stop_at=2, progress=False)
-    with pytest.raises(ConfigError, match="ppo.learning_rate"):
-        policy_training.train(tiny(tiny_policy, "--config.ppo.learning_rate=0.5", *ONE_DEVICE), str(tmp_path),
+    with pytest.raises(ConfigError, match="rl.learning_rate"):
+        policy_training.train(tiny(tiny_policy, "--config.rl.learning_rate=0.5", *ONE_DEVICE), str(tmp_path),
                           reward_model, LengthGold(), prompts, progress=False)
 
 
 def test_tiny_rlhf_run_end_to_end(tmp_path, tiny_policy):
     command = [sys.executable, "-m", "rlhf_jax.cli", "run", "--config", os.path.join(CONFIGS, "tiny_ppo.py"),
-               "--workdir", str(tmp_path), f"--config.ppo.policy={tiny_policy}",
+               "--workdir", str(tmp_path), f"--config.rl.policy={tiny_policy}",
                f"--config.feedback.policy={tiny_policy}"]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [r for r in read_metrics(str(tmp_path / "ppo")) if r["split"] == "eval"]
+    rows = [r for r in read_metrics(str(tmp_path / "rl")) if r["split"] == "eval"]
     assert len(rows) == 1
     assert {"gold_win_rate", "gold_score", "reference_gold_score", "rm_score", "kl"} <= set(rows[0])
     assert 0 <= rows[0]["gold_win_rate"] <= 1 and rows[0]["prompts"] == 24
     report = (tmp_path / "report.md").read_text()
-    assert "gold win rate" in report and "ppo/ppo.png" in report
-    train_rows = [r for r in read_metrics(str(tmp_path / "ppo")) if r["split"] == "train"]
+    assert "gold win rate" in report and "rl/training.png" in report
+    train_rows = [r for r in read_metrics(str(tmp_path / "rl")) if r["split"] == "train"]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
     for name in ("score", "gold_score", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss",
                  "explained_variance", "kl_coef", "seconds_per_iteration"):
         assert all(np.isfinite(r[name]) for r in train_rows), name
     # a second run reuses every stage
-    evaluation = json.loads((tmp_path / "ppo" / "evaluation.json").read_text())
+    evaluation = json.loads((tmp_path / "rl" / "evaluation.json").read_text())
     again = subprocess.run(command, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((tmp_path / "ppo" / "evaluation.json").read_text()) == evaluation
-    assert len([r for r in read_metrics(str(tmp_path / "ppo")) if r["split"] == "eval"]) == 1
+    assert json.loads((tmp_path / "rl" / "evaluation.json").read_text()) == evaluation
+    assert len([r for r in read_metrics(str(tmp_path / "rl")) if r["split"] == "eval"]) == 1
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
@@ -166,9 +151,9 @@ def test_seeds_in_parallel_equal_each_seed_alone(tmp_path, tiny_policy, prompts,
     checkpoint is lost, both resume from the last iteration they share and end the same."""
     from rlhf_jax.runs.parallel_seeds import train_seeds
 
-    group = (["--config.ppo.algorithm=grpo", "--config.ppo.rollout_prompts=4", "--config.ppo.samples_per_prompt=4",
-              "--config.ppo.kl_target=None"] if algorithm == "grpo" else [])
-    exps = [tiny(tiny_policy, f"--config.ppo.seed={seed}", "--config.ppo.iterations=3", *group) for seed in (0, 3)]
+    group = (["--config.rl.algorithm=grpo", "--config.rl.rollout_prompts=4", "--config.rl.samples_per_prompt=4",
+              "--config.rl.kl_target=None"] if algorithm == "grpo" else [])
+    exps = [tiny(tiny_policy, f"--config.rl.seed={seed}", "--config.rl.iterations=3", *group) for seed in (0, 3)]
     workdirs = [str(tmp_path / "s0"), str(tmp_path / "s3")]
     train_seeds(exps, workdirs, reward_model, LengthGold(), [prompts, prompts], progress=False)
     shutil.rmtree(tmp_path / "s3" / "checkpoints" / "3")  # seed 3's last save lost: both resume from iteration 2

@@ -14,18 +14,18 @@ import os
 
 import numpy as np
 import pytest
-from conftest import check_golden
+from conftest import ONE_DEVICE, LengthGold, check_golden
+from conftest import tiny_rl as tiny
 
 from rlhf_jax.metrics import read_metrics
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "ppo_tiny_iteration.json")
-ALGORITHMS = {"ppo": [], "reinforce": ["--config.ppo.algorithm='reinforce'", "--config.ppo.epochs=1"]}
+ALGORITHMS = {"ppo": [], "reinforce": ["--config.rl.algorithm='reinforce'", "--config.rl.epochs=1"]}
 UNRECORDED = {"seconds_per_iteration", "value_clip_fraction"}
 
 
 def logged_metrics(tmp_path, tiny_policy, algorithm):
     from flax import nnx
-    from test_ppo import ONE_DEVICE, LengthGold, tiny
 
     from rlhf_jax.feedback.collect import sentiment_prompts
     from rlhf_jax.models import load_tokenizer
@@ -48,4 +48,6 @@ def test_one_tiny_iteration_logs_the_recorded_metrics(tmp_path, tiny_policy, alg
     metrics = logged_metrics(tmp_path, tiny_policy, algorithm)
     assert len(metrics) == 2
     check_golden(GOLDEN, algorithm, metrics)
-    assert metrics[1]["kl"] != 0 and all(np.isfinite(v) for row in metrics for v in row.values() if not isinstance(v, str))
+    assert metrics[1]["kl"] != 0 and all(
+        np.isfinite(v) for row in metrics for v in row.values() if not isinstance(v, str)
+    )

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from rlhf_jax import reward
 from rlhf_jax.config import load_config
 from rlhf_jax.metrics import read_metrics
+from rlhf_jax.rl import reward
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -70,7 +70,9 @@ def test_tiny_reward_run_end_to_end(tmp_path, tiny_policy):
     assert {"train", "validation", "test"} <= {r["split"] for r in rows}
     summary = json.loads((tmp_path / "feedback" / "summary.json").read_text())
     assert summary["rows"] == len(rows)
-    test_rows = [r for r in read_metrics(str(tmp_path / "reward_model")) if r["split"] == "test" and "gold_accuracy" in r]
+    test_rows = [
+        r for r in read_metrics(str(tmp_path / "reward_model")) if r["split"] == "test" and "gold_accuracy" in r
+    ]
     assert len(test_rows) == 1
     assert {"gold_accuracy", "label_accuracy", "spearman", "precision", "recall", "f1"} <= set(test_rows[0])
     assert (tmp_path / "reward_model" / "calibration.png").stat().st_size > 1000
@@ -78,8 +80,13 @@ def test_tiny_reward_run_end_to_end(tmp_path, tiny_policy):
     # every stage's output is valid: a second run redoes nothing
     stamp = preferences.stat().st_mtime_ns
     again = run(exp, str(tmp_path), progress=False)
-    assert preferences.stat().st_mtime_ns == stamp and again == json.loads((tmp_path / "reward_model" / "evaluation.json").read_text())
-    assert len([r for r in read_metrics(str(tmp_path / "reward_model")) if "gold_accuracy" in r and r["split"] == "test"]) == 1
+    assert preferences.stat().st_mtime_ns == stamp and again == json.loads(
+        (tmp_path / "reward_model" / "evaluation.json").read_text()
+    )
+    assert (
+        len([r for r in read_metrics(str(tmp_path / "reward_model")) if "gold_accuracy" in r and r["split"] == "test"])
+        == 1
+    )
 
 
 def test_collect_cli(tmp_path, tiny_policy):

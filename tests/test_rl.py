@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import rl
+from rlhf_jax.rl import maths
 
 B, N, V = 5, 9, 7
 
@@ -45,7 +45,7 @@ def gae_loop(rewards, values, mask, gamma, lam):
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (0.99, 1.0), (1.0, 0.0)])
 def test_gae_matches_a_loop(rollout, gamma, lam):
     r = rollout
-    advantages, returns = rl.gae(f32(r["rewards"] * r["mask"]), f32(r["values"]), f32(r["mask"]), gamma, lam)
+    advantages, returns = maths.gae(f32(r["rewards"] * r["mask"]), f32(r["values"]), f32(r["mask"]), gamma, lam)
     want_advantages, want_returns = gae_loop(r["rewards"] * r["mask"], r["values"], r["mask"], gamma, lam)
     np.testing.assert_allclose(advantages, want_advantages, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(returns, want_returns, rtol=1e-5, atol=1e-5)
@@ -58,10 +58,10 @@ def test_whitening_matches_a_loop(rollout):
     var = sum((e - mean) ** 2 for e in entries) / (len(entries) - 1)
     want = np.array([[(x[b, t] - mean) / math.sqrt(var + 1e-8) if mask[b, t] else 0.0 for t in range(N)]
                      for b in range(B)])
-    np.testing.assert_allclose(rl.masked_whiten(f32(x), f32(mask)), want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(rl.masked_whiten(f32(x), f32(mask), shift_mean=False), (want + mean) * mask,
+    np.testing.assert_allclose(maths.masked_whiten(f32(x), f32(mask)), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(maths.masked_whiten(f32(x), f32(mask), shift_mean=False), (want + mean) * mask,
                                rtol=1e-5, atol=1e-5)
-    whitened = np.asarray(rl.masked_whiten(f32(x), f32(mask)))[mask.astype(bool)]
+    whitened = np.asarray(maths.masked_whiten(f32(x), f32(mask)))[mask.astype(bool)]
     assert abs(whitened.mean()) < 1e-6 and abs(whitened.std(ddof=1) - 1) < 1e-4
 
 
@@ -69,11 +69,11 @@ def test_kl_estimators_match_a_loop(rollout):
     logp, ref = rollout["logp"], rollout["ref_logp"]
     k1 = [[logp[b, t] - ref[b, t] for t in range(N)] for b in range(B)]
     k3 = [[math.exp(ref[b, t] - logp[b, t]) - 1 - (ref[b, t] - logp[b, t]) for t in range(N)] for b in range(B)]
-    np.testing.assert_allclose(rl.kl_per_token(f32(logp), f32(ref), "k1"), k1, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(rl.kl_per_token(f32(logp), f32(ref), "k3"), k3, rtol=1e-5, atol=1e-6)
-    assert np.all(np.asarray(rl.kl_per_token(f32(logp), f32(ref), "k3")) >= 0)
+    np.testing.assert_allclose(maths.kl_per_token(f32(logp), f32(ref), "k1"), k1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maths.kl_per_token(f32(logp), f32(ref), "k3"), k3, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(maths.kl_per_token(f32(logp), f32(ref), "k3")) >= 0)
     with pytest.raises(ValueError, match="k2"):
-        rl.kl_per_token(f32(logp), f32(ref), "k2")
+        maths.kl_per_token(f32(logp), f32(ref), "k2")
 
 
 def test_kl_estimators_are_unbiased_for_a_known_kl():
@@ -83,14 +83,14 @@ def test_kl_estimators_are_unbiased_for_a_known_kl():
     exact = float(np.sum(p * np.log(p / q)))
     draws = np.random.default_rng(0).choice(3, size=200_000, p=p)
     for estimator in ("k1", "k3"):
-        estimate = float(jnp.mean(rl.kl_per_token(f32(np.log(p)[draws]), f32(np.log(q)[draws]), estimator)))
+        estimate = float(jnp.mean(maths.kl_per_token(f32(np.log(p)[draws]), f32(np.log(q)[draws]), estimator)))
         assert abs(estimate - exact) < 5e-3, (estimator, estimate, exact)
 
 
 def test_shaped_rewards_match_a_loop(rollout):
     r = rollout
     kl = r["logp"] - r["ref_logp"]
-    got = rl.shaped_rewards(f32(r["scores"]), f32(kl), f32(r["mask"]), 0.1)
+    got = maths.shaped_rewards(f32(r["scores"]), f32(kl), f32(r["mask"]), 0.1)
     want = np.zeros((B, N))
     for b in range(B):
         length = int(r["mask"][b].sum())
@@ -102,7 +102,7 @@ def test_shaped_rewards_match_a_loop(rollout):
 def test_policy_loss_matches_a_loop(rollout):
     r, clip = rollout, 0.2
     logp = r["logp"] + np.random.default_rng(1).normal(scale=0.3, size=(B, N))
-    loss, metrics = rl.policy_loss(f32(logp), f32(r["logp"]), f32(r["advantages"]), f32(r["mask"]), clip)
+    loss, metrics = maths.policy_loss(f32(logp), f32(r["logp"]), f32(r["advantages"]), f32(r["mask"]), clip)
     terms, clipped, approx = [], [], []
     for b in range(B):
         for t in range(N):
@@ -122,7 +122,7 @@ def test_policy_loss_matches_a_loop(rollout):
 def test_value_loss_and_clip_fraction_match_a_loop(rollout):
     r, clip = rollout, 0.2
     values = r["values"] + np.random.default_rng(2).normal(scale=0.3, size=(B, N))
-    loss, metrics = rl.value_loss(f32(values), f32(r["values"]), f32(r["returns"]), f32(r["mask"]), clip)
+    loss, metrics = maths.value_loss(f32(values), f32(r["values"]), f32(r["returns"]), f32(r["mask"]), clip)
     terms, used = [], []
     for b in range(B):
         for t in range(N):
@@ -144,15 +144,15 @@ def test_value_clip_fraction_is_zero_when_no_value_moved_past_the_range():
     returns = f32(rng.normal(size=(64, 16)))
     clipped = old_values + jnp.clip(values - old_values, -0.2, 0.2)
     assert bool(jnp.any(clipped != values))  # the rounding the old count mistook for clipping is there
-    _, metrics = rl.value_loss(values, old_values, returns, jnp.ones((64, 16)), 0.2)
+    _, metrics = maths.value_loss(values, old_values, returns, jnp.ones((64, 16)), 0.2)
     assert float(metrics["value_clip_fraction"]) == 0.0
 
 
 def test_logprobs_and_entropy_match_a_loop(rollout):
     logits, tokens = rollout["logits"], rollout["tokens"]
     for temperature in (1.0, 0.7):
-        logp_BxNxV = rl.log_softmax(f32(logits), temperature)
-        logp, ent = rl.token_logprobs(logp_BxNxV, jnp.asarray(tokens)), rl.entropy(logp_BxNxV)
+        logp_BxNxV = maths.log_softmax(f32(logits), temperature)
+        logp, ent = maths.token_logprobs(logp_BxNxV, jnp.asarray(tokens)), maths.entropy(logp_BxNxV)
         for b in range(B):
             for t in range(N):
                 z = [x / temperature for x in logits[b, t]]
@@ -164,13 +164,15 @@ def test_logprobs_and_entropy_match_a_loop(rollout):
 
 def test_explained_variance(rollout):
     r = rollout
-    assert float(rl.explained_variance(f32(r["returns"]), f32(r["returns"]), f32(r["mask"]))) == pytest.approx(1.0)
+    assert float(maths.explained_variance(f32(r["returns"]), f32(r["returns"]), f32(r["mask"]))) == pytest.approx(1.0)
     noisy = r["returns"] + 0.5 * r["values"]
     entries = [(noisy[b, t], r["returns"][b, t]) for b in range(B) for t in range(N) if r["mask"][b, t]]
     residual = [ret - v for v, ret in entries]
     var = lambda xs: sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / (len(xs) - 1)  # noqa: E731
     want = 1 - var(residual) / var([ret for _, ret in entries])
-    assert float(rl.explained_variance(f32(noisy), f32(r["returns"]), f32(r["mask"]))) == pytest.approx(want, rel=1e-5)
+    assert float(maths.explained_variance(f32(noisy), f32(r["returns"]), f32(r["mask"]))) == pytest.approx(
+        want, rel=1e-5
+    )
 
 
 def test_adaptive_kl_controller_matches_a_loop():
@@ -178,7 +180,7 @@ def test_adaptive_kl_controller_matches_a_loop():
     observed = [0.5, 3.0, 6.0, 7.0, 30.0, 5.9]
     got, want = jnp.float32(beta), beta
     for kl in observed:
-        got = rl.adaptive_kl_coef(got, jnp.float32(kl), n, target, horizon)
+        got = maths.adaptive_kl_coef(got, jnp.float32(kl), n, target, horizon)
         error = min(max(kl / target - 1, -0.2), 0.2)
         want = want * (1 + error * n / horizon)
         assert float(got) == pytest.approx(want, rel=1e-6)
@@ -187,7 +189,7 @@ def test_adaptive_kl_controller_matches_a_loop():
 
 def test_gae_is_one_compiled_scan():
     """GAE lowers to a loop (lax.scan), not an unrolled chain of N steps."""
-    text = jax.jit(rl.gae, static_argnums=(3, 4)).lower(
+    text = jax.jit(maths.gae, static_argnums=(3, 4)).lower(
         jnp.zeros((2, 64)), jnp.zeros((2, 64)), jnp.ones((2, 64)), 1.0, 0.95).as_text()
     assert "while" in text
 
@@ -197,12 +199,14 @@ def test_reinforce_advantages_and_loss_match_a_loop(rollout):
     kl = rollout["logp"] - rollout["ref_logp"]
     returns = [rollout["scores"][b] - beta * sum(kl[b, t] for t in range(N) if mask[b, t]) for b in range(B)]
     expected = [returns[b] - sum(returns[j] for j in range(B) if j != b) / (B - 1) for b in range(B)]
-    advantages = rl.reinforce_advantages(f32(rollout["scores"]), f32(kl), f32(mask), beta)
+    advantages = maths.reinforce_advantages(f32(rollout["scores"]), f32(kl), f32(mask), beta)
     np.testing.assert_allclose(advantages, expected, rtol=1e-5, atol=1e-6)
     loss = -sum(expected[b] * sum(rollout["logp"][b, t] for t in range(N) if mask[b, t]) for b in range(B)) / B
-    np.testing.assert_allclose(rl.reinforce_surrogate(f32(rollout["logp"]), f32(expected), f32(mask)), loss, rtol=1e-5)
+    np.testing.assert_allclose(
+        maths.reinforce_surrogate(f32(rollout["logp"]), f32(expected), f32(mask)), loss, rtol=1e-5
+    )
     # The gradient with respect to each log-prob is -A_b m_bt / B.
-    grad = jax.grad(lambda logp: rl.reinforce_surrogate(logp, f32(expected), f32(mask)))(f32(rollout["logp"]))
+    grad = jax.grad(lambda logp: maths.reinforce_surrogate(logp, f32(expected), f32(mask)))(f32(rollout["logp"]))
     np.testing.assert_allclose(grad, -np.asarray(expected)[:, None] * mask / B, rtol=1e-5, atol=1e-7)
 
 
@@ -212,9 +216,9 @@ K = 4  # samples per prompt: 3 groups of 4
 def test_group_baselines_match_a_loop():
     rng = np.random.default_rng(3)
     returns = rng.normal(size=3 * K)
-    rloo = np.asarray(rl.group_leave_one_out(f32(returns), K))
-    grpo = np.asarray(rl.group_normalised(f32(returns), K))
-    dr_grpo = np.asarray(rl.group_normalised(f32(returns), K, scale=False))
+    rloo = np.asarray(maths.group_leave_one_out(f32(returns), K))
+    grpo = np.asarray(maths.group_normalised(f32(returns), K))
+    dr_grpo = np.asarray(maths.group_normalised(f32(returns), K, scale=False))
     for i in range(3 * K):
         group = returns[(i // K) * K:(i // K + 1) * K]
         others = [r for j, r in enumerate(group) if (i // K) * K + j != i]
@@ -227,7 +231,7 @@ def test_group_baselines_match_a_loop():
     # sample's return moves only its own group's advantages.
     moved = returns.copy()
     moved[0] += 1.0
-    change = np.asarray(rl.group_leave_one_out(f32(moved), K)) - rloo
+    change = np.asarray(maths.group_leave_one_out(f32(moved), K)) - rloo
     assert np.allclose(change[K:], 0, atol=1e-6) and change[0] == pytest.approx(1.0, abs=1e-5)
 
 
@@ -251,7 +255,7 @@ def grpo_loss_loop(logp, old_logp, ref_logp, advantages, mask, clip, beta, how):
     return aggregate_loop(terms, mask, how)
 
 
-@pytest.mark.parametrize("how", rl.AGGREGATIONS)
+@pytest.mark.parametrize("how", maths.AGGREGATIONS)
 def test_grpo_loss_and_its_gradient_match_a_loop(rollout, how):
     r = rollout
     old_logp = r["logp"] + np.random.default_rng(4).normal(scale=0.3, size=(B, N))  # some ratios clipped
@@ -259,8 +263,10 @@ def test_grpo_loss_and_its_gradient_match_a_loop(rollout, how):
     clip, beta = 0.2, 0.1
 
     def loss(logp):
-        terms = rl.grpo_loss_terms(logp, f32(old_logp), f32(r["ref_logp"]), f32(advantages), f32(r["mask"]), clip, beta)
-        return rl.aggregate(terms, f32(r["mask"]), how)
+        terms = maths.grpo_loss_terms(
+            logp, f32(old_logp), f32(r["ref_logp"]), f32(advantages), f32(r["mask"]), clip, beta
+        )
+        return maths.aggregate(terms, f32(r["mask"]), how)
 
     expected = grpo_loss_loop(r["logp"], old_logp, r["ref_logp"], advantages, r["mask"], clip, beta, how)
     assert float(loss(f32(r["logp"]))) == pytest.approx(expected, rel=1e-5)
@@ -280,6 +286,11 @@ def test_grpo_loss_has_a_finite_gradient_where_padding_is_improbable(rollout):
     """Past the EOS the log-probs can be anything; k3 = exp(ref - logp) there must not reach the gradient."""
     r = rollout
     logp = np.where(r["mask"] > 0, r["logp"], -200.0)
-    grad = jax.grad(lambda lp: rl.aggregate(rl.grpo_loss_terms(lp, f32(logp), f32(r["ref_logp"]), f32(r["scores"]),
-                                                               f32(r["mask"]), 0.2, 0.1), f32(r["mask"]), "token_mean"))
+    grad = jax.grad(
+        lambda lp: maths.aggregate(
+            maths.grpo_loss_terms(lp, f32(logp), f32(r["ref_logp"]), f32(r["scores"]), f32(r["mask"]), 0.2, 0.1),
+            f32(r["mask"]),
+            "token_mean",
+        )
+    )
     assert np.isfinite(np.asarray(grad(f32(logp)))).all()

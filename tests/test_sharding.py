@@ -25,8 +25,8 @@ def test_sharded_forward_equals_unsharded(family, head):
     mask[0, :3] = 0
     expected = np.asarray(model(ids, mask))
 
-    mesh, rules = sharding.make_mesh(MESH), dict(MESH.rules)
-    sharding.shard_model(model, mesh, rules)
+    layout = sharding.Layout.of(MESH)
+    layout.place(model)
     graphdef, state = nnx.split(model)
     q_kernel = state["backbone"]["layers"][0]["attn"]["q_proj"]["kernel"][...]
     assert q_kernel.sharding.spec == P("fsdp", "tensor")
@@ -36,18 +36,17 @@ def test_sharded_forward_equals_unsharded(family, head):
     assert len(embed.addressable_shards) == 8 and embed.addressable_shards[0].data.shape == (32, 32)
 
     forward = jax.jit(lambda s, i, m: nnx.merge(graphdef, s)(i, m))
-    batch = sharding.batch_sharding(mesh, rules)
+    batch = layout.batch
     out = forward(state, jax.device_put(ids, batch), jax.device_put(mask, batch))
     assert np.abs(np.asarray(out) - expected).max() <= 1e-5
 
 
 def test_rules_replicate_dimensions_that_do_not_divide():
-    mesh = sharding.make_mesh(MESH)
-    rules = dict(MESH.rules)
-    assert sharding.mesh_spec(("vocab", "embed"), (130, 64), mesh, rules) == P(None, "fsdp")
-    assert sharding.mesh_spec(("embed", "mlp"), (64, 128), mesh, rules) == P("fsdp", "tensor")
+    layout = sharding.Layout.of(MESH)
+    assert layout.spec(("vocab", "embed"), (130, 64)) == P(None, "fsdp")
+    assert layout.spec(("embed", "mlp"), (64, 128)) == P("fsdp", "tensor")
     # one mesh axis is never used twice in one array
-    assert sharding.mesh_spec(("mlp", "heads"), (128, 128), mesh, rules) == P("tensor", None)
+    assert layout.spec(("mlp", "heads"), (128, 128)) == P("tensor", None)
 
 
 def test_bad_mesh_config_names_the_field():

@@ -11,6 +11,7 @@ and on a SHA-256 of the updated parameters) in an environment with a recording o
 metrics to conftest.check_golden's tolerance.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import pytest
 from conftest import check_golden
 from flax import nnx
 
-from rlhf_jax.config import ModelConfig, PPOConfig, TrainConfig
+from rlhf_jax.config import ModelConfig, RLConfig, TrainConfig
 from rlhf_jax.models import build_model
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "update_steps.json")
@@ -48,7 +49,7 @@ def params_digest(params) -> str:
 def fixed_rollout(programs, params):
     """A rollout of fixed tokens (row 3's response ends two tokens early), scored by the initial policy; the
     old log-probs are nudged by fixed noise so that the ratio moves off 1 and clipping is reached."""
-    from rlhf_jax import ppo
+    from rlhf_jax.rl import online
 
     rng = np.random.default_rng(0)
     rows = PROMPTS * SAMPLES
@@ -56,37 +57,41 @@ def fixed_rollout(programs, params):
     response_mask_BxN = jnp.ones((rows, RESPONSE_LEN), jnp.float32).at[3, -2:].set(0.0)
     mask_BxT = jnp.concatenate([jnp.ones((rows, PROMPT_LEN), jnp.int32), response_mask_BxN.astype(jnp.int32)], 1)
     model = nnx.merge(programs.graphdef, params)
-    logp_BxN, entropy_BxN, values_BxN = ppo.policy_outputs(model, ids_BxT, mask_BxT, PROMPT_LEN, 1.0)
+    logp_BxN, entropy_BxN, values_BxN = online.policy_outputs(model, ids_BxT, mask_BxT, PROMPT_LEN, 1.0)
     noise_BxN = jnp.asarray(rng.normal(0.0, 0.3, (rows, RESPONSE_LEN)), jnp.float32)
     ref_noise_BxN = jnp.asarray(rng.normal(0.0, 0.2, (rows, RESPONSE_LEN)), jnp.float32)
     scores_B = jnp.asarray(rng.normal(0.0, 1.0, rows), jnp.float32)
-    rollout = ppo.Rollout(ids_BxT=ids_BxT, mask_BxT=mask_BxT, response_mask_BxN=response_mask_BxN,
+    rollout = online.Rollout(ids_BxT=ids_BxT, mask_BxT=mask_BxT, response_mask_BxN=response_mask_BxN,
                           logp_BxN=(logp_BxN + noise_BxN) * response_mask_BxN,
                           ref_logp_BxN=(logp_BxN + ref_noise_BxN) * response_mask_BxN,
                           values_BxN=(values_BxN + noise_BxN) * response_mask_BxN, entropy_BxN=entropy_BxN)
     return rollout, scores_B
 
 
-def policy_gradient_update(name: str) -> dict:
-    from rlhf_jax import ppo
-
-    cfg = PPOConfig(rollout_prompts=PROMPTS, samples_per_prompt=SAMPLES, prompt_tokens=PROMPT_LEN,
+def rl_config(name: str) -> RLConfig:
+    return RLConfig(rollout_prompts=PROMPTS, samples_per_prompt=SAMPLES, prompt_tokens=PROMPT_LEN,
                     response_tokens=RESPONSE_LEN, learning_rate=1e-2, **PG_CONFIGS[name])
+
+
+def policy_gradient_update(name: str) -> dict:
+    from rlhf_jax.rl import online
+
+    cfg = rl_config(name)
     with nnx.use_eager_sharding(False):
-        model = ppo.ActorCritic(build_model(TINY, seed=0), None, rngs=nnx.Rngs(cfg.seed))
+        model = online.ActorCritic(build_model(TINY, seed=0), None, rngs=nnx.Rngs(cfg.seed))
     graphdef, params = nnx.split(model)
     ref_graphdef, _ = nnx.split(build_model(TINY, seed=0))
-    programs = ppo.Programs(graphdef, ref_graphdef, cfg, ppo.sampling_config(cfg, TINY.eos_token_id, 0))
+    programs = online.Programs(graphdef, ref_graphdef, cfg, online.sampling_config(cfg, TINY.eos_token_id, 0))
     rollout, scores_B = fixed_rollout(programs, params)
-    state = ppo.PPOState.create(params, programs.tx, cfg)
-    new_state, metrics = jax.jit(ppo.update, static_argnums=0)(programs, state, rollout, scores_B)
+    state = online.PolicyState.create(params, programs.tx, cfg)
+    new_state, metrics = jax.jit(online.update, static_argnums=0)(programs, state, rollout, scores_B)
     return {"metrics": {k: float(v) for k, v in sorted(metrics.items())}, "params": params_digest(new_state.params),
             "kl_coef": float(new_state.kl_coef)}
 
 
 def preference_step(kind: str) -> dict:
-    from rlhf_jax import dpo
-    from rlhf_jax.steps import make_optimizer, make_train_step
+    from rlhf_jax.rl import preference
+    from rlhf_jax.steps import make_optimizer, train_step
     from rlhf_jax.train_state import TrainState
 
     train = TrainConfig(task=kind, steps=1, warmup_steps=0, learning_rate=1e-2, label_smoothing=0.1 if kind == "dpo"
@@ -104,8 +109,8 @@ def preference_step(kind: str) -> dict:
     tx = make_optimizer(train)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        rng=jax.random.PRNGKey(0))
-    loss_fn = dpo.make_loss(kind)(None, TINY.vocab_size, train)
-    new_state, metrics = jax.jit(make_train_step(graphdef, tx, loss_fn))(state, batch)
+    loss_fn = preference.make_loss(kind)(None, TINY.vocab_size, train)
+    new_state, metrics = jax.jit(functools.partial(train_step, graphdef, tx, loss_fn))(state, batch)
     return {"metrics": {k: float(v) for k, v in sorted(metrics.items())}, "params": params_digest(new_state.params)}
 
 
@@ -128,3 +133,26 @@ def test_the_fixed_arrays_reach_clipping_and_move_every_parameter():
     assert golden["ppo"]["metrics"]["clip_fraction"] > 0
     assert golden["grpo"]["metrics"]["clip_fraction"] > 0
     assert len({golden[case]["params"] for case in CASES}) == len(CASES)
+
+
+def test_a_misshapen_rollout_is_refused_while_tracing():
+    """Rollout and Minibatch check their shapes (chex, at trace time): an entropy of the wrong length fails
+    the update before anything runs, naming the shapes."""
+    import dataclasses
+
+    from rlhf_jax.rl import online
+
+    cfg = rl_config("ppo")
+    with nnx.use_eager_sharding(False):
+        model = online.ActorCritic(build_model(TINY, seed=0), None, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    programs = online.Programs(graphdef, nnx.split(build_model(TINY, seed=0))[0], cfg,
+                               online.sampling_config(cfg, TINY.eos_token_id, 0))
+    rollout, scores_B = fixed_rollout(programs, params)
+    state = online.PolicyState.create(params, programs.tx, cfg)
+    update = jax.jit(online.update, static_argnums=0)
+    bad = dataclasses.replace(rollout, entropy_BxN=rollout.entropy_BxN[:, :-1])
+    with pytest.raises(AssertionError, match="shape"):
+        update(programs, state, bad, scores_B)
+    with pytest.raises(AssertionError, match="shape"):
+        update(programs, state, rollout, scores_B[:-1])

@@ -35,11 +35,17 @@ def test_resume_is_exact(tmp_path):
     assert first["step"] == 4
     resumed = train(exp, str(tmp_path / "resumed"), progress=False)
     assert resumed["step"] == 8
-    assert without_timing(read_metrics(str(tmp_path / "resumed"))) == without_timing(read_metrics(str(tmp_path / "straight")))
+    assert without_timing(read_metrics(str(tmp_path / "resumed"))) == without_timing(
+        read_metrics(str(tmp_path / "straight"))
+    )
     for a, b in zip(leaves(straight["params"]), leaves(resumed["params"]), strict=True):
         np.testing.assert_array_equal(a, b)
     # the train rows really moved the model: the final params differ from the untrained ones
-    untrained = train(config("tiny_mlm", "--config.train.steps=1", "--config.train.warmup_steps=0"), str(tmp_path / "one"), progress=False)
+    untrained = train(
+        config("tiny_mlm", "--config.train.steps=1", "--config.train.warmup_steps=0"),
+        str(tmp_path / "one"),
+        progress=False,
+    )
     assert any(not np.array_equal(a, b) for a, b in zip(leaves(untrained["params"]), leaves(straight["params"])))
 
 

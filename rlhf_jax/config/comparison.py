@@ -3,7 +3,7 @@ algorithms, "arms", start from the base config's policy, reward model and prefer
 each. An arm is the base config with the arm's changes, ``{section: {field: value}}``; its kind follows
 from what it is:
 
-  online     a ppo section algorithm (ppo, reinforce, rloo, grpo, dr_grpo): samples, scored by the reward model
+  online     an rl section algorithm (ppo, reinforce, rloo, grpo, dr_grpo): samples, scored by the reward model
   offline    train.task 'dpo' or 'ipo': the preference pairs themselves, no reward model, no sampling
   best_of_n  the arm named 'best_of_n': n samples from the reference, the reward model's pick
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rlhf_jax.config.core import field, require
+from rlhf_jax.config.core import field, renamed_sections, require
 
 BEST_OF_N = "best_of_n"
 
@@ -22,7 +22,7 @@ BEST_OF_N = "best_of_n"
 class CompareConfig:
     arms: tuple[tuple[str, Any], ...] = field((), "(name, {section: {field: value}}) pairs, each arm's changes to "
                                                   "the base config; the arm named 'best_of_n' samples the reference")
-    seeds: int = field(2, "seeds per arm: seed s sets ppo.seed = s (prompt order, sampling keys, the held-out "
+    seeds: int = field(2, "seeds per arm: seed s sets rl.seed = s (prompt order, sampling keys, the held-out "
                           "openings) and an offline arm's train.seed = s (batch order)")
     best_of_n: tuple[int, ...] = field((1, 2, 4, 8, 16), "the n of the best-of-n arm")
     confidence: float = field(0.95, "confidence of the interval over seeds (Student's t)")
@@ -55,7 +55,7 @@ def comparison_from_dict(values: dict) -> CompareConfig:
             "(arm name, {section: {field: value}}) pairs")
     if "best_of_n" in values:
         values["best_of_n"] = tuple(sorted({int(n) for n in values["best_of_n"]}))
-    return CompareConfig(arms=tuple((name, _plain(changes)) for name, changes in arms), **values)
+    return CompareConfig(arms=tuple((name, renamed_sections(_plain(changes))) for name, changes in arms), **values)
 
 
 def _plain(value):

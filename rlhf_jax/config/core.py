@@ -4,7 +4,12 @@ dataclass field with a one-line doc (``rlhf-jax config show`` prints it beside t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
+
+RENAMED_SECTIONS = {"ppo": "rl"}
+"""Sections renamed since (old -> new): configs, config.json files and comparison arms written with the old
+name still load."""
 
 
 class ConfigError(ValueError):
@@ -19,6 +24,16 @@ def field(default: Any = dataclasses.MISSING, doc: str = "") -> Any:
 def require(condition: bool, name: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config field '{name}': {message}")
+
+
+def renamed_sections(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (a config dict, or an arm's changes) with every section under its current name."""
+    values = dict(values)
+    for old, new in RENAMED_SECTIONS.items():
+        if old in values:
+            require(new not in values, old, f"the section is now called {new!r}: give {new!r} alone")
+            values[new] = values.pop(old)
+    return values
 
 
 def require_positive_ints(config, names: tuple[str, ...], prefix: str = "") -> None:

@@ -8,8 +8,14 @@ from typing import Any
 
 from rlhf_jax.config.core import field, require, require_positive_ints
 from rlhf_jax.config.model import HEADS, MeshConfig
+from rlhf_jax.rl.algorithms import ALGORITHMS
 
 FEEDBACK_KINDS = ("preferences", "ratings", "language")
+TASK_HEADS = {"classification": "classification", "causal_lm": "causal_lm", "masked_lm": "masked_lm",
+              "reward_pairwise": "scalar", "reward_grouped": "scalar", "reward_best_of_n": "scalar",
+              "reward_regression": "scalar", "dpo": "causal_lm", "ipo": "causal_lm"}
+"""The supervised tasks and the head each trains: the names of ``rlhf_jax.tasks.TASKS``, which says how each
+task turns rows into arrays and what its loss is."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +66,7 @@ class TrainConfig:
     """Optimisation and bookkeeping of the supervised trainer (AdamW; linear warm-up, then cosine decay to 0
     over ``steps``)."""
 
-    task: str = field("classification", "a name in rlhf_jax.tasks.TASKS")
+    task: str = field("classification", "a name in TASK_HEADS (rlhf_jax.tasks.TASKS says how each trains)")
     steps: int = field(100, "optimiser steps")
     batch_size: int = field(32, "examples per step (groups for reward_grouped)")
     eval_batch_size: int = field(64, "examples per evaluation batch")
@@ -68,9 +74,8 @@ class TrainConfig:
     warmup_steps: int = field(10, "linear warm-up steps")
     weight_decay: float = field(0.01, "AdamW weight decay")
     grad_clip: float = field(1.0, "global gradient-norm clip")
-    fused_optimizer: bool = field(False, "clip + AdamW in one pass per parameter (0.19 against 0.24 s a "
-                                         "step on CPU; a clipped step rounds differently from optax's: "
-                                         "rlhf_jax/optim.py)")
+    fused_optimizer: bool = field(False, "clip + AdamW in one pass per parameter (faster on CPU; a clipped "
+                                         "step rounds differently from optax's: rlhf_jax/optim.py)")
     mlm_probability: float = field(0.15, "masked LM: share of tokens masked (BERT's 80/10/10)")
     beta: float = field(0.1, "dpo / ipo: the KL strength beta of the preference loss")
     label_smoothing: float = field(0.0, "dpo: the share of labels taken to be wrong (conservative DPO)")
@@ -81,19 +86,23 @@ class TrainConfig:
     keep_checkpoints: int = field(2, "checkpoints kept")
 
     def __post_init__(self):
-        from rlhf_jax.tasks import TASKS
-
-        require(self.task in TASKS, "train.task", f"{self.task!r} is not one of {sorted(TASKS)}")
+        require(self.task in TASK_HEADS, "train.task", f"{self.task!r} is not one of {sorted(TASK_HEADS)}")
         require_positive_ints(self, ("steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every",
                                      "keep_checkpoints"), "train.")
         require(self.learning_rate >= 0, "train.learning_rate", f"must be >= 0, got {self.learning_rate}")
-        require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", f"must be in [0, steps], got {self.warmup_steps}")
+        require(
+            0 <= self.warmup_steps <= self.steps,
+            "train.warmup_steps",
+            f"must be in [0, steps], got {self.warmup_steps}",
+        )
         require(0 < self.mlm_probability < 1, "train.mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
         require(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
         require(self.beta > 0, "train.beta", f"must be > 0, got {self.beta}")
         require(isinstance(self.fused_optimizer, bool), "train.fused_optimizer",
                 f"must be True or False, got {self.fused_optimizer!r}")
-        require(0 <= self.label_smoothing < 0.5, "train.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
+        require(
+            0 <= self.label_smoothing < 0.5, "train.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,19 +141,26 @@ class FeedbackConfig:
                 f"the labeling app's export feeds the loop preference pairs; kind={self.kind!r} needs 'simulated'")
         require(self.labeler in ("vader", "classifier"), "feedback.labeler",
                 f"{self.labeler!r} is not one of ('vader', 'classifier')")
-        require("classifier" not in (self.labeler, self.comment_scorer) or (self.classifier_config and self.classifier_workdir),
-                "feedback.classifier_workdir",
-                "the 'classifier' labeler or comment scorer needs classifier_config and classifier_workdir")
+        require(
+            "classifier" not in (self.labeler, self.comment_scorer)
+            or (self.classifier_config and self.classifier_workdir),
+            "feedback.classifier_workdir",
+            "the 'classifier' labeler or comment scorer needs classifier_config and classifier_workdir",
+        )
         require(self.temperature >= 0, "feedback.temperature", f"must be >= 0, got {self.temperature}")
         require_positive_ints(self, ("prompts", "prompt_tokens", "response_tokens", "batch_size"), "feedback.")
-        require(self.samples_per_prompt >= 2, "feedback.samples_per_prompt", f"must be >= 2, got {self.samples_per_prompt}")
+        require(
+            self.samples_per_prompt >= 2, "feedback.samples_per_prompt", f"must be >= 2, got {self.samples_per_prompt}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
-class PPOConfig:
-    """RL of a causal LM against a reward (Ziegler et al. 2019; Stiennon et al. 2020). One iteration: sample
-    ``rollout_prompts`` continuations, score them, subtract beta * KL(policy || reference) per token, then
-    ``epochs`` x ``minibatches`` Adam steps on the algorithm's loss."""
+class RLConfig:
+    """Policy-gradient RL of a causal LM against a reward (Ziegler et al. 2019; Stiennon et al. 2020), by any
+    algorithm of ``rlhf_jax.rl.algorithms`` (PPO, REINFORCE, RLOO, GRPO, Dr. GRPO). One iteration: sample
+    ``rollout_prompts`` x ``samples_per_prompt`` continuations, score them, compute the per-token
+    KL(policy || reference), the algorithm's advantages, then ``epochs`` x ``minibatches`` Adam steps on its
+    loss. The section was called ``ppo`` before; that name still loads."""
 
     policy: str = field("smollm2-135m-instruct", "asset or directory of the policy; its frozen copy is the reference")
     reference: str | None = field(None, "asset or directory of the frozen reference; None: the policy's own weights")
@@ -158,9 +174,8 @@ class PPOConfig:
     minibatches: int = field(4, "Adam steps per pass")
     learning_rate: float = field(1e-5, "Adam learning rate")
     grad_clip: float = field(1.0, "global gradient-norm clip")
-    fused_optimizer: bool = field(False, "clip + Adam in one pass per parameter (0.19 against 0.24 s a "
-                                         "step on CPU; a clipped step rounds differently from optax's: "
-                                         "rlhf_jax/optim.py)")
+    fused_optimizer: bool = field(False, "clip + Adam in one pass per parameter (faster on CPU; a clipped "
+                                         "step rounds differently from optax's: rlhf_jax/optim.py)")
     prompt_tokens: int = field(8, "tokens of each prompt (left-padded)")
     response_tokens: int = field(24, "tokens sampled per response")
     temperature: float = field(1.0, "sampling temperature; the log-probs use the same")
@@ -180,7 +195,8 @@ class PPOConfig:
     checkpoint_every: int = field(5, "iterations between checkpoints")
     log_samples: int = field(4, "continuations written to samples.jsonl per iteration")
     seed: int = field(0, "prompt order, sampling keys, value-head initialisation")
-    algorithm: str = field("ppo", "a name in rlhf_jax.algorithms.ALGORITHMS ('ppo', 'reinforce')")
+    algorithm: str = field("ppo", "a name in rlhf_jax.rl.algorithms.ALGORITHMS: 'ppo', 'reinforce', 'rloo', "
+                                  "'grpo', 'dr_grpo'")
     reward: str = field("reward_model", "'reward_model', or 'language': a simulated human's scored comment")
     loss_aggregation: str = field("sequence_mean", "how GRPO averages its per-token loss: 'sequence_mean' (GRPO), "
                                                    "'token_mean' (DAPO) or 'constant' (Dr. GRPO)")
@@ -193,46 +209,55 @@ class PPOConfig:
         return self.rollout_prompts * self.samples_per_prompt
 
     def __post_init__(self):
-        from rlhf_jax.algorithms import ALGORITHMS
-
-        require(self.algorithm in ALGORITHMS, "ppo.algorithm", f"{self.algorithm!r} is not one of {sorted(ALGORITHMS)}")
+        require(self.algorithm in ALGORITHMS, "rl.algorithm", f"{self.algorithm!r} is not one of {sorted(ALGORITHMS)}")
         unsuited = ALGORITHMS[self.algorithm].check(self)
         require(unsuited is None, *(unsuited or ("", "")))
-        require(self.reward in ("reward_model", "language"), "ppo.reward",
+        require(self.reward in ("reward_model", "language"), "rl.reward",
                 f"{self.reward!r} is not 'reward_model' or 'language'")
-        require(self.value in ("shared", "separate"), "ppo.value", f"{self.value!r} is not 'shared' or 'separate'")
-        require(self.kl_estimator in ("k1", "k3"), "ppo.kl_estimator", f"{self.kl_estimator!r} is not 'k1' or 'k3'")
+        require(self.value in ("shared", "separate"), "rl.value", f"{self.value!r} is not 'shared' or 'separate'")
+        require(self.kl_estimator in ("k1", "k3"), "rl.kl_estimator", f"{self.kl_estimator!r} is not 'k1' or 'k3'")
         require_positive_ints(self, ("iterations", "rollout_prompts", "epochs", "minibatches", "prompt_tokens",
-                                     "response_tokens", "eval_prompts", "eval_batch_size", "checkpoint_every"), "ppo.")
-        require(self.rollout_rows % self.minibatches == 0, "ppo.minibatches",
+                                     "response_tokens", "eval_prompts", "eval_batch_size", "checkpoint_every"), "rl.")
+        require(self.rollout_rows % self.minibatches == 0, "rl.minibatches",
                 f"{self.minibatches} minibatches do not divide the rollout's {self.rollout_rows} rows")
-        require(self.samples_per_prompt >= 1, "ppo.samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
-        require(self.loss_aggregation in ("token_mean", "sequence_mean", "constant"), "ppo.loss_aggregation",
+        require(self.samples_per_prompt >= 1, "rl.samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
+        require(self.loss_aggregation in ("token_mean", "sequence_mean", "constant"), "rl.loss_aggregation",
                 f"{self.loss_aggregation!r} is not 'token_mean', 'sequence_mean' or 'constant'")
-        require(self.learning_rate >= 0, "ppo.learning_rate", f"must be >= 0, got {self.learning_rate}")
-        require(self.temperature > 0, "ppo.temperature", f"must be > 0, got {self.temperature}")
-        require(self.kl_target is None or self.kl_target > 0, "ppo.kl_target", f"must be > 0 or None, got {self.kl_target}")
-        require(isinstance(self.fused_optimizer, bool), "ppo.fused_optimizer",
+        require(self.learning_rate >= 0, "rl.learning_rate", f"must be >= 0, got {self.learning_rate}")
+        require(self.temperature > 0, "rl.temperature", f"must be > 0, got {self.temperature}")
+        require(
+            self.kl_target is None or self.kl_target > 0, "rl.kl_target", f"must be > 0 or None, got {self.kl_target}"
+        )
+        require(isinstance(self.fused_optimizer, bool), "rl.fused_optimizer",
                 f"must be True or False, got {self.fused_optimizer!r}")
-        require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "ppo.gamma", "gamma and lam must be in [0, 1]")
+        require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "rl.gamma", "gamma and lam must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
+    """An experiment. What ``model`` / ``data`` / ``train`` are depends on the driver ``rlhf-jax run`` picks
+    (``rlhf_jax.runs.DRIVERS``, printed at start):
+
+      rlhf        an rl section and a reward-model task: they are the reward model, trained on the
+                  feedback; rl is the policy trained against it
+      preference  train.task 'dpo' / 'ipo': they are the policy and its preference training; rl gives the
+                  reference and the evaluation
+      supervised  no rl section: they are the one model trained (rlhf-jax train; run: a reward model)
+      comparison  a compare section: as rlhf, each arm changing the sections it names
+    """
+
     model: ModelSpec = field(doc="which model to train")
     data: DataConfig = field(doc="the supervised data")
     train: TrainConfig = field(doc="the supervised trainer")
     mesh: MeshConfig = field(MeshConfig(), "the device mesh and sharding rules")
     feedback: FeedbackConfig | None = field(None, "feedback collection (rlhf-jax run / loop)")
-    ppo: PPOConfig | None = field(None, "RL of the policy (rlhf-jax run / loop)")
+    rl: RLConfig | None = field(None, "RL of the policy (rlhf-jax run / loop; formerly 'ppo')")
 
     def __post_init__(self):
-        from rlhf_jax.tasks import TASKS
-
-        head = TASKS[self.train.task].head
+        head = TASK_HEADS[self.train.task]
         require(self.model.head == head, "model.head", f"task {self.train.task!r} needs head {head!r}, "
                 f"got {self.model.head!r}")
 
 
 SECTIONS = {"model": ModelSpec, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig,
-            "feedback": FeedbackConfig, "ppo": PPOConfig}
+            "feedback": FeedbackConfig, "rl": RLConfig}

@@ -11,10 +11,11 @@ import importlib
 import importlib.util
 import os
 import sys
-from typing import Any, Mapping
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 from rlhf_jax.config.comparison import CompareConfig, comparison_from_dict
-from rlhf_jax.config.core import ConfigError, require
+from rlhf_jax.config.core import RENAMED_SECTIONS, ConfigError, renamed_sections, require
 from rlhf_jax.config.experiment import SECTIONS, ExperimentConfig
 
 
@@ -33,8 +34,9 @@ def _section(cls, values: Mapping[str, Any], prefix: str):
 
 def experiment_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
     """Validate a (ConfigDict-converted) plain dict into an ExperimentConfig; absent fields take the
-    dataclasses' defaults, a section given as None (feedback, ppo) is absent."""
-    values = dict(values)
+    dataclasses' defaults, a section given as None (feedback, rl) is absent; a section under its old name
+    (``RENAMED_SECTIONS``: ppo) is read as the new one."""
+    values = renamed_sections(values)
     unknown = sorted(set(values) - set(SECTIONS))
     require(not unknown, unknown[0] if unknown else "", f"unknown section (sections: {', '.join(SECTIONS)})")
     model = dict(values.get("model", {}))
@@ -45,9 +47,9 @@ def experiment_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
     if "rules" in mesh:
         mesh["rules"] = tuple((k, _tupled(v)) for k, v in dict(mesh["rules"]).items())
     parts = {"model": model, "data": values.get("data", {}), "train": values.get("train", {}), "mesh": mesh}
-    parts.update({name: dict(values[name]) for name in ("feedback", "ppo") if values.get(name) is not None})
-    if "ppo" in parts and "model_config" in parts["ppo"]:
-        parts["ppo"]["model_config"] = tuple(sorted(dict(parts["ppo"]["model_config"]).items()))
+    parts.update({name: dict(values[name]) for name in ("feedback", "rl") if values.get(name) is not None})
+    if "rl" in parts and "model_config" in parts["rl"]:
+        parts["rl"]["model_config"] = tuple(sorted(dict(parts["rl"]["model_config"]).items()))
     try:
         return ExperimentConfig(**{name: _section(SECTIONS[name], part, name) for name, part in parts.items()})
     except TypeError as error:  # e.g. a wrong argument type inside a dataclass
@@ -91,9 +93,11 @@ def _config_dict(path: str, overrides: list[str]) -> dict:
     module = _config_module(path)
     require(hasattr(module, "get_config"), "--config", f"{path} has no get_config()")
     config = module.get_config()
-    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    config = renamed_sections(config.to_dict() if hasattr(config, "to_dict") else dict(config))
     for override in overrides:
         key, value = parse_override(override)
+        section, dot, rest = key.partition(".")
+        key = RENAMED_SECTIONS.get(section, section) + dot + rest
         node = config
         *parents, leaf = key.split(".")
         for part in parents:
@@ -129,21 +133,55 @@ def added_at_default(cls, field: str, value, saved: Mapping[str, Any]) -> bool:
     return field not in saved and field in defaults and value == json_ready(defaults[field])
 
 
-def same_config(saved: Mapping[str, Any], exp: ExperimentConfig) -> bool:
-    """Whether a saved ``to_dict`` of a config (e.g. in an evaluation.json) is ``exp``'s, where a field
-    added since it was saved counts as equal when ``exp`` has it at its default (``added_at_default``)."""
-    current = to_dict(exp)
-    if set(saved) != set(current):
-        return False
-    for name, values in current.items():
-        before = saved[name]
-        if values is None or before is None or set(before) - set(values):
-            if values != before:
-                return False
+def first_difference(saved: Mapping[str, Any], current: Mapping[str, Any], sections: Collection[str] | None = None,
+                     bookkeeping: Collection[str] = (), retired: bool = True,
+                     equal: Callable[[str, Any, Any], bool] | None = None) -> tuple[str, Any, Any] | None:
+    """The one test of "is this the same run?": the first ``(section.field, saved value, current value)`` at
+    which ``saved``, a ``to_dict`` of a config written perhaps before fields were added or a section was
+    renamed, differs from ``current``, a ``to_dict`` of today's; None when they are the same run.
+
+    Only ``sections`` count (default: all of ``current``'s). Fields named in ``bookkeeping`` ('train.steps')
+    may differ. A field added since is the same at its default (``added_at_default``: the behaviour before
+    it existed). With ``retired``, a saved field this version no longer has is a difference. ``equal(name,
+    before, now)`` may call other values the same (two paths to files with one content)."""
+    saved = renamed_sections(saved)
+    names = list(current if sections is None else sections)
+    if retired and sections is None and set(saved) - set(current):
+        extra = sorted(set(saved) - set(current))[0]
+        return extra, saved[extra], None
+    for name in names:
+        before, now = saved.get(name), current.get(name)
+        if before is None or now is None:
+            if before != now:
+                return name, before, now
             continue
-        if any(before.get(f) != v and not added_at_default(SECTIONS[name], f, v, before) for f, v in values.items()):
-            return False
-    return True
+        if retired and set(before) - set(now):
+            gone = sorted(set(before) - set(now))[0]
+            return f"{name}.{gone}", before[gone], None
+        for field_name, value in now.items():
+            key, old = f"{name}.{field_name}", before.get(field_name)
+            if old == value or key in bookkeeping or added_at_default(SECTIONS[name], field_name, value, before):
+                continue
+            if equal is None or not equal(key, old, value):
+                return key, old, value
+    return None
+
+
+def same_config(saved: Mapping[str, Any], exp: ExperimentConfig) -> bool:
+    """Whether a saved ``to_dict`` of a config (e.g. in an evaluation.json) is ``exp``'s: ``first_difference``
+    over every section, a retired field counting as a difference."""
+    return first_difference(saved, to_dict(exp)) is None
+
+
+def check_same_run(saved: Mapping[str, Any], current: Mapping[str, Any], sections: Collection[str],
+                   bookkeeping: Collection[str] = (), equal: Callable[[str, Any, Any], bool] | None = None) -> None:
+    """Refuse to resume a checkpoint whose config (``saved``) is another run than ``current`` in ``sections``,
+    naming the first field that differs (``first_difference``; a field retired since is ignored)."""
+    difference = first_difference(saved, current, sections, bookkeeping, retired=False, equal=equal)
+    if difference is not None:
+        name, before, now = difference
+        raise ConfigError(f"config field '{name}': the checkpoint was made with {before!r}, this run has {now!r}; "
+                          "use a new workdir")
 
 
 def json_ready(value):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from rlhf_jax.config.core import field, require, require_positive_ints
 
@@ -56,7 +57,9 @@ class ModelConfig:
         if self.head == "causal_lm":
             require(self.is_causal, "head", f"'causal_lm' needs a causal family, not {self.family!r}")
         if self.head == "masked_lm":
-            require(not self.is_causal, "head", f"'masked_lm' needs the bidirectional 'bert' family, not {self.family!r}")
+            require(
+                not self.is_causal, "head", f"'masked_lm' needs the bidirectional 'bert' family, not {self.family!r}"
+            )
         require_positive_ints(self, ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                                      "max_position_embeddings", "num_labels"))
         require(self.head_dim is not None or self.hidden_size % self.num_heads == 0, "num_heads",
@@ -65,7 +68,9 @@ class ModelConfig:
                 f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.kv_heads}")
         require(self.kv_heads == self.num_heads or self.family == "llama", "num_kv_heads",
                 "grouped-query attention is only supported for the 'llama' family")
-        require(self.pooling is None or self.pooling in POOLINGS, "pooling", f"{self.pooling!r} is not one of {POOLINGS}")
+        require(
+            self.pooling is None or self.pooling in POOLINGS, "pooling", f"{self.pooling!r} is not one of {POOLINGS}"
+        )
         require(self.pooled_by != "cls" or self.family == "bert", "pooling", "'cls' pooling needs the 'bert' family")
         require(self.dtype in DTYPES, "dtype", f"{self.dtype!r} is not one of {DTYPES}")
         require(self.remat in REMAT_POLICIES, "remat", f"{self.remat!r} is not one of {REMAT_POLICIES}")
@@ -115,11 +120,11 @@ class ModelConfig:
     def pooled_by(self) -> str:
         return self.pooling or ("cls" if self.family == "bert" else "last")
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         require(not unknown, unknown[0] if unknown else "", f"unknown model config field(s) {unknown}")

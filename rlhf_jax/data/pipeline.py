@@ -11,7 +11,7 @@ block of every batch (``rlhf_jax.feeding``).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -127,7 +127,9 @@ class Split:
         rows = np.asarray(rows)
         real = rows >= 0
         tokenized = self._tokenize([self.examples[i] for i in rows[real]] or self.examples[:1], *self._args)
-        tokenized.update({name: column[rows[real]] if real.any() else column[:1] for name, column in self.columns.items()})
+        tokenized.update(
+            {name: column[rows[real]] if real.any() else column[:1] for name, column in self.columns.items()}
+        )
         if real.all():
             return tokenized
         out = {name: np.zeros((len(rows),) + a.shape[1:], a.dtype) for name, a in tokenized.items()}

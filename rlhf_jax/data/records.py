@@ -28,7 +28,8 @@ import io
 import json
 import math
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 SPLITS = ("train", "validation", "test")
 
@@ -140,7 +141,7 @@ def read_text_corpus(paths: str | list[str]) -> list[dict]:
     for path in [paths] if isinstance(paths, str) else paths:
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
-        for number, line in read_lines(path):
+        for _, line in read_lines(path):
             text = line.strip()
             if text:
                 rows.append({"text": text, "split": hash_split(text)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -20,7 +20,9 @@ from rlhf_jax.files import write_jsonl
 from rlhf_jax.sampling import SamplingConfig, decode_responses, generate, left_pad
 
 
-def sentiment_prompts(count: int | None, prompt_tokens: int, tokenizer, split: str = "train", seed: int = 0) -> list[str]:
+def sentiment_prompts(
+    count: int | None, prompt_tokens: int, tokenizer, split: str = "train", seed: int = 0
+) -> list[str]:
     """The first ``prompt_tokens`` tokens of Rotten Tomatoes snippets (of one split), as text; ``count``
     None: every snippet of the split that is long enough."""
     rows = [r for r in records.read_rotten_tomatoes(str(assets.asset_path("rotten-tomatoes"))) if r["split"] == split]
@@ -172,5 +174,9 @@ def label_noise(rows: list[dict]) -> dict:
     gold_chosen = np.asarray([r["gold_chosen"] for r in rows])
     gold_rejected = np.asarray([r["gold_rejected"] for r in rows])
     differ = gold_chosen != gold_rejected
-    return {"gold_differs": int(differ.sum()),
-            "label_disagrees_with_gold": float(np.mean(gold_chosen[differ] < gold_rejected[differ])) if differ.any() else None}
+    return {
+        "gold_differs": int(differ.sum()),
+        "label_disagrees_with_gold": float(np.mean(gold_chosen[differ] < gold_rejected[differ]))
+        if differ.any()
+        else None,
+    }

@@ -11,7 +11,7 @@ the MiniLM sentiment classifier (2 P(positive) - 1), both in [-1, 1]. The scalar
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class LanguageReward:
     scorer: object
 
     @classmethod
-    def from_config(cls, fb: FeedbackConfig) -> "LanguageReward":
+    def from_config(cls, fb: FeedbackConfig) -> LanguageReward:
         return cls(simulated_human(fb), comment_scorer(fb))
 
     def comments(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:

@@ -83,7 +83,9 @@ def export(store: LabelStore, out_dir: str, votes: str = "majority") -> dict:
         if votes == "all":
             for a in counted:
                 if a["verdict"] == "choice":
-                    preferences += _preference_rows(item_id, a, a["choice"], f"{item_id}/{a['annotator']}", a["annotator"])
+                    preferences += _preference_rows(
+                        item_id, a, a["choice"], f"{item_id}/{a['annotator']}", a["annotator"]
+                    )
             for a in item_answers:
                 ratings += [{"id": f"{item_id}/{a['annotator']}#r{j}", "split": split, "prompt": a["prompt"],
                              "response": a["responses"][j], "score": float(r), "annotator": a["annotator"],
@@ -110,10 +112,16 @@ def export(store: LabelStore, out_dir: str, votes: str = "majority") -> dict:
     paths = {}
     for name, rows in (("preferences", preferences), ("ratings", ratings), ("language", language)):
         paths[name] = write_jsonl(rows, os.path.join(out_dir, f"{name}.jsonl"))
-    summary = {"votes": votes, "answers": len(answers), "items_answered": len(by_item),
-               "annotators": dict(collections.Counter(a["annotator"] for a in answers)),
-               "skips": sum(a["verdict"] == "skip" for a in answers), "ties": sum(a["verdict"] == "tie" for a in answers),
-               "rows": {"preferences": len(preferences), "ratings": len(ratings), "language": len(language)},
-               "agreement": agreement(votes_by_item), "files": paths}
+    summary = {
+        "votes": votes,
+        "answers": len(answers),
+        "items_answered": len(by_item),
+        "annotators": dict(collections.Counter(a["annotator"] for a in answers)),
+        "skips": sum(a["verdict"] == "skip" for a in answers),
+        "ties": sum(a["verdict"] == "tie" for a in answers),
+        "rows": {"preferences": len(preferences), "ratings": len(ratings), "language": len(language)},
+        "agreement": agreement(votes_by_item),
+        "files": paths,
+    }
     write_json(os.path.join(out_dir, "summary.json"), summary)
     return summary

@@ -31,7 +31,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from rlhf_jax.labeling.schema import MIGRATIONS, SCHEMA_VERSION, check_database_file
 from rlhf_jax.labeling.validation import (
@@ -116,7 +116,9 @@ class LabelStore:
             with self._write() as db:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
-                    raise LabelError(f"{self.path}: schema version {version} is newer than this code ({SCHEMA_VERSION})")
+                    raise LabelError(
+                        f"{self.path}: schema version {version} is newer than this code ({SCHEMA_VERSION})"
+                    )
                 if version >= target:
                     continue
                 for statement in MIGRATIONS[target - 1].split(";"):
@@ -155,7 +157,9 @@ class LabelStore:
                     token = secrets.token_urlsafe(24)
                 elif token is None:
                     kept = known.get(name)
-                    tokens[name] = kept if kept and hmac.compare_digest(token_digest(kept), row["token_sha256"]) else None
+                    tokens[name] = (
+                        kept if kept and hmac.compare_digest(token_digest(kept), row["token_sha256"]) else None
+                    )
                     continue
                 check_text(f"token of {name}", token, 256)
                 if not token:
@@ -266,9 +270,10 @@ class LabelStore:
                 refusal = _no_free_slot(db, item_id, annotator, k, now)
             if refusal is None:
                 cursor = db.execute(
-                    "INSERT INTO answers(request_id, item_id, annotator, verdict, choice, ratings, comment, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (request_id, item_id, annotator, verdict, choice, json.dumps(ratings), comment, now))
+                    "INSERT INTO answers(request_id, item_id, annotator, verdict, choice, ratings, comment, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (request_id, item_id, annotator, verdict, choice, json.dumps(ratings), comment, now),
+                )
             db.execute("DELETE FROM leases WHERE item_id = ? AND annotator = ?", (item_id, annotator))
         if refusal is not None:
             raise refusal  # after the commit: the released lease stays released
@@ -326,10 +331,13 @@ class LabelStore:
                               (annotator,)).fetchone()[0]
             # My non-skip votes against other annotators' on the same items: same verdict and same choice.
             compared, agreed = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(o.verdict = m.verdict AND (m.verdict = 'tie' OR o.choice = m.choice)), 0) "
+                "SELECT COUNT(*), "
+                "COALESCE(SUM(o.verdict = m.verdict AND (m.verdict = 'tie' OR o.choice = m.choice)), 0) "
                 "FROM answers m JOIN answers o ON o.item_id = m.item_id AND o.annotator != m.annotator "
                 "WHERE m.annotator = ? AND m.undone_at IS NULL AND o.undone_at IS NULL "
-                "AND m.verdict != 'skip' AND o.verdict != 'skip'", (annotator,)).fetchone()
+                "AND m.verdict != 'skip' AND o.verdict != 'skip'",
+                (annotator,),
+            ).fetchone()
         return {"total": total, "complete": complete, "mine": mine, "compared": compared,
                 "agreement": agreed / compared if compared else None}
 
@@ -354,4 +362,9 @@ def _lease(db: sqlite3.Connection, item_id: str, annotator: str, expires_at: flo
 
 
 def _item(row: sqlite3.Row) -> dict:
-    return {"id": row["id"], "prompt": row["prompt"], "responses": json.loads(row["responses"]), "source": row["source"]}
+    return {
+        "id": row["id"],
+        "prompt": row["prompt"],
+        "responses": json.loads(row["responses"]),
+        "source": row["source"],
+    }

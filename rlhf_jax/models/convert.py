@@ -25,8 +25,14 @@ log = logging.getLogger(__name__)
 # model_type -> prefix of the backbone's tensors inside a head model (GPT2LMHeadModel, BertForMaskedLM, ...).
 BASE_PREFIX = {"gpt2": "transformer.", "bert": "bert.", "llama": "model."}
 # Tensors that transformers stores but that carry no parameters here (buffers, tied copies).
-IGNORED_SUFFIXES = ("position_ids", "rotary_emb.inv_freq", "attn.bias", "attn.masked_bias", "cls.predictions.decoder.bias",
-                    "cls.predictions.decoder.weight")
+IGNORED_SUFFIXES = (
+    "position_ids",
+    "rotary_emb.inv_freq",
+    "attn.bias",
+    "attn.masked_bias",
+    "cls.predictions.decoder.bias",
+    "cls.predictions.decoder.weight",
+)
 ARCHITECTURES = {
     ("gpt2", "causal_lm"): "GPT2LMHeadModel", ("gpt2", "classification"): "GPT2ForSequenceClassification",
     ("bert", "masked_lm"): "BertForMaskedLM", ("bert", "classification"): "BertForSequenceClassification",
@@ -88,8 +94,12 @@ def _layer_refs(family: str, i: int) -> dict[tuple, TensorRef]:
 
 def _backbone_refs(cfg: ModelConfig) -> dict[tuple, TensorRef]:
     if cfg.family == "gpt2":
-        refs = {("token_embed", "embedding"): TensorRef("wte.weight"), ("position_embed", "embedding"): TensorRef("wpe.weight"),
-                ("final_norm", "scale"): TensorRef("ln_f.weight"), ("final_norm", "bias"): TensorRef("ln_f.bias")}
+        refs = {
+            ("token_embed", "embedding"): TensorRef("wte.weight"),
+            ("position_embed", "embedding"): TensorRef("wpe.weight"),
+            ("final_norm", "scale"): TensorRef("ln_f.weight"),
+            ("final_norm", "bias"): TensorRef("ln_f.bias"),
+        }
     elif cfg.family == "bert":
         refs = {("token_embed", "embedding"): TensorRef("embeddings.word_embeddings.weight"),
                 ("position_embed", "embedding"): TensorRef("embeddings.position_embeddings.weight"),
@@ -97,7 +107,10 @@ def _backbone_refs(cfg: ModelConfig) -> dict[tuple, TensorRef]:
                 ("embed_norm", "scale"): TensorRef("embeddings.LayerNorm.weight"),
                 ("embed_norm", "bias"): TensorRef("embeddings.LayerNorm.bias")}
     else:
-        refs = {("token_embed", "embedding"): TensorRef("embed_tokens.weight"), ("final_norm", "scale"): TensorRef("norm.weight")}
+        refs = {
+            ("token_embed", "embedding"): TensorRef("embed_tokens.weight"),
+            ("final_norm", "scale"): TensorRef("norm.weight"),
+        }
     for i in range(cfg.num_layers):
         refs.update({("layers", i) + path: ref for path, ref in _layer_refs(cfg.family, i).items()})
     return {("backbone",) + path: ref for path, ref in refs.items()}
@@ -171,7 +184,9 @@ def assign_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: st
             if ref.in_head:
                 new_heads.append(ref.name)
                 continue
-            raise CheckpointError(f"{source}: missing tensor '{ref.name}' (needed for parameter {'/'.join(map(str, path))})")
+            raise CheckpointError(
+                f"{source}: missing tensor '{ref.name}' (needed for parameter {'/'.join(map(str, path))})"
+            )
         value = _from_ref(np.asarray(tensors[ref.name]), ref)
         expected = tuple(variable.get_value().shape)
         if value.shape != expected:
@@ -232,7 +247,9 @@ def model_config_from_hf(hf: dict[str, Any], head: str, source: str = "config.js
                       tie_word_embeddings=hf.get("tie_word_embeddings", True))
     elif model_type == "bert":
         if hf.get("position_embedding_type", "absolute") != "absolute":
-            raise CheckpointError(f"{source}: position_embedding_type {hf['position_embedding_type']!r} is not supported")
+            raise CheckpointError(
+                f"{source}: position_embedding_type {hf['position_embedding_type']!r} is not supported"
+            )
         fields = dict(family="bert", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
                       num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
                       intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],

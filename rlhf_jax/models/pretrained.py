@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 
 from safetensors.numpy import save_file
@@ -24,13 +25,32 @@ log = logging.getLogger(__name__)
 
 
 def resolve_source(name_or_path: str) -> str:
-    """A local path for a path or an asset name (fetching the asset if needed)."""
+    """A local path for a path or an asset name (fetching the asset if needed). A GGUF asset is served as the
+    float32 transformers directory made from it once (``write_transformers_dir``)."""
     if os.path.exists(name_or_path):
         return name_or_path
     if name_or_path in assets.ASSETS:
-        return str(assets.fetch(name_or_path))
+        path = assets.asset_path(name_or_path)
+        if path.suffix != ".gguf":
+            return str(path)
+        return str(assets.derived(name_or_path, "transformers", lambda out: write_transformers_dir(str(path), out)))
     raise FileNotFoundError(f"{name_or_path!r} is neither an existing path nor an asset name "
                             f"(assets: {', '.join(sorted(assets.ASSETS))})")
+
+
+def write_transformers_dir(gguf_path: str, out) -> None:
+    """A llama GGUF file as a transformers directory: config.json, float32 model.safetensors (dequantised,
+    q/k rows un-permuted: ``convert.read_gguf``) and the tokenizer rebuilt from the file's own metadata
+    (``gguf_tokenizer``; transformers' GGUF reader would need PyTorch)."""
+    print(f"  converting {os.path.basename(gguf_path)} to safetensors (dequantising to float32) ...", file=sys.stderr,
+          flush=True)
+    hf, tensors = convert.read_gguf(gguf_path)
+    cfg = convert.model_config_from_hf(hf, "causal_lm")
+    prefix = convert.BASE_PREFIX[cfg.family]
+    save_file({(k if k == "lm_head.weight" else prefix + k): v for k, v in tensors.items()},
+              os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    convert.hf_config(cfg).save_pretrained(str(out))
+    gguf_tokenizer.save(gguf_path, str(out))
 
 
 def _head_from_architectures(hf: dict) -> str | None:

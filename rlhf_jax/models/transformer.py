@@ -103,7 +103,7 @@ class KVCache:
     end: jax.Array
 
     @classmethod
-    def empty(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
         shape = (batch, max_len, cfg.kv_heads, cfg.dim_per_head)
         zeros = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
         return cls(keys=zeros, values=zeros, key_mask_BxS=jnp.zeros((batch, max_len), bool),

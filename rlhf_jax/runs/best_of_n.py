@@ -54,7 +54,7 @@ def evaluate(exp: ExperimentConfig, reward_model, gold, prompts: Sequence[str], 
              seed: int = 1234) -> list[dict]:
     run = policy_training.prepare(exp, None)
     cfg = run.cfg
-    feed = Feed.of(run.mesh, run.rules, cfg.eval_batch_size)
+    feed = Feed.of(run.layout, cfg.eval_batch_size)
     reference = nnx.merge(run.ref_graphdef, run.ref_params)
     draws = max(ns)
     local = {"prompt": [], "real": [], "responses": [[] for _ in range(draws)]}  # this process's rows

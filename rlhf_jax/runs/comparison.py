@@ -11,7 +11,7 @@ own metrics, so an arm whose run is reused (e.g. a standalone run's workdir) sti
 offline arms' one pass of reference log-probs before training is not in them.
     WORKDIR/compare.json, compare.md, frontier.png
 
-Seed s of every arm sets ppo.seed = s, which picks the held-out openings, so all arms of one seed are
+Seed s of every arm sets rl.seed = s, which picks the held-out openings, so all arms of one seed are
 evaluated on the same openings against the same reference samples (``policy_training.evaluate``): gold win
 rate, gold and reward-model scores, KL(policy || reference) per sequence. Across seeds: the mean and a
 Student-t interval. The frontier: score gained over the reference against sqrt(KL), every online arm's
@@ -47,12 +47,12 @@ def arm_kind(name: str, arm: ExperimentConfig) -> str:
 
 
 def arm_config(base: ExperimentConfig, name: str, changes: dict, seed: int) -> ExperimentConfig:
-    """The base config with an arm's changes, at seed ``seed`` (ppo.seed; train.seed too for an offline arm,
+    """The base config with an arm's changes, at seed ``seed`` (rl.seed; train.seed too for an offline arm,
     whose train section is its own trainer's, not the reward model's)."""
     values = to_dict(base)
     for section, fields in changes.items():
         values[section] = {**(values.get(section) or {}), **fields}
-    values["ppo"]["seed"] = seed
+    values["rl"]["seed"] = seed
     if values["train"]["task"] in OFFLINE_TASKS:
         values["train"]["seed"] = seed
     try:
@@ -64,7 +64,7 @@ def arm_config(base: ExperimentConfig, name: str, changes: dict, seed: int) -> E
 def budget(kind: str, arm: ExperimentConfig, ns) -> dict:
     """What an arm spends: policy samples drawn while training, optimiser steps, and (offline) pairs seen."""
     if kind == "online":
-        cfg = arm.ppo
+        cfg = arm.rl
         return {"samples": cfg.iterations * cfg.rollout_rows, "gradient_steps": cfg.iterations * cfg.epochs
                 * cfg.minibatches}
     if kind == "offline":
@@ -122,7 +122,7 @@ def run_arm(name: str, kind: str, arm: ExperimentConfig, directory: str, workdir
                                for r in read_metrics(directory) if r["split"] == "train"], "train", reference)
         extra = {}
     seconds = time.perf_counter() - tick if kind == "best_of_n" else training_seconds(directory)
-    result = {"arm": name, "kind": kind, "seed": arm.ppo.seed, "config": config, "seconds": seconds,
+    result = {"arm": name, "kind": kind, "seed": arm.rl.seed, "config": config, "seconds": seconds,
               "budget": budget(kind, arm, compare.best_of_n), "frontier": points, **extra,
               "metrics": {**{k: float(metrics[k]) for k in ("gold_win_rate", "gold_score", "rm_score", "kl",
                                                               "reference_gold_score", "reference_rm_score")},
@@ -159,8 +159,8 @@ def run(exp: ExperimentConfig, compare: CompareConfig, workdir: str, progress: b
     if jax.process_count() > 1:
         raise ConfigError("compare: a comparison runs as one process (each arm can run across processes with its own "
                           "config and 'rlhf-jax run')")
-    if exp.ppo is None or exp.feedback is None or exp.ppo.reward != "reward_model":
-        raise ConfigError("config field 'ppo.reward': a comparison needs a feedback section, a ppo section and a "
+    if exp.rl is None or exp.feedback is None or exp.rl.reward != "reward_model":
+        raise ConfigError("config field 'rl.reward': a comparison needs a feedback section, an rl section and a "
                           "reward model ('reward_model') for the online arms, best-of-n and the proxy score")
     arms = {name: [arm_config(exp, name, changes, seed) for seed in range(compare.seeds)]
             for name, changes in compare.arms}  # every arm's config checked before any work
@@ -209,10 +209,10 @@ def report(summary: dict) -> str:
     level = f"{compare['confidence']:.0%}"
     lines = [
         "# Comparison" + ("" if summary["complete"] else f" (so far: {len(arms)} of {len(compare['arms'])} arms)"), "",
-        f"Every arm starts from `{summary['config']['ppo']['policy']}`; the online arms and best-of-n use one reward "
+        f"Every arm starts from `{summary['config']['rl']['policy']}`; the online arms and best-of-n use one reward "
         f"model, the offline arms the preferences it was trained on. {compare['seeds']} seed(s) per arm; mean ± the "
         f"half-width of the {level} Student-t interval over seeds. Evaluation: "
-        f"{summary['config']['ppo']['eval_prompts']} held-out openings per seed, one sample each from the policy and "
+        f"{summary['config']['rl']['eval_prompts']} held-out openings per seed, one sample each from the policy and "
         "the reference with the same keys; gold gain = gold score - the reference's.", "",
         "| arm | gold win rate | gold score | gold gain | reward-model score | KL (nats/seq) | gold gain per nat "
         "| samples drawn | gradient steps | wall s per seed |",

@@ -1,10 +1,12 @@
-"""``rlhf-jax run`` for the whole pipeline: simulated preferences -> reward model -> PPO -> evaluation
--> report. Every stage whose valid output is in the workdir is reused, so an interrupted run picks
+"""``rlhf-jax run`` for the whole pipeline: simulated preferences -> reward model -> RL of the policy (the
+rl section's algorithm) -> evaluation -> report. Every stage whose valid output is in the workdir is reused, so an interrupted run picks
 up where it stopped.
 
     WORKDIR/feedback/, WORKDIR/reward_model/   stages 1-3 (rlhf_jax.runs.reward_training)
-    WORKDIR/ppo/                               stage 4: checkpoints, metrics.jsonl, samples.jsonl, ppo.png
-    WORKDIR/ppo/evaluation.json                stage 5: PPO policy vs reference on held-out prompts
+    WORKDIR/rl/                                stage 4: checkpoints, metrics.jsonl, samples.jsonl, training.png
+    WORKDIR/rl/evaluation.json                 stage 5: the trained policy vs the reference on held-out prompts
+
+A workdir written before the stage was renamed keeps its ``ppo/`` directory (``policy_training.stage_dir``).
     WORKDIR/report.md                          stage 6: the numbers, samples before/after, the plots
 """
 
@@ -16,7 +18,7 @@ import os
 import time
 
 from rlhf_jax import assets
-from rlhf_jax.algorithms import ALGORITHMS
+from rlhf_jax.rl.algorithms import ALGORITHMS
 from rlhf_jax.config import ConfigError, ExperimentConfig, same_config, to_dict
 from rlhf_jax.distributed import is_main_process
 from rlhf_jax.feedback import language
@@ -25,6 +27,7 @@ from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.files import write_atomic, write_json
 from rlhf_jax.metrics import MetricsWriter, read_metrics
 from rlhf_jax.models import load_tokenizer
+from rlhf_jax.models.pretrained import resolve_source
 from rlhf_jax.runs import policy_training, reward_training
 from rlhf_jax.scoring import RewardModel
 from rlhf_jax.trained import restore
@@ -39,16 +42,20 @@ def load_reward_model(exp: ExperimentConfig, rm_dir: str, normalization: dict) -
 
 
 def fetch_assets(exp: ExperimentConfig) -> None:
-    """Fetch (and verify) the named assets a config uses, once, before any stage needs them."""
-    for name in sorted({exp.model.source, exp.model.tokenizer, exp.feedback.policy, exp.ppo.policy, "rotten-tomatoes",
-                        "vader-lexicon"} & set(assets.ASSETS)):
-        assets.asset_path(name)
+    """Fetch (and verify) the named assets a config uses, once, before any stage needs them; a model asset
+    is made ready as the model loads it (a GGUF converted once)."""
+    models = {exp.model.source, exp.model.tokenizer, exp.feedback.policy, exp.rl.policy}
+    for name in sorted((models | {"rotten-tomatoes", "vader-lexicon"}) & set(assets.ASSETS)):
+        if name in models:
+            resolve_source(name)
+        else:
+            assets.asset_path(name)
 
 
 def reward_stage(exp: ExperimentConfig, workdir: str, progress: bool = True):
-    """(reward-model results, the reward function PPO maximises). With ``ppo.reward='language'`` there is
+    """(reward-model results, the reward function PPO maximises). With ``rl.reward='language'`` there is
     no reward model: the simulated human's free-text comment on each sample, scored, is the reward."""
-    if exp.ppo.reward == "language":
+    if exp.rl.reward == "language":
         return {}, language.LanguageReward.from_config(exp.feedback)
     rm_results = reward_training.run(exp, workdir, progress)
     reward_model = load_reward_model(reward_training.with_feedback_data(exp, workdir),
@@ -57,29 +64,29 @@ def reward_stage(exp: ExperimentConfig, workdir: str, progress: bool = True):
 
 
 def training_prompts(exp: ExperimentConfig) -> list[str]:
-    """PPO's training openings: the train split, in an order of ``ppo.seed``."""
-    return sentiment_prompts(None, exp.ppo.prompt_tokens, load_tokenizer(exp.ppo.policy), split="train",
-                             seed=exp.ppo.seed)
+    """PPO's training openings: the train split, in an order of ``rl.seed``."""
+    return sentiment_prompts(None, exp.rl.prompt_tokens, load_tokenizer(exp.rl.policy), split="train",
+                             seed=exp.rl.seed)
 
 
 def held_out_prompts(exp: ExperimentConfig) -> list[str]:
-    """The evaluation's ``ppo.eval_prompts`` openings: the test split, in an order of ``ppo.seed``."""
-    return sentiment_prompts(exp.ppo.eval_prompts, exp.ppo.prompt_tokens, load_tokenizer(exp.ppo.policy), split="test",
-                             seed=exp.ppo.seed)
+    """The evaluation's ``rl.eval_prompts`` openings: the test split, in an order of ``rl.seed``."""
+    return sentiment_prompts(exp.rl.eval_prompts, exp.rl.prompt_tokens, load_tokenizer(exp.rl.policy), split="test",
+                             seed=exp.rl.seed)
 
 
-def trained(exp: ExperimentConfig, ppo_dir: str) -> bool:
-    """Whether ``ppo_dir`` holds the checkpoint of the last iteration."""
-    return os.path.isdir(os.path.join(ppo_dir, "checkpoints", str(exp.ppo.iterations)))
+def trained(exp: ExperimentConfig, rl_dir: str) -> bool:
+    """Whether ``rl_dir`` holds the checkpoint of the last iteration."""
+    return os.path.isdir(os.path.join(rl_dir, "checkpoints", str(exp.rl.iterations)))
 
 
-def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress: bool = True,
+def policy_stage(exp: ExperimentConfig, rl_dir: str, reward_fn, gold, progress: bool = True,
                  save_policy: bool = False) -> tuple[dict, dict]:
-    """PPO (or REINFORCE) in ``ppo_dir``, then the held-out evaluation; reused when complete for this config.
-    Returns (evaluation, timings); ``save_policy`` also writes the policy to ``ppo_dir/policy``."""
-    cfg = exp.ppo
-    evaluation_path = os.path.join(ppo_dir, "evaluation.json")
-    policy_dir = os.path.join(ppo_dir, "policy")
+    """RL of the policy in ``rl_dir``, then the held-out evaluation; reused when complete for this config.
+    Returns (evaluation, timings); ``save_policy`` also writes the policy to ``rl_dir/policy``."""
+    cfg = exp.rl
+    evaluation_path = os.path.join(rl_dir, "evaluation.json")
+    policy_dir = os.path.join(rl_dir, "policy")
     if os.path.exists(evaluation_path) and (os.path.isdir(policy_dir) or not save_policy):
         with open(evaluation_path) as f:
             evaluation = json.load(f)
@@ -87,13 +94,13 @@ def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress:
             return evaluation, {}
     timings = {}
     tick = time.perf_counter()
-    if trained(exp, ppo_dir):
-        log.info("stage ppo: reusing %s", ppo_dir)
-        setup, state = policy_training.restore(exp, ppo_dir)
+    if trained(exp, rl_dir):
+        log.info("stage rl: reusing %s", rl_dir)
+        setup, state = policy_training.restore(exp, rl_dir)
     else:
-        out = policy_training.train(exp, ppo_dir, reward_fn, gold, training_prompts(exp), progress=progress)
+        out = policy_training.train(exp, rl_dir, reward_fn, gold, training_prompts(exp), progress=progress)
         setup, state = out["setup"], out["state"]
-    timings["ppo"] = time.perf_counter() - tick
+    timings[cfg.algorithm] = time.perf_counter() - tick
     tick = time.perf_counter()
     held_out = held_out_prompts(exp)
     evaluation = policy_training.evaluate(setup, state, reward_fn, gold, held_out)
@@ -101,7 +108,7 @@ def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress:
     evaluation.update(config=to_dict(exp), iteration=cfg.iterations)
     if save_policy:
         policy_training.save_policy(setup, state, policy_dir)
-    writer = MetricsWriter(ppo_dir)
+    writer = MetricsWriter(rl_dir)
     writer.write(cfg.iterations, "eval", evaluation["metrics"])
     writer.close()
     if is_main_process():
@@ -110,8 +117,8 @@ def policy_stage(exp: ExperimentConfig, ppo_dir: str, reward_fn, gold, progress:
 
 
 def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
-    if exp.ppo is None:
-        raise ConfigError("config field 'ppo': an RLHF run needs a ppo section")
+    if exp.rl is None:
+        raise ConfigError("config field 'rl': an RLHF run needs an rl section")
     timings = {}
     tick = time.perf_counter()
     fetch_assets(exp)
@@ -119,11 +126,11 @@ def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
     tick = time.perf_counter()
     rm_results, reward_fn = reward_stage(exp, workdir, progress)
     timings["reward model (collect, train, evaluate)"] = time.perf_counter() - tick
-    evaluation, policy_timings = policy_stage(exp, os.path.join(workdir, "ppo"), reward_fn, gold_scorer(exp.feedback),
+    evaluation, policy_timings = policy_stage(exp, policy_training.stage_dir(workdir), reward_fn, gold_scorer(exp.feedback),
                                               progress)
     report = (write_report(exp, workdir, rm_results, evaluation, {**timings, **policy_timings})
               if is_main_process() else os.path.join(workdir, "report.md"))
-    return {"reward_model": rm_results, "ppo": evaluation["metrics"], "report": report}
+    return {"reward_model": rm_results, "rl": evaluation["metrics"], "report": report}
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -132,11 +139,12 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluation: dict, timings: dict,
                  samples: int = 8) -> str:
-    """report.md: what was run, the reward model's and the PPO policy's numbers, samples, plots."""
-    cfg, fb = exp.ppo, exp.feedback
+    """report.md: what was run, the reward model's and the trained policy's numbers, samples, plots."""
+    cfg, fb = exp.rl, exp.feedback
     m = evaluation["metrics"]
     test = rm_results.get("test", {})
-    train_rows = [r for r in read_metrics(os.path.join(workdir, "ppo")) if r["split"] == "train"]
+    rl_dir = policy_training.stage_dir(workdir)
+    train_rows = [r for r in read_metrics(rl_dir) if r["split"] == "train"]
     first, last = (train_rows[0], train_rows[-1]) if train_rows else ({}, {})
 
     def fmt(value, digits=3):
@@ -183,7 +191,7 @@ def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluati
         lines += [f"- **{s['prompt'].strip()}**",
                   f"  - reference ({s['gold_reference']:+.2f}): {s['reference'].strip()!r}",
                   f"  - trained ({s['gold_policy']:+.2f}): {s['policy'].strip()!r}"]
-    lines += ["", "## Plots", "", f"![{algorithm} curves](ppo/ppo.png)", ""]
+    lines += ["", "## Plots", "", f"![{algorithm} curves]({os.path.basename(rl_dir)}/training.png)", ""]
     if reward_section:
         lines += ["![reward model calibration](reward_model/calibration.png)", "",
                   "![reward model training](reward_model/training.png)", ""]

@@ -1,4 +1,4 @@
-"""The PPO loop: prompts -> rollout -> reward model and gold scores -> update, with metrics, sample
+"""The loop of online RL (any algorithm of rlhf_jax.rl.algorithms): prompts -> rollout -> reward model and gold scores -> update, with metrics, sample
 logs, plots, orbax checkpoints and exact resume; and the held-out evaluation against the reference.
 
 Prompt batches are a pure function of (seed, iteration), the PRNG key and the KL coefficient live in
@@ -19,20 +19,30 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rlhf_jax import ppo, rl, sharding
+from rlhf_jax import sharding
+from rlhf_jax.rl import maths, online
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.config import ConfigError, ExperimentConfig, PPOConfig, added_at_default, to_dict
+from rlhf_jax.config import ConfigError, ExperimentConfig, RLConfig, check_same_run, to_dict
 from rlhf_jax.data.pipeline import Batches
 from rlhf_jax.distributed import is_main_process
 from rlhf_jax.feeding import Feed
 from rlhf_jax.files import write_json
 from rlhf_jax.metrics import MetricsWriter, truncate_after
 from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
-from rlhf_jax.plots import plot_ppo
+from rlhf_jax.plots import plot_policy_training
 from rlhf_jax.sampling import decode_responses, generate, left_pad
 
 log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_samples", "eval_prompts", "eval_batch_size"}
+
+
+def stage_dir(workdir: str) -> str:
+    """WORKDIR/rl, the policy stage's directory (checkpoints, metrics, samples, evaluation, the policy); a
+    workdir written while the stage was called ppo keeps its WORKDIR/ppo, so it resumes in place."""
+    before = os.path.join(workdir, "ppo")
+    if os.path.isdir(before) and not os.path.exists(os.path.join(workdir, "rl")):
+        return before
+    return os.path.join(workdir, "rl")
 
 
 def encode_prompts(tokenizer, texts: Sequence[str], width: int) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
@@ -42,9 +52,52 @@ def encode_prompts(tokenizer, texts: Sequence[str], width: int) -> tuple[tuple[n
     return left_pad(tokens, width, pad_token_id(tokenizer)), [tokenizer.decode(t) for t in tokens]
 
 
-def prompt_rows(rows, cfg: PPOConfig) -> np.ndarray:
+def prompt_rows(rows, cfg: RLConfig) -> np.ndarray:
     """A rollout's rows: each of the iteration's prompts k = samples_per_prompt times, groups contiguous."""
     return np.repeat(rows, cfg.samples_per_prompt)
+
+
+@dataclasses.dataclass
+class Track:
+    """One seed's run on disk, as ``train`` keeps it and ``parallel_seeds`` keeps one per seed: its training
+    prompts in their seeded order, metrics.jsonl, samples.jsonl, config.json, checkpoints and the plot."""
+
+    exp: ExperimentConfig
+    workdir: str
+    prompts: Sequence[str]
+    checkpoints: Checkpointer
+    start: int | None  # the iteration resumed from, None for a fresh run
+
+    def __post_init__(self):
+        cfg = self.exp.rl
+        self.batches = Batches(len(self.prompts), cfg.rollout_prompts, cfg.seed)
+        self.writer = MetricsWriter(self.workdir, resume_step=self.start)
+        self.samples_path = os.path.join(self.workdir, "samples.jsonl")
+        if is_main_process():
+            truncate_after(self.samples_path, self.start or 0)
+            write_json(os.path.join(self.workdir, "config.json"), to_dict(self.exp))
+
+    def prompt_texts(self, iteration: int, rows: slice = slice(None)) -> list[str]:
+        """The rollout's prompt texts at ``iteration`` (each k = samples_per_prompt times), or its ``rows``."""
+        return [self.prompts[i] for i in prompt_rows(self.batches(iteration), self.exp.rl)[rows]]
+
+    def record(self, iteration: int, row: dict, prompts, responses, scores, gold_scores) -> None:
+        """The iteration's metrics row; on process 0 its first samples too (the batch's first rows)."""
+        self.writer.write(iteration, "train", row)
+        if is_main_process():
+            log_samples(self.samples_path, iteration, prompts, responses, scores, gold_scores, self.exp.rl.log_samples)
+
+    def save(self, iteration: int, state, end: int) -> None:
+        """A checkpoint every ``checkpoint_every`` iterations and at ``end``."""
+        if iteration % self.exp.rl.checkpoint_every == 0 or iteration == end:
+            self.checkpoints.save(iteration, state, {"iteration": iteration, "config": to_dict(self.exp.rl)})
+
+    def close(self) -> None:
+        self.checkpoints.wait()
+        self.checkpoints.close()
+        self.writer.close()
+        if is_main_process():
+            plot_policy_training(self.workdir)
 
 
 def log_samples(path: str, iteration: int, prompts, responses, scores, gold_scores, count: int) -> None:
@@ -55,29 +108,28 @@ def log_samples(path: str, iteration: int, prompts, responses, scores, gold_scor
                                 "gold_score": float(gold)}) + "\n")
 
 
-def responses_of(run: "PPOSetup", feed: Feed, generated) -> list[str]:
+def responses_of(run: PolicySetup, feed: Feed, generated) -> list[str]:
     """This process's rows of a batch of generated response tokens ([B, N] tokens and mask), decoded."""
     tokens_BxN, mask_BxN = feed.take(generated)
     return decode_responses(run.tokenizer, tokens_BxN, mask_BxN)
 
 
 @dataclasses.dataclass
-class PPOSetup:
-    cfg: PPOConfig
-    mesh: object
-    rules: dict
+class PolicySetup:
+    cfg: RLConfig
+    layout: sharding.Layout
     tokenizer: object
     graphdef: object
     ref_graphdef: object
     ref_params: object
-    state: ppo.PPOState
-    state_sharding: ppo.PPOState
-    functions: ppo.PPOFunctions
+    state: online.PolicyState
+    state_sharding: online.PolicyState
+    functions: online.CompiledPrograms
     sampling: object
     checkpoints: Checkpointer | None
 
 
-def load_actor_critic(cfg: PPOConfig):
+def load_actor_critic(cfg: RLConfig):
     """(ActorCritic, frozen reference, tokenizer) from the policy's weights."""
     overrides = dict(cfg.model_config)  # compute dtype, remat
     policy = from_pretrained(cfg.policy, head="causal_lm", **overrides)
@@ -85,94 +137,83 @@ def load_actor_critic(cfg: PPOConfig):
     value_model = (from_pretrained(cfg.policy, head="scalar", pooling="none", **overrides) if cfg.value == "separate"
                    else None)
     with nnx.use_eager_sharding(False):  # placed on the mesh later, by logical axes
-        model = ppo.ActorCritic(policy, value_model, rngs=nnx.Rngs(cfg.seed))
+        model = online.ActorCritic(policy, value_model, rngs=nnx.Rngs(cfg.seed))
     return model, reference, load_tokenizer(cfg.policy)
 
 
-def prepare(exp: ExperimentConfig, workdir: str | None) -> PPOSetup:
-    cfg = exp.ppo
+def prepare(exp: ExperimentConfig, workdir: str | None) -> PolicySetup:
+    cfg = exp.rl
     if cfg is None:
-        raise ConfigError("config field 'ppo': a PPO run needs a ppo section")
-    mesh, rules = sharding.make_mesh(exp.mesh), dict(exp.mesh.rules)
-    parallel = sharding.data_parallel_size(mesh, rules)
+        raise ConfigError("config field 'rl': RL of the policy needs an rl section")
+    layout = sharding.Layout.of(exp.mesh)
+    parallel = layout.data_parallel_size()
     for name, value in (("rollout_prompts", cfg.rollout_rows), ("eval_batch_size", cfg.eval_batch_size),
                         ("rollout_prompts / minibatches", cfg.rollout_rows // cfg.minibatches)):
         if value % parallel:
-            raise ConfigError(f"config field 'ppo.{name}': {value} is not divisible by the {parallel} data-parallel "
-                              f"devices of mesh axes {sharding.mesh_axes(rules, 'batch', mesh)}")
+            raise ConfigError(f"config field 'rl.{name}': {value} is not divisible by the {parallel} data-parallel "
+                              f"devices of mesh axes {layout.axes('batch')}")
     if cfg.eval_batch_size % cfg.minibatches:
-        raise ConfigError(f"config field 'ppo.eval_batch_size': {cfg.eval_batch_size} is not divisible by "
+        raise ConfigError(f"config field 'rl.eval_batch_size': {cfg.eval_batch_size} is not divisible by "
                           f"minibatches={cfg.minibatches}")
     model, reference, tokenizer = load_actor_critic(cfg)
     graphdef, params = nnx.split(model)
     ref_graphdef, ref_params = nnx.split(reference)
-    ref_params = jax.device_put(ref_params, sharding.state_shardings(ref_params, mesh, rules))
-    tx = ppo.make_optimizer(cfg)
-    state = ppo.PPOState.create(params, tx, cfg)
-    state_sharding = ppo.state_shardings(state, tx, mesh, rules)
+    ref_params = jax.device_put(ref_params, layout.shardings(ref_params))
+    tx = online.make_optimizer(cfg)
+    state = online.PolicyState.create(params, tx, cfg)
+    state_sharding = online.state_shardings(state, tx, layout)
     state = jax.device_put(state, state_sharding)
     eos = model.policy.config.eos_token_id if model.policy.config.eos_token_id is not None else tokenizer.eos_token_id
-    sampling = ppo.sampling_config(cfg, eos, pad_token_id(tokenizer))
-    functions = ppo.jit_functions(ppo.Programs(graphdef, ref_graphdef, cfg, sampling), state_sharding,
-                                  sharding.state_shardings(ref_params, mesh, rules), mesh, rules)
+    sampling = online.sampling_config(cfg, eos, pad_token_id(tokenizer))
+    functions = online.jit_functions(online.Programs(graphdef, ref_graphdef, cfg, sampling), state_sharding,
+                                  layout.shardings(ref_params), layout)
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=2) if workdir else None
-    return PPOSetup(cfg, mesh, rules, tokenizer, graphdef, ref_graphdef, ref_params, state, state_sharding, functions,
+    return PolicySetup(cfg, layout, tokenizer, graphdef, ref_graphdef, ref_params, state, state_sharding, functions,
                     sampling, checkpoints)
 
 
-def to_mesh(arrays, run: PPOSetup):
+def to_mesh(arrays, run: PolicySetup):
     """Whole host arrays (any pytree) -> device arrays split along the batch axis of the run's mesh (one
     process; a multi-process run feeds each process's block through ``Feed.put``)."""
-    return jax.device_put(arrays, sharding.batch_sharding(run.mesh, run.rules))
+    return jax.device_put(arrays, run.layout.batch)
 
 
 def check_resumable(saved: dict, current: dict) -> None:
-    """Refuse a checkpoint of another PPO config, naming the field; bookkeeping fields may change, and a
-    field added since the checkpoint was made may have its default."""
-    for field, value in current.items():
-        if added_at_default(PPOConfig, field, value, saved):
-            continue
-        if field not in RESUMABLE_CHANGES and saved.get(field) != value:
-            raise ConfigError(f"config field 'ppo.{field}': the checkpoint was made with {saved.get(field)!r}, this "
-                              f"run has {value!r}; use a new workdir")
+    """Refuse a checkpoint of another rl section (``saved``, ``current``: its JSON dicts), naming the field
+    (``config.check_same_run``); the bookkeeping of ``RESUMABLE_CHANGES`` may change."""
+    check_same_run({"rl": saved}, {"rl": current}, ("rl",), {f"rl.{f}" for f in RESUMABLE_CHANGES})
 
 
 def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequence[str],
           stop_at: int | None = None, progress: bool = True) -> dict:
-    """Run PPO to ``exp.ppo.iterations`` (resuming from the latest checkpoint in ``workdir``).
+    """Train the policy to ``exp.rl.iterations`` (resuming from the latest checkpoint in ``workdir``).
 
     gold: a gold scorer (``score(prompts, responses)``), logged beside the reward model's view.
     prompts: the training prompt texts; iteration i uses batch i of a seeded shuffle of them.
     """
-    cfg = exp.ppo
+    cfg = exp.rl
     os.makedirs(workdir, exist_ok=True)
     run = prepare(exp, workdir)
     state = run.state
     start = run.checkpoints.latest_step()
-    config_dict = to_dict(cfg)
     if start is not None:
         state, meta = run.checkpoints.restore(start, state, run.state_sharding)
-        check_resumable(meta["config"], config_dict)
-        log.info("resumed PPO from iteration %d", start)
-    batches, feed = Batches(len(prompts), cfg.rollout_prompts, cfg.seed), Feed.of(run.mesh, run.rules, cfg.rollout_rows)
-    main = is_main_process()
-    writer = MetricsWriter(workdir, resume_step=start)
-    samples_path = os.path.join(workdir, "samples.jsonl")
-    if main:
-        truncate_after(samples_path, start or 0)
-        write_json(os.path.join(workdir, "config.json"), to_dict(exp))
+        check_resumable(meta["config"], to_dict(cfg))
+        log.info("resumed %s from iteration %d", cfg.algorithm, start)
+    feed = Feed.of(run.layout, cfg.rollout_rows)
+    track = Track(exp, workdir, prompts, run.checkpoints, start)
     iteration = start or 0
     end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
-    bar = tqdm(total=end, initial=iteration, disable=not (progress and main), desc=cfg.algorithm,
+    bar = tqdm(total=end, initial=iteration, disable=not (progress and is_main_process()), desc=cfg.algorithm,
                dynamic_ncols=True)
     row = {}
     while iteration < end:
         tick = time.perf_counter()
         # Each process encodes, decodes and scores only its block of the batch's rows.
-        prompt_arrays, batch_prompts = encode_prompts(
-            run.tokenizer, [prompts[i] for i in prompt_rows(batches(iteration), cfg)[feed.local]], cfg.prompt_tokens)
+        prompt_arrays, batch_prompts = encode_prompts(run.tokenizer, track.prompt_texts(iteration, feed.local),
+                                                      cfg.prompt_tokens)
         experience = run.functions.rollout(state.params, run.ref_params, *feed.put(prompt_arrays),
-                                           ppo.rollout_key(state.rng))
+                                           online.rollout_key(state.rng))
         responses = responses_of(run, feed, (experience.ids_BxT[:, cfg.prompt_tokens:], experience.response_mask_BxN))
         scores = reward_model.score(batch_prompts, responses)
         gold_scores = gold.score(batch_prompts, responses)
@@ -180,35 +221,28 @@ def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequ
         iteration += 1
         row = {name: float(value) for name, value in jax.device_get(metrics).items()}
         row.update(gold_score=float(np.mean(feed.gather(gold_scores))), seconds_per_iteration=time.perf_counter() - tick)
-        writer.write(iteration, "train", row)
-        if main:  # process 0's rows: the batch's first rows
-            log_samples(samples_path, iteration, batch_prompts, responses, scores, gold_scores, cfg.log_samples)
+        track.record(iteration, row, batch_prompts, responses, scores, gold_scores)
         bar.update(1)
         bar.set_postfix(rm=f"{row['score']:.2f}", gold=f"{row['gold_score']:.2f}", kl=f"{row['kl']:.2f}")
-        if iteration % cfg.checkpoint_every == 0 or iteration == end:
-            run.checkpoints.save(iteration, state, {"iteration": iteration, "config": config_dict})
+        track.save(iteration, state, end)
     bar.close()
-    run.checkpoints.wait()
-    run.checkpoints.close()
-    writer.close()
-    if main:
-        plot_ppo(workdir)
+    track.close()
     return {"iteration": iteration, "metrics": row, "state": state, "setup": run}
 
 
 def restore(exp: ExperimentConfig, workdir: str):
-    """(setup, state) of the latest PPO checkpoint in ``workdir``."""
+    """(setup, state) of the latest policy checkpoint in ``workdir``."""
     run = prepare(exp, workdir)
     step = run.checkpoints.latest_step()
     if step is None:
-        raise ConfigError(f"--workdir {workdir}: no PPO checkpoint")
+        raise ConfigError(f"--workdir {workdir}: no policy checkpoint")
     state, meta = run.checkpoints.restore(step, run.state, run.state_sharding)
-    check_resumable(meta["config"], to_dict(exp.ppo))
+    check_resumable(meta["config"], to_dict(exp.rl))
     run.checkpoints.close()
     return run, state
 
 
-def save_policy(run: PPOSetup, state: ppo.PPOState, path: str) -> str:
+def save_policy(run: PolicySetup, state: online.PolicyState, path: str) -> str:
     """The trained policy (without its value head) as a transformers directory, e.g. for the next round."""
     from jax.experimental.multihost_utils import process_allgather
 
@@ -217,13 +251,13 @@ def save_policy(run: PPOSetup, state: ppo.PPOState, path: str) -> str:
     params = jax.device_get(state.params) if jax.process_count() == 1 else process_allgather(state.params)
     if not is_main_process():
         return path
-    model: ppo.ActorCritic = nnx.merge(run.graphdef, params)
+    model: online.ActorCritic = nnx.merge(run.graphdef, params)
     return save_pretrained(model.policy, path, run.tokenizer)
 
 
-def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model, gold, prompts: Sequence[str],
+def evaluate(run: PolicySetup, state: online.PolicyState, reward_model, gold, prompts: Sequence[str],
              seed: int = 1234) -> dict:
-    """The PPO policy against the reference on held-out prompts: one continuation of each prompt from
+    """The trained policy against the reference on held-out prompts: one continuation of each prompt from
     each (same PRNG keys), scored by the gold labeler and by the reward model (if not None).
 
     gold_win_rate: P(gold(policy) > gold(reference)), ties counted half. kl: mean over prompts of
@@ -231,7 +265,7 @@ def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model, gold, prompts: Se
     KL(pi || pi_ref) per sequence).
     """
     cfg = run.cfg
-    feed = Feed.of(run.mesh, run.rules, cfg.eval_batch_size)
+    feed = Feed.of(run.layout, cfg.eval_batch_size)
     reference = nnx.merge(run.ref_graphdef, run.ref_params)
     local = {"prompt": [], "policy": [], "reference": [], "kl": [], "real": []}  # this process's rows
     for start in range(0, len(prompts), cfg.eval_batch_size):
@@ -245,7 +279,7 @@ def evaluate(run: PPOSetup, state: ppo.PPOState, reward_model, gold, prompts: Se
         local["prompt"] += texts
         local["policy"] += responses_of(run, feed, (experience.ids_BxT[:, cfg.prompt_tokens:], response_mask))
         local["reference"] += responses_of(run, feed, (reference_out.tokens_BxN, reference_out.response_mask_BxN))
-        local["kl"] += feed.take(rl.masked_sum(experience.logp_BxN - experience.ref_logp_BxN, response_mask,
+        local["kl"] += feed.take(maths.masked_sum(experience.logp_BxN - experience.ref_logp_BxN, response_mask,
                                                axis=1)).tolist()
         local["real"] += (rows < len(prompts)).tolist()
 

@@ -10,7 +10,7 @@ from the preference pairs directly, with no reward model and no sampling during 
 The comparison (``runs.comparison``) runs ``train_and_evaluate`` per arm and seed on its shared preferences.
 The evaluation is PPO's (``policy_training.evaluate``): one continuation of each held-out opening from
 the trained policy and from the reference with the same keys, the gold labeler's win rate and scores,
-and KL(policy || reference) per sequence; the ``ppo`` section gives its settings.
+and KL(policy || reference) per sequence; the ``rl`` section gives its settings.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from rlhf_jax.trained import restore
 def check_config(exp: ExperimentConfig) -> None:
     if exp.feedback is None or exp.feedback.kind != "preferences":
         raise ConfigError("config field 'feedback.kind': preference optimisation trains on preference pairs")
-    if exp.ppo is None:
-        raise ConfigError("config field 'ppo': its policy, reference and evaluation settings are needed")
+    if exp.rl is None:
+        raise ConfigError("config field 'rl': its policy, reference and evaluation settings are needed")
     if exp.model.head != "causal_lm":
         raise ConfigError(f"config field 'model.head': {exp.train.task} trains a causal LM, got {exp.model.head!r}")
 
@@ -74,8 +74,8 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str, directory: str, rewa
         if same_config(evaluation.get("config", {}), exp) and (reward_model is None or "rm_score" in evaluation["metrics"]):
             return evaluation
     policy = save_policy(directory, policy_exp)
-    cfg = dataclasses.replace(exp.ppo, policy=policy, reference=exp.model.source)
-    setup = policy_training.prepare(dataclasses.replace(exp, ppo=cfg), None)
+    cfg = dataclasses.replace(exp.rl, policy=policy, reference=exp.model.source)
+    setup = policy_training.prepare(dataclasses.replace(exp, rl=cfg), None)
     held_out = sentiment_prompts(cfg.eval_prompts, cfg.prompt_tokens, load_tokenizer(policy), split="test",
                                  seed=cfg.seed)
     evaluation = policy_training.evaluate(setup, setup.state, reward_model, gold_scorer(exp.feedback), held_out)

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from rlhf_jax import reward
+from rlhf_jax.rl import reward
 from rlhf_jax.config import ConfigError, ExperimentConfig, FeedbackConfig
 from rlhf_jax.data import records
 from rlhf_jax.distributed import is_main_process, main_process_first

@@ -4,11 +4,11 @@
     WORKDIR/round_R/queue.jsonl, labels/  its queue for the labeling app and the app's export (people)
     WORKDIR/round_R/all_feedback.jsonl  the feedback of rounds 0..R: the reward model's training data
     WORKDIR/round_R/reward_model/       retrained from the pretrained encoder on all_feedback
-    WORKDIR/round_R/ppo/                PPO from the round's policy; ppo/policy/ is the next round's
+    WORKDIR/round_R/rl/                 RL from the round's policy; rl/policy/ is the next round's
     WORKDIR/round_R/report.md
     WORKDIR/rounds.json, rounds.png     the metrics of every round, side by side
 
-Round R samples from, and starts PPO at, the policy of round R-1 (round 0: ``ppo.policy``), and that
+Round R samples from, and starts PPO at, the policy of round R-1 (round 0: ``rl.policy``), and that
 starting policy is PPO's frozen KL reference for the round. Round R's feedback uses seed
 ``feedback.seed + R``, so its prompts, samples and item ids are its own. Every stage is reused when
 its output is complete, so a stopped loop (or one waiting for people to label) continues where it was.
@@ -26,7 +26,7 @@ from rlhf_jax.feedback import collect
 from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.files import write_json, write_jsonl
 from rlhf_jax.plots import plot_rounds
-from rlhf_jax.runs import pipeline, reward_training
+from rlhf_jax.runs import pipeline, policy_training, reward_training
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ def round_dir(workdir: str, r: int) -> str:
 
 
 def round_config(exp: ExperimentConfig, workdir: str, r: int) -> ExperimentConfig:
-    policy = exp.ppo.policy if r == 0 else os.path.join(round_dir(workdir, r - 1), "ppo", "policy")
+    policy = exp.rl.policy if r == 0 else os.path.join(policy_training.stage_dir(round_dir(workdir, r - 1)), "policy")
     feedback = dataclasses.replace(exp.feedback, policy=policy, seed=exp.feedback.seed + r)
-    return dataclasses.replace(exp, feedback=feedback, ppo=dataclasses.replace(exp.ppo, policy=policy))
+    return dataclasses.replace(exp, feedback=feedback, rl=dataclasses.replace(exp.rl, policy=policy))
 
 
 def feedback_file(exp_r: ExperimentConfig, directory: str) -> str:
@@ -79,10 +79,10 @@ def combine(paths: list[str], out: str, kind: str) -> int:
 
 
 def run(exp: ExperimentConfig, workdir: str, rounds: int, progress: bool = True) -> list[dict]:
-    if exp.ppo is None or exp.feedback is None:
-        raise ConfigError("config fields 'ppo' and 'feedback': a feedback loop needs both sections")
-    if exp.ppo.reward != "reward_model":
-        raise ConfigError("config field 'ppo.reward': the loop retrains a reward model each round; use 'reward_model'")
+    if exp.rl is None or exp.feedback is None:
+        raise ConfigError("config fields 'rl' and 'feedback': a feedback loop needs both sections")
+    if exp.rl.reward != "reward_model":
+        raise ConfigError("config field 'rl.reward': the loop retrains a reward model each round; use 'reward_model'")
     if rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {rounds}")
     reward_training.check_reward_config(exp)
@@ -102,11 +102,11 @@ def run(exp: ExperimentConfig, workdir: str, rounds: int, progress: bool = True)
         rm_dir = os.path.join(directory, "reward_model")
         rm_results = reward_training.reward_model_stage(rm_exp, rm_dir, progress, pairs)
         reward_fn = pipeline.load_reward_model(rm_exp, rm_dir, rm_results["normalization"])
-        evaluation, timings = pipeline.policy_stage(exp_r, os.path.join(directory, "ppo"), reward_fn, gold,
+        evaluation, timings = pipeline.policy_stage(exp_r, policy_training.stage_dir(directory), reward_fn, gold,
                                                            progress, save_policy=True)
         pipeline.write_report(exp_r, directory, rm_results, evaluation, timings)
         test = rm_results.get("test", {})
-        history.append({"round": r, "policy": exp_r.ppo.policy, "feedback_rows": feedback_rows,
+        history.append({"round": r, "policy": exp_r.rl.policy, "feedback_rows": feedback_rows,
                         "rm_gold_accuracy": test.get("gold_accuracy"), "rm_label_accuracy": test.get("label_accuracy"),
                         **evaluation["metrics"]})
         write_json(os.path.join(workdir, "rounds.json"), history)

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rlhf_jax import assets, dpo, losses, sharding
+from rlhf_jax import assets, losses, sharding
+from rlhf_jax.rl import preference
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.config import ConfigError, DataConfig, ExperimentConfig, to_dict
 from rlhf_jax.data import builders
@@ -80,22 +81,20 @@ def evaluate(eval_step, params, split: Split, feed: Feed, seed: int, perplexity:
     return losses.summarize(jax.device_get(sums), perplexity=perplexity)
 
 
-def check_mesh(exp: ExperimentConfig, mesh) -> None:
-    rules = dict(exp.mesh.rules)
-    parallel = sharding.data_parallel_size(mesh, rules)
+def check_mesh(exp: ExperimentConfig, layout: sharding.Layout) -> None:
+    parallel = layout.data_parallel_size()
     for name in ("batch_size", "eval_batch_size"):
         value = getattr(exp.train, name)
         if value % parallel:
             raise ConfigError(f"config field 'train.{name}': {value} is not divisible by the {parallel} "
-                              f"data-parallel devices of mesh axes {sharding.mesh_axes(rules, 'batch', mesh)}")
+                              f"data-parallel devices of mesh axes {layout.axes('batch')}")
 
 
 @dataclasses.dataclass
 class Setup:
     """Everything a run needs, built from the config: mesh, data, model, optimizer, compiled steps."""
 
-    mesh: object
-    rules: dict
+    layout: sharding.Layout
     tokenizer: object
     vocab_size: int
     splits: dict
@@ -109,8 +108,8 @@ class Setup:
 
 def prepare(exp: ExperimentConfig, workdir: str, with_data: bool = True) -> Setup:
     t = exp.train
-    mesh, rules = sharding.make_mesh(exp.mesh), dict(exp.mesh.rules)
-    check_mesh(exp, mesh)
+    layout = sharding.Layout.of(exp.mesh)
+    check_mesh(exp, layout)
     model, tokenizer = load_model(exp.model)
     splits = tokenized_splits(exp, tokenizer) if with_data else {}
     for split in ("train", "validation"):
@@ -120,21 +119,21 @@ def prepare(exp: ExperimentConfig, workdir: str, with_data: bool = True) -> Setu
     tx = make_optimizer(t)
     graphdef, params = nnx.split(model)
     state = TrainState.create(params, tx, t.seed)
-    state_sharding = train_state_shardings(state, tx, mesh, rules)
+    state_sharding = train_state_shardings(state, tx, layout)
     state = jax.device_put(state, state_sharding)
-    train_step, eval_step = jit_steps(graphdef, tx, loss_fn, state_sharding, mesh, rules)
+    train_step, eval_step = jit_steps(graphdef, tx, loss_fn, state_sharding, layout)
     if TASKS[t.task].reference:  # the reference is the model the run starts from: before any restore
         for split in splits.values():
-            dpo.add_reference_logprobs(split, graphdef, state.params, mesh, rules, t.eval_batch_size,
+            preference.add_reference_logprobs(split, graphdef, state.params, layout, t.eval_batch_size,
                                        os.path.join(data_root(exp.data), "reference_logprobs"))
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
-    return Setup(mesh, rules, tokenizer, model.config.vocab_size, splits, graphdef, state, state_sharding, train_step,
+    return Setup(layout, tokenizer, model.config.vocab_size, splits, graphdef, state, state_sharding, train_step,
                  eval_step, checkpoints)
 
 
 def evaluate_split(run: Setup, exp: ExperimentConfig, params, split: str) -> dict:
     t, task = exp.train, TASKS[exp.train.task]
-    metrics = evaluate(run.eval_step, params, run.splits[split], Feed.of(run.mesh, run.rules, t.eval_batch_size),
+    metrics = evaluate(run.eval_step, params, run.splits[split], Feed.of(run.layout, t.eval_batch_size),
                        t.seed, perplexity=task.perplexity)
     if task.baseline is not None and is_main_process():  # a host-side metric over whole splits: process 0's
         metrics.update(task.baseline(run.splits["train"].all_arrays(), run.splits[split].all_arrays(), t,
@@ -160,7 +159,7 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
         write_json(os.path.join(workdir, "config.json"), config_dict)
     writer = MetricsWriter(workdir, resume_step=start)
     train_split = run.splits["train"]
-    batches, feed = Batches(len(train_split), t.batch_size, t.seed), Feed.of(run.mesh, run.rules, t.batch_size)
+    batches, feed = Batches(len(train_split), t.batch_size, t.seed), Feed.of(run.layout, t.batch_size)
 
     def run_eval(step, split):
         metrics = evaluate_split(run, exp, state.params, split)

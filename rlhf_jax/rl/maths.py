@@ -1,4 +1,4 @@
-"""RL maths for PPO on language models, as pure functions of arrays.
+"""The maths of policy-gradient RL on language models, as pure functions of arrays.
 
 Shapes: B sequences, N response tokens, V vocabulary. ``mask_BxN`` is 1 on real response tokens
 (up to and including EOS) and 0 after. Every mean is over the whole array, so under ``jax.jit``

@@ -1,5 +1,5 @@
-"""PPO (and REINFORCE) for a causal LM as pure jitted functions: the actor-critic, its state, rollout
-and update.
+"""Online RL of a causal LM (PPO, REINFORCE, RLOO, GRPO, Dr. GRPO: the registry of ``rlhf_jax.rl.algorithms``)
+as pure jitted functions: the actor-critic, its state, rollout and update.
 
 One iteration is two XLA programs with a host step between them:
 
@@ -9,7 +9,7 @@ One iteration is two XLA programs with a host step between them:
 2. host: decode the tokens, re-tokenise prompt and response for the reward model (its vocabulary
    may differ), score them (``rlhf_jax.scoring``), normalise with the reward model's gain and bias.
 3. ``update(state, rollout, scores_B)``: per-token KL, the configured algorithm's advantages (PPO:
-   KL-shaped rewards, GAE, whitening over the whole sharded batch; see ``rlhf_jax.algorithms``), then
+   KL-shaped rewards, GAE, whitening over the whole sharded batch; see ``rlhf_jax.rl.algorithms``), then
    ``epochs`` x ``minibatches`` Adam steps on its loss as a nested ``lax.scan``, and the KL
    controller's update. The state is donated.
 
@@ -25,18 +25,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
-from rlhf_jax import rl, sharding
-from rlhf_jax.algorithms import ALGORITHMS, Algorithm, Minibatch, PolicyOutputs
-from rlhf_jax.config import PPOConfig
+from rlhf_jax import sharding
+from rlhf_jax.config import RLConfig
 from rlhf_jax.models.heads import Model
 from rlhf_jax.models.transformer import dense
 from rlhf_jax.optim import clipped_adam
+from rlhf_jax.rl import maths
+from rlhf_jax.rl.algorithms import ALGORITHMS, Algorithm, Minibatch, PolicyOutputs
 from rlhf_jax.sampling import SamplingConfig, sample
 from rlhf_jax.steps import optimizer_shardings
 
@@ -80,20 +82,20 @@ def policy_outputs(model: ActorCritic, ids_BxT, mask_BxT, prompt_len: int, tempe
     """(log pi of the response tokens, per-token entropy, values), each [B, N]: the one function that
     both the rollout and the update call, so that both compute the same numbers."""
     logits_BxNxV, values_BxN = model.response_outputs(ids_BxT, mask_BxT, prompt_len)
-    logp_BxNxV = rl.log_softmax(logits_BxNxV, temperature)
-    return rl.token_logprobs(logp_BxNxV, ids_BxT[:, prompt_len:]), rl.entropy(logp_BxNxV), values_BxN
+    logp_BxNxV = maths.log_softmax(logits_BxNxV, temperature)
+    return maths.token_logprobs(logp_BxNxV, ids_BxT[:, prompt_len:]), maths.entropy(logp_BxNxV), values_BxN
 
 
 @struct.dataclass
-class PPOState:
-    step: jax.Array  # int32: PPO iterations done (= prompt batches consumed)
+class PolicyState:
+    step: jax.Array  # int32: iterations done (= prompt batches consumed)
     params: nnx.State  # the ActorCritic's parameters
     opt_state: optax.OptState
     kl_coef: jax.Array  # float32 beta, moved by the adaptive controller
     rng: jax.Array  # raw PRNG key, split every iteration
 
     @classmethod
-    def create(cls, params, tx, cfg: PPOConfig) -> "PPOState":
+    def create(cls, params, tx, cfg: RLConfig) -> PolicyState:
         return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                    kl_coef=jnp.asarray(cfg.kl_coef, jnp.float32), rng=jax.random.PRNGKey(cfg.seed))
 
@@ -110,12 +112,22 @@ class Rollout:
     values_BxN: jax.Array  # V_old
     entropy_BxN: jax.Array
 
+    def check_shapes(self, scores_B=None) -> None:
+        """Trace-time (free) checks that every array has the batch axis B and [B, T] or [B, N] shapes."""
+        rows, length = self.ids_BxT.shape
+        chex.assert_shape(self.mask_BxT, (rows, length))
+        chex.assert_equal_shape([self.response_mask_BxN, self.logp_BxN, self.ref_logp_BxN, self.values_BxN,
+                                 self.entropy_BxN])
+        chex.assert_shape(self.response_mask_BxN, (rows, None))
+        if scores_B is not None:
+            chex.assert_shape(scores_B, (rows,))
 
-def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
+
+def make_optimizer(cfg: RLConfig) -> optax.GradientTransformation:
     return clipped_adam(cfg.learning_rate, max_norm=cfg.grad_clip, eps=1e-5, fused=cfg.fused_optimizer)
 
 
-def sampling_config(cfg: PPOConfig, eos_token_id, pad_token_id) -> SamplingConfig:
+def sampling_config(cfg: RLConfig, eos_token_id, pad_token_id) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=cfg.response_tokens, temperature=cfg.temperature, eos_token_id=eos_token_id,
                           pad_token_id=pad_token_id)
 
@@ -133,7 +145,7 @@ class Programs:
 
     graphdef: object  # the ActorCritic's
     ref_graphdef: object
-    cfg: PPOConfig
+    cfg: RLConfig
     sampling: SamplingConfig
 
     @property
@@ -158,17 +170,20 @@ def rollout(programs: Programs, params, ref_params, prompt_ids_BxP, prompt_mask_
 
     def score(ids, mask):
         logp, entropy, values = policy_outputs(model, ids, mask, prompt_len, cfg.temperature)
-        ref_logp_BxNxV = rl.log_softmax(reference_logits(reference, ids, mask, prompt_len), cfg.temperature)
-        return logp, values, entropy, rl.token_logprobs(ref_logp_BxNxV, ids[:, prompt_len:])
+        ref_logp_BxNxV = maths.log_softmax(reference_logits(reference, ids, mask, prompt_len), cfg.temperature)
+        return logp, values, entropy, maths.token_logprobs(ref_logp_BxNxV, ids[:, prompt_len:])
 
     logp, values, entropy, ref_logp = _chunked(score, cfg.minibatches, ids_BxT, mask_BxT)
     mask_BxN = generation.response_mask_BxN.astype(jnp.float32)
-    return Rollout(ids_BxT=ids_BxT, mask_BxT=mask_BxT, response_mask_BxN=mask_BxN, logp_BxN=logp * mask_BxN,
-                   ref_logp_BxN=ref_logp * mask_BxN, values_BxN=values * mask_BxN, entropy_BxN=entropy)
+    experience = Rollout(ids_BxT=ids_BxT, mask_BxT=mask_BxT, response_mask_BxN=mask_BxN, logp_BxN=logp * mask_BxN,
+                         ref_logp_BxN=ref_logp * mask_BxN, values_BxN=values * mask_BxN, entropy_BxN=entropy)
+    experience.check_shapes()
+    return experience
 
 
 def minibatch_loss(programs: Programs, params, batch: Minibatch):
     """The configured algorithm's loss of one minibatch under ``params``; returns (loss, metrics)."""
+    batch.check_shapes()
     model: ActorCritic = nnx.merge(programs.graphdef, params)
     prompt_len = batch.ids_BxT.shape[1] - batch.mask_BxN.shape[1]
     logp, entropy_BxN, values = policy_outputs(model, batch.ids_BxT, batch.mask_BxT, prompt_len,
@@ -177,12 +192,13 @@ def minibatch_loss(programs: Programs, params, batch: Minibatch):
     return programs.algorithm.loss(programs.cfg, outputs, batch)
 
 
-def update(programs: Programs, state: PPOState, experience: Rollout, scores_B):
+def update(programs: Programs, state: PolicyState, experience: Rollout, scores_B):
     """Per-token KL, the algorithm's advantages, then ``epochs`` x ``minibatches`` Adam steps (a nested
     ``lax.scan``), then the KL controller. Returns (new state, mean metrics)."""
     cfg, algorithm, tx = programs.cfg, programs.algorithm, programs.tx
+    experience.check_shapes(scores_B)
     mask = experience.response_mask_BxN
-    kl_BxN = rl.kl_per_token(experience.logp_BxN, experience.ref_logp_BxN, cfg.kl_estimator) * mask
+    kl_BxN = maths.kl_per_token(experience.logp_BxN, experience.ref_logp_BxN, cfg.kl_estimator) * mask
     advantages, returns = algorithm.advantages(cfg, scores_B, kl_BxN, experience.values_BxN, mask, state.kl_coef)
     data = Minibatch(ids_BxT=experience.ids_BxT, mask_BxT=experience.mask_BxT, mask_BxN=mask,
                      old_logp_BxN=experience.logp_BxN, old_values_BxN=experience.values_BxN, advantages=advantages,
@@ -210,50 +226,51 @@ def update(programs: Programs, state: PPOState, experience: Rollout, scores_B):
     kl_B = jnp.sum(kl_BxN, axis=1)
     kl_coef = state.kl_coef
     if cfg.kl_target is not None:
-        kl_coef = rl.adaptive_kl_coef(kl_coef, jnp.mean(kl_B), batch, cfg.kl_target, cfg.kl_horizon)
+        kl_coef = maths.adaptive_kl_coef(kl_coef, jnp.mean(kl_B), batch, cfg.kl_target, cfg.kl_horizon)
     metrics = {name: jnp.mean(value) for name, value in metrics_ExM.items()}
     metrics.update(
         score=jnp.mean(scores_B), kl=jnp.mean(kl_B), kl_coef=state.kl_coef,
         non_score_reward=jnp.mean(jnp.sum(-state.kl_coef * kl_BxN, axis=1)),
-        entropy=rl.masked_mean(experience.entropy_BxN, mask), response_length=jnp.mean(jnp.sum(mask, axis=1)),
+        entropy=maths.masked_mean(experience.entropy_BxN, mask), response_length=jnp.mean(jnp.sum(mask, axis=1)),
         first_ratio=metrics_ExM["ratio"][0, 0])
     if algorithm.uses_critic:
-        metrics.update(value=rl.masked_mean(experience.values_BxN, mask), returns=rl.masked_mean(returns, mask),
-                       explained_variance=rl.explained_variance(experience.values_BxN, returns, mask))
-    new_state = PPOState(step=state.step + 1, params=params, opt_state=opt_state, kl_coef=kl_coef,
+        metrics.update(value=maths.masked_mean(experience.values_BxN, mask), returns=maths.masked_mean(returns, mask),
+                       explained_variance=maths.explained_variance(experience.values_BxN, returns, mask))
+    new_state = PolicyState(step=state.step + 1, params=params, opt_state=opt_state, kl_coef=kl_coef,
                          rng=jax.random.fold_in(state.rng, 2))
     return new_state, metrics
 
 
 @dataclasses.dataclass(frozen=True)
-class PPOFunctions:
-    """The compiled programs of one PPO setup."""
+class CompiledPrograms:
+    """The compiled rollout and update of one setup."""
 
     rollout: callable
     update: callable
 
 
-def state_shardings(state: PPOState, tx, mesh: Mesh, rules: dict) -> PPOState:
-    replicated = NamedSharding(mesh, PartitionSpec())
-    params = sharding.state_shardings(state.params, mesh, rules)
-    return PPOState(step=replicated, params=params, opt_state=optimizer_shardings(tx, state.opt_state, params, mesh),
-                    kl_coef=replicated, rng=replicated)
+def state_shardings(state: PolicyState, tx, layout: sharding.Layout) -> PolicyState:
+    replicated = layout.replicated
+    params = layout.shardings(state.params)
+    return PolicyState(
+        step=replicated,
+        params=params,
+        opt_state=optimizer_shardings(tx, state.opt_state, params, layout),
+        kl_coef=replicated,
+        rng=replicated,
+    )
 
 
-def jit_functions(programs: Programs, state_sharding: PPOState, ref_sharding, mesh: Mesh, rules: dict) -> PPOFunctions:
+def jit_functions(programs: Programs, state_sharding: PolicyState, ref_sharding,
+                  layout: sharding.Layout) -> CompiledPrograms:
     """Compile rollout and update with explicit shardings: parameters by logical axes, experience along
-    the batch axis, the PPO state donated to the update."""
-    batch = sharding.batch_sharding(mesh, rules)
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def on_mesh(function):
-        return sharding.with_activation_sharding(functools.partial(function, programs), mesh, rules)
-
-    return PPOFunctions(
-        rollout=jax.jit(on_mesh(rollout), out_shardings=batch,
-                        in_shardings=(state_sharding.params, ref_sharding, batch, batch, replicated)),
-        update=jax.jit(on_mesh(update), in_shardings=(state_sharding, batch, batch),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0))
+    the batch axis, the policy state donated to the update."""
+    batch, replicated = layout.batch, layout.replicated
+    return CompiledPrograms(
+        rollout=layout.jit(functools.partial(rollout, programs), out_shardings=batch,
+                           in_shardings=(state_sharding.params, ref_sharding, batch, batch, replicated)),
+        update=layout.jit(functools.partial(update, programs), in_shardings=(state_sharding, batch, batch),
+                          out_shardings=(state_sharding, replicated), donate_argnums=0))
 
 
 def with_seed_axis(shardings):
@@ -261,24 +278,18 @@ def with_seed_axis(shardings):
     return jax.tree.map(lambda s: NamedSharding(s.mesh, PartitionSpec(None, *s.spec)), shardings)
 
 
-def jit_seed_functions(programs: Programs, state_sharding: PPOState, ref_sharding, mesh: Mesh,
-                       rules: dict) -> PPOFunctions:
+def jit_seed_functions(programs: Programs, state_sharding: PolicyState, ref_sharding,
+                       layout: sharding.Layout) -> CompiledPrograms:
     """``jit_functions`` for S seeds as one program (PureJaxRL-style): the state, prompts, keys, experience
     and scores carry a leading seed axis S and both steps are ``jax.vmap``-ed over it; the frozen reference
     is shared. Seed s computes what a run of seed s alone does, to float32 rounding (batched matmuls)."""
-    batch = with_seed_axis(sharding.batch_sharding(mesh, rules))
-    replicated = NamedSharding(mesh, PartitionSpec())
+    batch, replicated = with_seed_axis(layout.batch), layout.replicated
     seeded_state = with_seed_axis(state_sharding)
-
-    def on_mesh(function, in_axes):
-        return jax.vmap(sharding.with_activation_sharding(functools.partial(function, programs), mesh, rules),
-                        in_axes=in_axes)
-
-    return PPOFunctions(
-        rollout=jax.jit(on_mesh(rollout, (0, None, 0, 0, 0)), out_shardings=batch,
-                        in_shardings=(seeded_state.params, ref_sharding, batch, batch, with_seed_axis(replicated))),
-        update=jax.jit(on_mesh(update, 0), in_shardings=(seeded_state, batch, batch),
-                       out_shardings=(seeded_state, replicated), donate_argnums=0))
+    return CompiledPrograms(
+        rollout=layout.jit(functools.partial(rollout, programs), vmap_axes=(0, None, 0, 0, 0), out_shardings=batch,
+                           in_shardings=(seeded_state.params, ref_sharding, batch, batch, with_seed_axis(replicated))),
+        update=layout.jit(functools.partial(update, programs), vmap_axes=0, in_shardings=(seeded_state, batch, batch),
+                          out_shardings=(seeded_state, replicated), donate_argnums=0))
 
 
 def rollout_key(rng):

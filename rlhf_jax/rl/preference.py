@@ -64,11 +64,14 @@ def make_loss(kind: str):
     return make
 
 
-def _cache_key(split: Split, params, mesh, rules: dict, batch_size: int) -> str:
+def _cache_key(split: Split, params, layout: sharding.Layout, batch_size: int) -> str:
     """sha256 of what the reference log-probs depend on: every row's arrays, the parameters, the mesh and
     its rules (the partitioning can change the order of a sum), the batch size and jax's version."""
-    digest = hashlib.sha256(json.dumps([dict(mesh.shape), sorted(rules.items()), batch_size, jax.__version__],
-                                       default=str).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            [dict(layout.mesh.shape), sorted(layout.rules.items()), batch_size, jax.__version__], default=str
+        ).encode()
+    )
     for name, array in sorted(split.all_arrays().items()):
         digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
     for leaf in jax.tree.leaves(jax.device_get(params)):
@@ -76,24 +79,24 @@ def _cache_key(split: Split, params, mesh, rules: dict, batch_size: int) -> str:
     return digest.hexdigest()
 
 
-def add_reference_logprobs(split: Split, graphdef, params, mesh, rules: dict, batch_size: int,
+def add_reference_logprobs(split: Split, graphdef, params, layout: sharding.Layout, batch_size: int,
                            cache_dir: str | None = None) -> None:
     """Store the reference's log-probs of every pair's two responses with the split (columns ``ref_chosen``
     and ``ref_rejected``): one jitted pass, each process feeding its block of every batch. With ``cache_dir``
     (one process), a pass on the same inputs (``_cache_key``) is read back instead: the same numbers."""
     path = None
     if cache_dir is not None and jax.process_count() == 1:
-        path = os.path.join(cache_dir, _cache_key(split, params, mesh, rules, batch_size) + ".npz")
+        path = os.path.join(cache_dir, _cache_key(split, params, layout, batch_size) + ".npz")
         if os.path.exists(path):
             with np.load(path) as stored:
                 split.add_columns({name: stored[name] for name in stored.files})
             return
-    feed = Feed.of(mesh, rules, batch_size)
+    feed = Feed.of(layout, batch_size)
 
     def reference(params, batch):
         return pair_logprobs(nnx.merge(graphdef, params), batch)
 
-    forward = jax.jit(sharding.with_activation_sharding(reference, mesh, rules))
+    forward = jax.jit(layout.traced(reference))
     local = {side: [] for side in SIDES}
     batches = tqdm(list(eval_rows(len(split), batch_size)), desc="reference log-probs", disable=not is_main_process(),
                    dynamic_ncols=True)

@@ -1,6 +1,6 @@
 """Policy-gradient algorithms as a registry: each is a pure advantage estimator, a pure loss and whether
-it trains a critic. ``ppo.update`` looks the configured one up; adding an algorithm is one entry here
-(plus its maths in ``rl.py``), with no edit to the update or the trainer.
+it trains a critic. ``online.update`` looks the configured one up; adding an algorithm is one entry here
+(plus its maths in ``maths.py``), with no edit to the update or the trainer.
 
 Shapes: B sequences, N response tokens; ``mask_BxN`` is 1 on real response tokens.
 
@@ -9,29 +9,30 @@ Shapes: B sequences, N response tokens; ``mask_BxN`` is 1 on real response token
 
       L = L_clip(rho, A) + c_v L_V(V, V_old, R) - c_H H,
 
-  with the clipped surrogate and clipped value loss of ``rl.policy_loss`` / ``rl.value_loss``.
+  with the clipped surrogate and clipped value loss of ``maths.policy_loss`` / ``maths.value_loss``.
 * ``reinforce``: one advantage per sequence, the KL-regularised return minus the mean return of the
-  rollout's other sequences, which answer other prompts (``rl.reinforce_advantages``: unbiased, but it
-  removes no per-prompt variance), and the score-function loss ``rl.reinforce_surrogate`` - c_H H;
+  rollout's other sequences, which answer other prompts (``maths.reinforce_advantages``: unbiased, but it
+  removes no per-prompt variance), and the score-function loss ``maths.reinforce_surrogate`` - c_H H;
   no critic. The ratio diagnostics of PPO are logged beside it.
 * ``rloo`` (Ahmadian et al. 2024): the same loss, the baseline taken within each prompt's k samples
-  (``ppo.samples_per_prompt``; ``rl.group_leave_one_out``).
+  (``maths.samples_per_prompt``; ``maths.group_leave_one_out``).
 * ``grpo`` (Shao et al. 2024): the scores normalised within each prompt's k samples
-  (``rl.group_normalised``), no KL in the reward; PPO's clipped surrogate plus beta k3(pi || pi_ref) in
-  the loss (``rl.grpo_loss_terms``), averaged as ``ppo.loss_aggregation`` says. ``dr_grpo`` (Liu et al.
+  (``maths.group_normalised``), no KL in the reward; PPO's clipped surrogate plus beta k3(pi || pi_ref) in
+  the loss (``maths.grpo_loss_terms``), averaged as ``maths.loss_aggregation`` says. ``dr_grpo`` (Liu et al.
   2025): the scores only centred, the loss summed over a constant B N.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from rlhf_jax import rl
+from rlhf_jax.rl import maths
 
 
 @struct.dataclass
@@ -48,6 +49,15 @@ class Minibatch:
     returns_BxN: jax.Array
     ref_logp_BxN: jax.Array  # the frozen reference's log-probs (GRPO's KL term)
 
+    def check_shapes(self) -> None:
+        """Trace-time checks: [B, T] tokens, [B, N] per-token arrays, advantages [B, N] or [B]."""
+        rows, length = self.ids_BxT.shape
+        chex.assert_shape(self.mask_BxT, (rows, length))
+        chex.assert_equal_shape([self.mask_BxN, self.old_logp_BxN, self.old_values_BxN, self.returns_BxN,
+                                 self.ref_logp_BxN])
+        chex.assert_shape(self.mask_BxN, (rows, None))
+        chex.assert_shape(self.advantages, (rows,) if self.advantages.ndim == 1 else self.mask_BxN.shape)
+
 
 @struct.dataclass
 class PolicyOutputs:
@@ -61,9 +71,9 @@ class PolicyOutputs:
 def ppo_loss(logp_BxN, entropy_BxN, values_BxN, old_logp_BxN, old_values_BxN, advantages_BxN, returns_BxN, mask_BxN,
              clip_ratio: float, clip_value: float, value_coef: float, entropy_coef: float):
     """L = L_clip + value_coef L_V - entropy_coef H (to minimise); returns (L, metrics)."""
-    entropy = rl.masked_mean(entropy_BxN, mask_BxN)
-    pg_loss, pg_metrics = rl.policy_loss(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip_ratio)
-    vf_loss, vf_metrics = rl.value_loss(values_BxN, old_values_BxN, returns_BxN, mask_BxN, clip_value)
+    entropy = maths.masked_mean(entropy_BxN, mask_BxN)
+    pg_loss, pg_metrics = maths.policy_loss(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip_ratio)
+    vf_loss, vf_metrics = maths.value_loss(values_BxN, old_values_BxN, returns_BxN, mask_BxN, clip_value)
     loss = pg_loss + value_coef * vf_loss - entropy_coef * entropy
     return loss, {"loss": loss, "policy_loss": pg_loss, "value_loss": vf_loss, **pg_metrics, **vf_metrics}
 
@@ -73,52 +83,52 @@ def reinforce_loss(logp_BxN, entropy_BxN, old_logp_BxN, advantages_B, mask_BxN, 
     """L = -(1/B) sum_b A_b sum_t m_bt log pi(y_bt) - entropy_coef H (to minimise); returns (L, metrics),
     with PPO's ratio diagnostics (approx_kl, clip_fraction, ratio) for comparison: on-policy they stay
     at 0, 0 and 1."""
-    entropy = rl.masked_mean(entropy_BxN, mask_BxN)
-    ratio_metrics = rl.ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_B[:, None], mask_BxN, clip_ratio)
-    pg_loss = rl.reinforce_surrogate(logp_BxN, advantages_B, mask_BxN)
+    entropy = maths.masked_mean(entropy_BxN, mask_BxN)
+    ratio_metrics = maths.ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_B[:, None], mask_BxN, clip_ratio)
+    pg_loss = maths.reinforce_surrogate(logp_BxN, advantages_B, mask_BxN)
     loss = pg_loss - entropy_coef * entropy
     return loss, {"loss": loss, "policy_loss": pg_loss, **ratio_metrics}
 
 
 def ppo_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
     """(advantages_BxN, returns_BxN): GAE on the KL-shaped rewards, advantages whitened."""
-    rewards_BxN = rl.shaped_rewards(scores_B, kl_BxN, mask_BxN, kl_coef)
+    rewards_BxN = maths.shaped_rewards(scores_B, kl_BxN, mask_BxN, kl_coef)
     if cfg.whiten_rewards:
-        rewards_BxN = rl.masked_whiten(rewards_BxN, mask_BxN, shift_mean=False)
-    advantages_BxN, returns_BxN = rl.gae(rewards_BxN, values_BxN, mask_BxN, cfg.gamma, cfg.lam)
-    return rl.masked_whiten(advantages_BxN, mask_BxN), returns_BxN
+        rewards_BxN = maths.masked_whiten(rewards_BxN, mask_BxN, shift_mean=False)
+    advantages_BxN, returns_BxN = maths.gae(rewards_BxN, values_BxN, mask_BxN, cfg.gamma, cfg.lam)
+    return maths.masked_whiten(advantages_BxN, mask_BxN), returns_BxN
 
 
 def reinforce_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
     """(advantages_B, zero returns): leave-one-out baseline on the KL-regularised return."""
-    return rl.reinforce_advantages(scores_B, kl_BxN, mask_BxN, kl_coef), jnp.zeros_like(mask_BxN)
+    return maths.reinforce_advantages(scores_B, kl_BxN, mask_BxN, kl_coef), jnp.zeros_like(mask_BxN)
 
 
 def rloo_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
     """(advantages_B, zero returns): leave-one-out within each prompt's k samples, on the KL-regularised
     return."""
-    returns_B = rl.regularised_returns(scores_B, kl_BxN, mask_BxN, kl_coef)
-    return rl.group_leave_one_out(returns_B, cfg.samples_per_prompt), jnp.zeros_like(mask_BxN)
+    returns_B = maths.regularised_returns(scores_B, kl_BxN, mask_BxN, kl_coef)
+    return maths.group_leave_one_out(returns_B, cfg.samples_per_prompt), jnp.zeros_like(mask_BxN)
 
 
 def grpo_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
     """(advantages_B, zero returns): the scores normalised within each prompt's k samples; the KL is in
     the loss, not the reward."""
-    return rl.group_normalised(scores_B, cfg.samples_per_prompt), jnp.zeros_like(mask_BxN)
+    return maths.group_normalised(scores_B, cfg.samples_per_prompt), jnp.zeros_like(mask_BxN)
 
 
 def dr_grpo_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
-    return rl.group_normalised(scores_B, cfg.samples_per_prompt, scale=False), jnp.zeros_like(mask_BxN)
+    return maths.group_normalised(scores_B, cfg.samples_per_prompt, scale=False), jnp.zeros_like(mask_BxN)
 
 
 def grpo_loss(logp_BxN, entropy_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip_ratio: float,
               kl_coef: float, entropy_coef: float, aggregation: str):
     """L = aggregate(clipped surrogate + beta k3) - entropy_coef H (to minimise); returns (L, metrics)."""
-    terms_BxN = rl.grpo_loss_terms(logp_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip_ratio, kl_coef)
-    entropy = rl.masked_mean(entropy_BxN, mask_BxN)
-    loss = rl.aggregate(terms_BxN, mask_BxN, aggregation) - entropy_coef * entropy
+    terms_BxN = maths.grpo_loss_terms(logp_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip_ratio, kl_coef)
+    entropy = maths.masked_mean(entropy_BxN, mask_BxN)
+    loss = maths.aggregate(terms_BxN, mask_BxN, aggregation) - entropy_coef * entropy
     return loss, {"loss": loss, "policy_loss": loss,
-                  **rl.ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_B[:, None], mask_BxN, clip_ratio)}
+                  **maths.ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_B[:, None], mask_BxN, clip_ratio)}
 
 
 def _grpo_minibatch_loss(aggregation: str | None):
@@ -143,20 +153,23 @@ def _reinforce_minibatch_loss(cfg, out: PolicyOutputs, batch: Minibatch):
 
 def _reinforce_check(cfg) -> tuple[str, str] | None:
     if cfg.rollout_rows < 2:
-        return "ppo.rollout_prompts", "REINFORCE's leave-one-out baseline needs at least 2 samples per rollout"
+        return "rl.rollout_prompts", "REINFORCE's leave-one-out baseline needs at least 2 samples per rollout"
     if cfg.epochs != 1:
-        return "ppo.epochs", f"REINFORCE is on-policy: one pass over each rollout (epochs=1), got {cfg.epochs}"
+        return "rl.epochs", f"REINFORCE is on-policy: one pass over each rollout (epochs=1), got {cfg.epochs}"
     return None
 
 
 def _group_check(name: str, on_policy: bool):
     def check(cfg) -> tuple[str, str] | None:
         if cfg.samples_per_prompt < 2:
-            return "ppo.samples_per_prompt", f"{name} compares k >= 2 samples of each prompt, got {cfg.samples_per_prompt}"
+            return (
+                "rl.samples_per_prompt",
+                f"{name} compares k >= 2 samples of each prompt, got {cfg.samples_per_prompt}",
+            )
         if on_policy and cfg.epochs != 1:
-            return "ppo.epochs", f"{name} is on-policy: one pass over each rollout (epochs=1), got {cfg.epochs}"
+            return "rl.epochs", f"{name} is on-policy: one pass over each rollout (epochs=1), got {cfg.epochs}"
         if not on_policy and cfg.kl_target is not None:
-            return "ppo.kl_target", f"{name}'s KL term in the loss has the fixed ppo.kl_coef: set ppo.kl_target=None"
+            return "rl.kl_target", f"{name}'s KL term in the loss has the fixed rl.kl_coef: set rl.kl_target=None"
         return None
 
     return check
