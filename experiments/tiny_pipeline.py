@@ -12,6 +12,10 @@ the run. CI runs it in a venv made with ``pip install -e .`` alone.
 import sys
 
 if "--no-torch" in sys.argv:
+    # scipy's array-API check reads sys.modules["torch"] when scipy.stats loads and fails on the None that
+    # blocks it (scipy 1.17), so scipy loads first; it needs no torch (a venv without torch runs it so).
+    import scipy.stats  # noqa: F401
+
     sys.modules["torch"] = None  # any `import torch` now raises ImportError
 
 import argparse

@@ -18,7 +18,7 @@ def test_the_pipeline_runs_end_to_end_with_torch_blocked(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["torch_blocked"] is True and 0 <= summary["gold_win_rate"] <= 1
     assert (tmp_path / "run" / "report.md").is_file()
-    tokenizer_config = json.loads((tmp_path / "cache" / "assets" / "smollm2-135m-instruct" /
+    tokenizer_config = json.loads((tmp_path / "cache" / "assets" / "smollm2-135m-instruct.transformers" /
                                    "tokenizer_config.json").read_text())
     assert tokenizer_config["eos_token"] == "<|im_end|>" and "chat_template" in tokenizer_config
 

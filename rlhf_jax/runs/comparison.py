@@ -30,6 +30,7 @@ import jax
 from rlhf_jax import frontier
 from rlhf_jax.config import CompareConfig, ConfigError, ExperimentConfig, experiment_from_dict, to_dict
 from rlhf_jax.config.comparison import BEST_OF_N
+from rlhf_jax.config.core import renamed_sections
 from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.files import write_atomic, write_json
 from rlhf_jax.metrics import read_metrics
@@ -50,7 +51,7 @@ def arm_config(base: ExperimentConfig, name: str, changes: dict, seed: int) -> E
     """The base config with an arm's changes, at seed ``seed`` (rl.seed; train.seed too for an offline arm,
     whose train section is its own trainer's, not the reward model's)."""
     values = to_dict(base)
-    for section, fields in changes.items():
+    for section, fields in renamed_sections(changes).items():
         values[section] = {**(values.get(section) or {}), **fields}
     values["rl"]["seed"] = seed
     if values["train"]["task"] in OFFLINE_TASKS:
