@@ -94,12 +94,11 @@ def train_seeds(exps: Sequence[ExperimentConfig], workdirs: Sequence[str], rewar
         metrics = jax.device_get(metrics)
         iteration += 1
         seconds = (time.perf_counter() - tick) / seeds
-        due = iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations
         for s, track in enumerate(tracks):
             row = {name: float(value[s]) for name, value in metrics.items()}
             track.record(iteration, {**row, "gold_score": float(gold_SxB[s].mean()), "seconds_per_iteration": seconds},
                          texts[s], responses[s], scores_SxB[s], gold_SxB[s])
-            if due:  # seed s's state alone, on the single-seed shardings: a checkpoint of a run alone
+            if track.due(iteration, cfg.iterations):  # seed s's state alone, on the single-seed shardings: a checkpoint of a run alone
                 track.save(iteration, jax.device_put(jax.tree.map(lambda x: x[s], state), run.state_sharding),
                            cfg.iterations)
         bar.update(1)

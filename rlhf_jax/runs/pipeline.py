@@ -44,12 +44,10 @@ def load_reward_model(exp: ExperimentConfig, rm_dir: str, normalization: dict) -
 def fetch_assets(exp: ExperimentConfig) -> None:
     """Fetch (and verify) the named assets a config uses, once, before any stage needs them; a model asset
     is made ready as the model loads it (a GGUF converted once)."""
-    models = {exp.model.source, exp.model.tokenizer, exp.feedback.policy, exp.rl.policy}
-    for name in sorted((models | {"rotten-tomatoes", "vader-lexicon"}) & set(assets.ASSETS)):
-        if name in models:
-            resolve_source(name)
-        else:
-            assets.asset_path(name)
+    names = {exp.model.source, exp.model.tokenizer, exp.feedback.policy, exp.rl.policy, "rotten-tomatoes",
+             "vader-lexicon"}
+    for name in sorted(names & set(assets.ASSETS)):
+        resolve_source(name)  # an asset's path, a GGUF model's converted directory
 
 
 def reward_stage(exp: ExperimentConfig, workdir: str, progress: bool = True):

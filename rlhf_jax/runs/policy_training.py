@@ -87,9 +87,12 @@ class Track:
         if is_main_process():
             log_samples(self.samples_path, iteration, prompts, responses, scores, gold_scores, self.exp.rl.log_samples)
 
+    def due(self, iteration: int, end: int) -> bool:
+        """Whether ``iteration`` is checkpointed: every ``checkpoint_every`` iterations and at ``end``."""
+        return iteration % self.exp.rl.checkpoint_every == 0 or iteration == end
+
     def save(self, iteration: int, state, end: int) -> None:
-        """A checkpoint every ``checkpoint_every`` iterations and at ``end``."""
-        if iteration % self.exp.rl.checkpoint_every == 0 or iteration == end:
+        if self.due(iteration, end):
             self.checkpoints.save(iteration, state, {"iteration": iteration, "config": to_dict(self.exp.rl)})
 
     def close(self) -> None:
