@@ -203,12 +203,16 @@ def _devices(args) -> int:
 
 def _plan(args) -> int:
     from rlhf_jax import plan
+    from rlhf_jax.config import ConfigError
 
-    shape = plan.parse_mesh(args.mesh)
-    plan.use_simulated_cpu_devices(plan.mesh_devices(shape))
-    from rlhf_jax.config import load_config
+    shape = plan.parse_mesh(args.mesh) if args.mesh else None
+    steps = tuple(args.steps.split(","))
+    if not set(steps) <= set(plan.STEPS):
+        raise ConfigError(f"--steps {args.steps!r}: name some of {', '.join(plan.STEPS)}")
+    plan.use_simulated_cpu_devices(plan.mesh_devices(shape) if args.target == "cpu" and shape else 1)
+    from rlhf_jax.config import load_config  # after the devices are set: a config may touch jax
 
-    print(plan.report(load_config(args.config, args.overrides), shape, args.shape, args.hbm))
+    print(plan.report(load_config(args.config, args.overrides), shape, args.shape, args.hbm, args.target, steps))
     return 0
 
 
@@ -242,7 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="per-device bytes of a config's compiled steps at any size and mesh "
                                             "(abstract shapes on simulated devices: no weights allocated)")
     plan.add_argument("--config", required=True)
-    plan.add_argument("--mesh", required=True, metavar="data=D,fsdp=F,tensor=T", help="the mesh to plan for")
+    plan.add_argument("--target", default="cpu", help="where to compile: 'cpu' (simulated CPU devices, one per mesh "
+                                                      "slot) or a TPU slice, e.g. tpu-v5e-16, tpu-v5p-64, tpu-v6e-8 "
+                                                      "(libtpu's compiler, the 'tpu' extra; no TPU needed)")
+    plan.add_argument("--mesh", default=None, metavar="data=D,fsdp=F,tensor=T",
+                      help="the mesh to plan for (a TPU target's default: FSDP over every chip)")
+    plan.add_argument("--steps", default=",".join(("train", "rollout", "update")),
+                      help="which programs: train (the config's task), rollout and update (its rl section)")
     plan.add_argument("--shape", default=None, help="a named architecture instead of the config's model "
                                                     "(smollm2-135m, smollm2-1.7b, llama3-8b); --config.model.config.* "
                                                     "overrides still apply (dtype, remat)")

@@ -19,14 +19,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 
 import jax
 import numpy as np
 from flax import nnx
 
-from rlhf_jax import sharding
+from rlhf_jax import sharding, targets
 from rlhf_jax.config import ConfigError, ExperimentConfig, ModelConfig
 from rlhf_jax.rl import online
+from rlhf_jax.rl.algorithms import ALGORITHMS
 from rlhf_jax.steps import jit_steps, make_optimizer, train_state_shardings
 from rlhf_jax.tasks import TASKS
 from rlhf_jax.train_state import TrainState
@@ -67,16 +69,34 @@ def use_simulated_cpu_devices(count: int) -> None:
     jax.config.update("jax_platforms", "cpu")
 
 
+# What a named architecture keeps of a config's model overrides: how it runs, not what it is.
+RUN_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers")
+
+
 def model_config(exp: ExperimentConfig, shape: str | None) -> ModelConfig:
-    """The config's model, or the named architecture (with the config's model.config overrides: dtype, remat)."""
+    """The config's model, or the named architecture with the config's model.config run fields (dtype, remat)."""
     from rlhf_jax.models import load_tokenizer
     from rlhf_jax.trained import model_config as spec_config
 
     if shape is None:
         return spec_config(exp.model, load_tokenizer(exp.model.tokenizer or exp.model.source))
+    return named_config(shape, exp.model.head, dict(exp.model.config))
+
+
+def named_config(shape: str, head: str, overrides: dict) -> ModelConfig:
     if shape not in SHAPES:
         raise ConfigError(f"--shape {shape!r}: not one of {sorted(SHAPES)}")
-    return ModelConfig(head=exp.model.head, **{**SHAPES[shape], **dict(exp.model.config)})
+    return ModelConfig(head=head, **SHAPES[shape], **{k: v for k, v in overrides.items() if k in RUN_FIELDS})
+
+
+def policy_config(exp: ExperimentConfig, shape: str | None) -> ModelConfig:
+    """The rl section's policy (a causal LM, with rl.model_config's overrides), or the named architecture."""
+    overrides = dict(exp.rl.model_config)
+    if shape is None:
+        from rlhf_jax.models import pretrained_config
+
+        return pretrained_config(exp.rl.policy, head="causal_lm", **overrides)
+    return named_config(shape, "causal_lm", overrides)
 
 
 def per_device_bytes(abstract, shardings) -> int:
@@ -97,26 +117,47 @@ def abstract_batch(exp: ExperimentConfig, rows: int) -> dict:
     task = TASKS[exp.train.task]
     examples = task.prepare([example]) if task.prepare else [example]
     arrays = task.tokenize(examples, load_tokenizer(exp.model.tokenizer or exp.model.source), d.max_length, d)
+    if task.reference:  # the frozen reference's log-probs, stored with the data before training
+        arrays.update(ref_chosen=np.zeros(1, np.float32), ref_rejected=np.zeros(1, np.float32))
     return {name: jax.ShapeDtypeStruct((rows,) + a.shape[1:], a.dtype) for name, a in arrays.items()}
 
 
 @dataclasses.dataclass
 class StepPlan:
-    """Per-device bytes of one compiled step."""
+    """Per-device bytes of one compiled step: the state and batch from their shapes and shardings, the rest
+    from the compiler's buffer assignment (``memory_analysis``). ``refused``: the compiler's own message
+    when it would not compile the program (over HBM), and then only the first three figures are known."""
 
     step: str
-    parameters: int
+    parameters: int  # every model the step reads: trained, frozen reference, value model
     optimizer: int
     batch: int
-    temporaries: int
-    total: int
+    arguments: int = 0
+    temporaries: int = 0
+    output: int = 0
+    total: int = 0  # arguments + temporaries + outputs not written in place (the state is donated)
+    generated_code: int = 0
+    compile_seconds: float = 0.0
+    refused: str | None = None
 
-    @classmethod
-    def of(cls, step: str, parameters: int, optimizer: int, batch: int, compiled) -> StepPlan:
-        memory = compiled.memory_analysis()
-        total = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
-                 - memory.alias_size_in_bytes)
-        return cls(step, parameters, optimizer, batch, memory.temp_size_in_bytes, total)
+
+def compile_plan(step: str, parameters: int, optimizer: int, batch: int, lowered) -> StepPlan:
+    """Compile ``lowered`` and read its buffer assignment; an over-memory refusal is a result, not an error."""
+    tick = time.perf_counter()
+    try:
+        compiled = lowered.compile()
+    except Exception as error:  # jaxlib's error class moves between versions
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        message = " ".join(line.strip() for line in str(error).splitlines()[:4] if line.strip())
+        return StepPlan(step, parameters, optimizer, batch, compile_seconds=round(time.perf_counter() - tick, 1),
+                        refused=message[:600])
+    seconds = round(time.perf_counter() - tick, 1)
+    memory = compiled.memory_analysis()
+    total = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
+             - memory.alias_size_in_bytes)
+    return StepPlan(step, parameters, optimizer, batch, memory.argument_size_in_bytes, memory.temp_size_in_bytes,
+                    memory.output_size_in_bytes, total, memory.generated_code_size_in_bytes, seconds)
 
 
 def plan_train_step(exp: ExperimentConfig, cfg: ModelConfig, layout: sharding.Layout) -> StepPlan:
@@ -130,12 +171,10 @@ def plan_train_step(exp: ExperimentConfig, cfg: ModelConfig, layout: sharding.La
     train_step, _ = jit_steps(graphdef, tx, loss_fn, state_sharding, layout)
     batch = abstract_batch(exp, exp.train.batch_size)
     batch_sharding = jax.tree.map(lambda _: layout.batch, batch)
-    compiled = train_step.lower(sharding.abstract(state, state_sharding),
-                                sharding.abstract(batch, batch_sharding)).compile()
-    return StepPlan.of("train step", per_device_bytes(state.params, state_sharding.params),
-                       per_device_bytes(state.opt_state, state_sharding.opt_state),
-                       per_device_bytes(batch, batch_sharding),
-                       compiled)
+    lowered = train_step.lower(sharding.abstract(state, state_sharding), sharding.abstract(batch, batch_sharding))
+    return compile_plan(f"{exp.train.task} step", per_device_bytes(state.params, state_sharding.params),
+                        per_device_bytes(state.opt_state, state_sharding.opt_state),
+                        per_device_bytes(batch, batch_sharding), lowered)
 
 
 def _mask_tokenizer(exp: ExperimentConfig):
@@ -147,45 +186,66 @@ def _mask_tokenizer(exp: ExperimentConfig):
     return load_tokenizer(exp.model.tokenizer or exp.model.source)
 
 
-def plan_ppo_update(exp: ExperimentConfig, cfg: ModelConfig, layout: sharding.Layout) -> StepPlan:
-    """The policy-gradient update of an actor-critic (value head on the policy's trunk) of the model's architecture."""
+def plan_policy_programs(exp: ExperimentConfig, shape: str | None, layout: sharding.Layout,
+                         kinds: tuple[str, ...] = ("rollout", "update")) -> list[StepPlan]:
+    """The rl section's rollout (sampling, then the policy's, values' and reference's log-probs) and update
+    (its algorithm's loss: PPO with a value head on the policy's trunk or a separate value model, GRPO, ...)
+    for the rl section's policy, or the named architecture."""
     from rlhf_jax.models import abstract_model
 
     p = exp.rl
-    policy_cfg = dataclasses.replace(cfg, head="causal_lm")
+    policy_cfg = policy_config(exp, shape)
+    value_cfg = dataclasses.replace(policy_cfg, head="scalar", pooling="none") if p.value == "separate" else None
     with nnx.use_eager_sharding(False):
-        model = nnx.eval_shape(lambda: online.ActorCritic(abstract_model(policy_cfg), None, rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda: online.ActorCritic(
+            abstract_model(policy_cfg), abstract_model(value_cfg) if value_cfg else None, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(model)
-    ref_graphdef = nnx.graphdef(abstract_model(policy_cfg))
+    ref_graphdef, ref_params = nnx.split(abstract_model(policy_cfg))
+    ref_sharding = layout.shardings(ref_params)
     tx = online.make_optimizer(p)
     state = jax.eval_shape(lambda q: online.PolicyState.create(q, tx, p), params)
     state_sharding = online.state_shardings(state, tx, layout)
-    sampling = online.sampling_config(p, cfg.eos_token_id, cfg.pad_token_id or 0)
+    sampling = online.sampling_config(p, policy_cfg.eos_token_id, policy_cfg.pad_token_id or 0)
     programs = online.Programs(graphdef, ref_graphdef, p, sampling)
-    functions = online.jit_functions(programs, state_sharding, layout.replicated, layout)
+    functions = online.jit_functions(programs, state_sharding, ref_sharding, layout)
     b, t, n = p.rollout_rows, p.prompt_tokens + p.response_tokens, p.response_tokens
     f32, i32 = np.float32, np.int32
-    rollout = online.Rollout(*(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in (
+    prompts = jax.ShapeDtypeStruct((b, p.prompt_tokens), i32, sharding=layout.batch)
+    key = jax.ShapeDtypeStruct((2,), np.uint32, sharding=layout.replicated)
+    policy_bytes = per_device_bytes(state.params, state_sharding.params)
+    reference_bytes = per_device_bytes(ref_params, ref_sharding)
+    rollout = online.Rollout(*(jax.ShapeDtypeStruct(shape, dtype, sharding=layout.batch) for shape, dtype in (
         ((b, t), i32), ((b, t), i32), ((b, n), f32), ((b, n), f32), ((b, n), f32), ((b, n), f32), ((b, n), f32))))
-    batch = layout.batch
-    rollout_sharding = jax.tree.map(lambda _: batch, rollout)
-    scores = jax.ShapeDtypeStruct((b,), f32)
-    compiled = functions.update.lower(sharding.abstract(state, state_sharding),
-                                      sharding.abstract(rollout, rollout_sharding),
-                                      sharding.abstract(scores, batch)).compile()
-    return StepPlan.of("PPO update", per_device_bytes(state.params, state_sharding.params),
-                       per_device_bytes(state.opt_state, state_sharding.opt_state),
-                       per_device_bytes(rollout, rollout_sharding), compiled)
+    scores = jax.ShapeDtypeStruct((b,), f32, sharding=layout.batch)
+    name = ALGORITHMS[p.algorithm].title
+    plans = []
+    if "rollout" in kinds:
+        plans.append(compile_plan(
+            f"{name} rollout", policy_bytes + reference_bytes, 0, 2 * per_device_bytes(prompts, layout.batch),
+            functions.rollout.lower(sharding.abstract(state.params, state_sharding.params),
+                                    sharding.abstract(ref_params, ref_sharding), prompts, prompts, key)))
+    if "update" in kinds:
+        plans.append(compile_plan(
+            f"{name} update", policy_bytes, per_device_bytes(state.opt_state, state_sharding.opt_state),
+            per_device_bytes(rollout, jax.tree.map(lambda _: layout.batch, rollout)),
+            functions.update.lower(sharding.abstract(state, state_sharding), rollout, scores)))
+    return plans
 
 
-def plan(exp: ExperimentConfig, shape: str | None = None) -> tuple[ModelConfig, list[StepPlan]]:
-    """(the model's config, per-device bytes of its train step and, with an rl section, its policy-gradient update)."""
-    layout = sharding.Layout.of(exp.mesh)
+STEPS = ("train", "rollout", "update")
+
+
+def plan(exp: ExperimentConfig, shape: str | None = None, devices=None,
+         steps: tuple[str, ...] = STEPS) -> tuple[ModelConfig, list[StepPlan]]:
+    """(the model's config, per-device bytes of its train step and, with an rl section, its policy-gradient
+    rollout and update), compiled for ``devices`` (default: this process's)."""
+    layout = sharding.Layout.of(exp.mesh, devices)
     cfg = model_config(exp, shape)
-    steps = [plan_train_step(exp, cfg, layout)]
-    if exp.rl is not None and cfg.is_causal:
-        steps.append(plan_ppo_update(exp, cfg, layout))
-    return cfg, steps
+    plans = [plan_train_step(exp, cfg, layout)] if "train" in steps else []
+    if exp.rl is not None:
+        kinds = tuple(kind for kind in ("rollout", "update") if kind in steps)
+        plans += plan_policy_programs(exp, shape, layout, kinds)
+    return cfg, plans
 
 
 def parameter_count(cfg: ModelConfig) -> int:
@@ -194,30 +254,48 @@ def parameter_count(cfg: ModelConfig) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(abstract_model(cfg), nnx.Param)))
 
 
+ROWS = ("parameters", "optimizer", "batch", "arguments", "temporaries", "output", "total", "generated_code")
+
+
 def table(steps: list[StepPlan], hbm_gib: float | None = None) -> str:
     gib = 1024 ** 3
-    header = "| per device (GiB) | " + " | ".join(s.step for s in steps) + " |"
-    lines = [header, "|---|" + "---|" * len(steps)]
-    for name in ("parameters", "optimizer", "batch", "temporaries", "total"):
-        lines.append(f"| {name} | " + " | ".join(f"{getattr(s, name) / gib:.3f}" for s in steps) + " |")
+    lines = ["| per device (GiB) | " + " | ".join(s.step for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    for name in ROWS:
+        cells = ["refused" if s.refused and name not in ("parameters", "optimizer", "batch")
+                 else f"{getattr(s, name) / gib:.3f}" for s in steps]
+        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    lines.append("| compile seconds | " + " | ".join(f"{s.compile_seconds:g}" for s in steps) + " |")
     if hbm_gib:
-        lines.append(f"| fits {hbm_gib:g} GiB | " + " | ".join("yes" if s.total <= hbm_gib * gib else "no"
-                                                             for s in steps) + " |")
+        lines.append(f"| fits {hbm_gib:g} GiB | " + " | ".join(
+            "no (the compiler refused)" if s.refused else "yes" if s.total <= hbm_gib * gib else "no"
+            for s in steps) + " |")
     return "\n".join(lines)
 
 
-def report(exp: ExperimentConfig, mesh_shape: tuple[tuple[str, int], ...], shape: str | None = None,
-           hbm_gib: float | None = None) -> str:
-    """What ``rlhf-jax plan`` prints: a line on the model, the table, and the figures as one JSON line."""
+def report(exp: ExperimentConfig, mesh_shape: tuple[tuple[str, int], ...] | None, shape: str | None = None,
+           hbm_gib: float | None = None, target: str = "cpu", steps: tuple[str, ...] = STEPS) -> str:
+    """What ``rlhf-jax plan`` prints: a line on the model and where it compiled, the table, the compiler's
+    refusals, and the figures as one JSON line."""
     import json
-    import time
 
+    devices, where = None, "simulated CPU devices (XLA's CPU compiler: its temporaries are not an accelerator's)"
+    if target != "cpu":
+        slice_ = targets.target(target)
+        devices, hbm_gib = slice_.devices(), hbm_gib or slice_.hbm_gib
+        mesh_shape = mesh_shape or (("data", 1), ("fsdp", slice_.chips), ("tensor", 1))
+        where = (f"{slice_.name}: {slice_.chips} chips, topology {slice_.topology}, libtpu's TPU compiler (its "
+                 f"buffer assignment per chip, not a measured runtime HBM)")
+    if mesh_shape is None:
+        raise ConfigError("--mesh: say the mesh to plan for (data=D,fsdp=F,tensor=T); only --target tpu-* has a "
+                          "default (FSDP over every chip)")
     exp = dataclasses.replace(exp, mesh=dataclasses.replace(exp.mesh, shape=mesh_shape))
     tick = time.perf_counter()
-    cfg, steps = plan(exp, shape)
-    summary = {"shape": shape, "mesh": dict(mesh_shape), "seconds": round(time.perf_counter() - tick, 1),
-               "steps": [dataclasses.asdict(s) for s in steps]}
+    cfg, plans = plan(exp, shape, devices, steps)
+    summary = {"shape": shape, "target": target, "mesh": dict(mesh_shape), "hbm_gib": hbm_gib,
+               "seconds": round(time.perf_counter() - tick, 1), "steps": [dataclasses.asdict(s) for s in plans]}
+    refusals = [f"{s.step}: {s.refused}" for s in plans if s.refused]
     return "\n".join([
         f"{shape or exp.model.source or 'model'}: {parameter_count(cfg) / 1e9:.3f} B parameters ({cfg.param_dtype}, "
-        f"compute {cfg.dtype}, remat {cfg.remat}); mesh {dict(mesh_shape)}; train batch {exp.train.batch_size} x "
-        f"{exp.data.max_length} tokens", table(steps, hbm_gib), json.dumps(summary)])
+        f"compute {cfg.dtype}, remat {cfg.remat}); mesh {dict(mesh_shape)} on {where}; train batch "
+        f"{exp.train.batch_size} x {exp.data.max_length} tokens", table(plans, hbm_gib), *refusals,
+        json.dumps(summary)])
