@@ -294,8 +294,18 @@ def report(exp: ExperimentConfig, mesh_shape: tuple[tuple[str, int], ...] | None
     summary = {"shape": shape, "target": target, "mesh": dict(mesh_shape), "hbm_gib": hbm_gib,
                "seconds": round(time.perf_counter() - tick, 1), "steps": [dataclasses.asdict(s) for s in plans]}
     refusals = [f"{s.step}: {s.refused}" for s in plans if s.refused]
-    return "\n".join([
-        f"{shape or exp.model.source or 'model'}: {parameter_count(cfg) / 1e9:.3f} B parameters ({cfg.param_dtype}, "
-        f"compute {cfg.dtype}, remat {cfg.remat}); mesh {dict(mesh_shape)} on {where}; train batch "
-        f"{exp.train.batch_size} x {exp.data.max_length} tokens", table(plans, hbm_gib), *refusals,
-        json.dumps(summary)])
+    models = []
+    if "train" in steps:
+        models.append(f"{shape or exp.model.source or 'model'} ({exp.model.head}): {describe(cfg)}; train batch "
+                      f"{exp.train.batch_size} x {exp.data.max_length} tokens")
+    if exp.rl is not None and {"rollout", "update"} & set(steps):
+        p = exp.rl
+        models.append(f"policy {shape or p.policy}: {describe(policy_config(exp, shape))}; {p.rollout_rows} rollouts "
+                      f"of {p.prompt_tokens} + {p.response_tokens} tokens in {p.minibatches} minibatches")
+    return "\n".join([*models, f"mesh {dict(mesh_shape)} on {where}", table(plans, hbm_gib), *refusals,
+                      json.dumps(summary)])
+
+
+def describe(cfg: ModelConfig) -> str:
+    return (f"{parameter_count(cfg) / 1e9:.3f} B parameters ({cfg.param_dtype}, compute {cfg.dtype}, "
+            f"remat {cfg.remat})")

@@ -124,6 +124,13 @@ class Layout:
         nnx.update(model, jax.device_put(state, self.shardings(state)))
         return model
 
+    def create(self, make, shardings, *args, donate: bool = False):
+        """``make(*args)`` as one jitted program that writes its outputs with ``shardings``: a training state
+        born on the mesh (its optimizer moments never whole on one device). ``donate``: the arguments, already
+        placed, become outputs in place (parameters are passed through, not copied)."""
+        donated = tuple(range(len(args))) if donate else ()
+        return jax.jit(make, out_shardings=shardings, donate_argnums=donated)(*args)
+
     def traced(self, function):
         """``function`` traced with ``constrain`` pinning activations by the rules (wrap it before ``jax.jit``)."""
         @functools.wraps(function)

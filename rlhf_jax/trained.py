@@ -52,13 +52,15 @@ def _check_vocabulary(cfg: ModelConfig, tokenizer) -> None:
                           f"the model only {cfg.vocab_size}")
 
 
-def load_model(spec: ModelSpec):
-    """(model, tokenizer) to train: pretrained weights, or a random model of the given config."""
+def load_model(spec: ModelSpec, layout=None):
+    """(model, tokenizer) to train: pretrained weights, or a random model of the given config; with a
+    ``sharding.Layout``, on its mesh (pretrained tensors placed shard by shard: ``from_pretrained``)."""
     tokenizer = load_tokenizer(spec.tokenizer or spec.source)
     if spec.source is not None:
-        model = from_pretrained(spec.source, head=spec.head, seed=spec.seed, **dict(spec.config))
+        model = from_pretrained(spec.source, head=spec.head, seed=spec.seed, layout=layout, **dict(spec.config))
     else:
         model = build_model(ModelConfig(head=spec.head, **_random_model_overrides(spec, tokenizer)), seed=spec.seed)
+        model = model if layout is None else layout.place(model)
     _check_vocabulary(model.config, tokenizer)
     return model, tokenizer
 

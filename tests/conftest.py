@@ -2,6 +2,7 @@
 
 import os
 
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # an installed libtpu (the tpu extra) is for compiling only
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

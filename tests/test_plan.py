@@ -51,7 +51,7 @@ def test_plan_prints_the_8b_table_on_64_simulated_devices():
                           "--config.data.max_length=256"], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
-    assert lines[0].startswith("llama3-8b: 8.030 B parameters")
+    assert lines[0].startswith("llama3-8b (causal_lm): 8.030 B parameters")
     assert any(line.startswith("| parameters |") for line in lines) and "fits 95 GiB" in out.stdout
     (train,) = json.loads(lines[-1])["steps"]
     assert train["parameters"] == pytest.approx(8.03e9 * 4 / 64, rel=0.01)  # float32, each device 1/64

@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -166,8 +167,12 @@ def _from_ref(tensor: np.ndarray, ref: TensorRef) -> np.ndarray:
     return tensor
 
 
-def assign_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: str) -> list[str]:
+def assign_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: str, layout=None) -> list[str]:
     """Copy transformers tensors (canonical names) into the model's parameters, in place.
+
+    With a ``sharding.Layout``, each parameter is born on the mesh: every device receives only its shard,
+    cut from the host tensor (``jax.make_array_from_callback``; in a multi-process run each process cuts
+    the shards of its own devices), so no device ever holds a whole tensor it does not keep.
 
     Backbone tensors are required; missing head tensors leave the freshly initialised head in place
     (returned, so the caller can say so). ``model`` may be abstract (``abstract_model``) when the
@@ -177,6 +182,7 @@ def assign_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: st
     cfg: ModelConfig = model.config
     table = param_table(cfg)
     state = nnx.state(model, nnx.Param)
+    placements = {path: v.get_value() for path, v in nnx.to_flat_state(layout.shardings(state))} if layout else {}
     new_heads, used = [], set()
     for path, variable in nnx.to_flat_state(state):
         ref = table[path]
@@ -192,7 +198,11 @@ def assign_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: st
         if value.shape != expected:
             raise CheckpointError(f"{source}: tensor '{ref.name}' has shape {tuple(value.shape)} but the config "
                                   f"needs {expected} for parameter {'/'.join(map(str, path))}")
-        variable.set_value(jnp.asarray(value, dtype=variable.get_value().dtype))
+        if layout is None:
+            variable.set_value(jnp.asarray(value, dtype=variable.get_value().dtype))
+        else:
+            host = np.asarray(value, dtype=variable.get_value().dtype)
+            variable.set_value(jax.make_array_from_callback(host.shape, placements[path], host.__getitem__))
         used.add(ref.name)
     nnx.update(model, state)
     unused = sorted(k for k in tensors if k not in used and not k.endswith(IGNORED_SUFFIXES))

@@ -100,13 +100,17 @@ def pretrained_config(name_or_path: str, head: str | None = None, **overrides) -
     return convert.model_config_from_hf(hf, head, source=path, **overrides)
 
 
-def from_pretrained(name_or_path: str, head: str | None = None, seed: int = 0, **overrides) -> Model:
+def from_pretrained(name_or_path: str, head: str | None = None, seed: int = 0, layout=None, **overrides) -> Model:
     """Load pretrained weights into a new Model; ``model.config`` is its ModelConfig.
 
     head: 'causal_lm', 'masked_lm', 'classification' or 'scalar'; by default the checkpoint's own.
     A head whose tensors the checkpoint lacks (e.g. an MLM head on a bare BertModel), or that differs
     from the checkpoint's own (a scalar head on a fine-tuned classifier), is freshly initialised from
     ``seed`` and logged. overrides: ModelConfig fields (dtype, num_labels, pooling...).
+
+    layout (a ``sharding.Layout``): the parameters are born on its mesh, each device given only its shards
+    of the checkpoint's tensors. A freshly initialised head is initialised as without a layout (the same
+    numbers), on the default device, then placed.
     """
     path = resolve_source(name_or_path)
     hf, tensors = read_checkpoint(path)
@@ -123,10 +127,10 @@ def from_pretrained(name_or_path: str, head: str | None = None, seed: int = 0, *
     new_head = convert.missing_head_tensors(cfg, tensors)
     # Random initialisation only when something must be initialised; otherwise fill an abstract model.
     model = build_model(cfg, seed=seed) if new_head else abstract_model(cfg)
-    convert.assign_tensors(model, tensors, source=path)
+    convert.assign_tensors(model, tensors, source=path, layout=layout)
     if new_head:
         log.info("%s: initialised a new '%s' head (%s)", path, head, ", ".join(new_head))
-    return model
+    return model if layout is None else layout.place(model)
 
 
 def pad_token_id(tokenizer) -> int:

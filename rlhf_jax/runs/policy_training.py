@@ -132,13 +132,13 @@ class PolicySetup:
     checkpoints: Checkpointer | None
 
 
-def load_actor_critic(cfg: RLConfig):
-    """(ActorCritic, frozen reference, tokenizer) from the policy's weights."""
+def load_actor_critic(cfg: RLConfig, layout: sharding.Layout | None = None):
+    """(ActorCritic, frozen reference, tokenizer) from the policy's weights; with a layout, born on its mesh."""
     overrides = dict(cfg.model_config)  # compute dtype, remat
-    policy = from_pretrained(cfg.policy, head="causal_lm", **overrides)
-    reference = from_pretrained(cfg.reference or cfg.policy, head="causal_lm", **overrides)
-    value_model = (from_pretrained(cfg.policy, head="scalar", pooling="none", **overrides) if cfg.value == "separate"
-                   else None)
+    policy = from_pretrained(cfg.policy, head="causal_lm", layout=layout, **overrides)
+    reference = from_pretrained(cfg.reference or cfg.policy, head="causal_lm", layout=layout, **overrides)
+    value_model = (from_pretrained(cfg.policy, head="scalar", pooling="none", layout=layout, **overrides)
+                   if cfg.value == "separate" else None)
     with nnx.use_eager_sharding(False):  # placed on the mesh later, by logical axes
         model = online.ActorCritic(policy, value_model, rngs=nnx.Rngs(cfg.seed))
     return model, reference, load_tokenizer(cfg.policy)
@@ -158,14 +158,17 @@ def prepare(exp: ExperimentConfig, workdir: str | None) -> PolicySetup:
     if cfg.eval_batch_size % cfg.minibatches:
         raise ConfigError(f"config field 'rl.eval_batch_size': {cfg.eval_batch_size} is not divisible by "
                           f"minibatches={cfg.minibatches}")
-    model, reference, tokenizer = load_actor_critic(cfg)
+    model, reference, tokenizer = load_actor_critic(cfg, layout)
     graphdef, params = nnx.split(model)
+    params = jax.device_put(params, layout.shardings(params))  # the value head (the rest is placed already)
     ref_graphdef, ref_params = nnx.split(reference)
-    ref_params = jax.device_put(ref_params, layout.shardings(ref_params))
     tx = online.make_optimizer(cfg)
-    state = online.PolicyState.create(params, tx, cfg)
-    state_sharding = online.state_shardings(state, tx, layout)
-    state = jax.device_put(state, state_sharding)
+
+    def create(params):
+        return online.PolicyState.create(params, tx, cfg)
+
+    state_sharding = online.state_shardings(jax.eval_shape(create, params), tx, layout)
+    state = layout.create(create, state_sharding, params, donate=True)
     eos = model.policy.config.eos_token_id if model.policy.config.eos_token_id is not None else tokenizer.eos_token_id
     sampling = online.sampling_config(cfg, eos, pad_token_id(tokenizer))
     functions = online.jit_functions(online.Programs(graphdef, ref_graphdef, cfg, sampling), state_sharding,

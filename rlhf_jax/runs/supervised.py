@@ -110,7 +110,7 @@ def prepare(exp: ExperimentConfig, workdir: str, with_data: bool = True) -> Setu
     t = exp.train
     layout = sharding.Layout.of(exp.mesh)
     check_mesh(exp, layout)
-    model, tokenizer = load_model(exp.model)
+    model, tokenizer = load_model(exp.model, layout)  # born on the mesh
     splits = tokenized_splits(exp, tokenizer) if with_data else {}
     for split in ("train", "validation"):
         if with_data and split not in splits:
@@ -118,9 +118,12 @@ def prepare(exp: ExperimentConfig, workdir: str, with_data: bool = True) -> Setu
     loss_fn = TASKS[t.task].make_loss(tokenizer, model.config.vocab_size, t)
     tx = make_optimizer(t)
     graphdef, params = nnx.split(model)
-    state = TrainState.create(params, tx, t.seed)
-    state_sharding = train_state_shardings(state, tx, layout)
-    state = jax.device_put(state, state_sharding)
+
+    def create(params):
+        return TrainState.create(params, tx, t.seed)
+
+    state_sharding = train_state_shardings(jax.eval_shape(create, params), tx, layout)
+    state = layout.create(create, state_sharding, params, donate=True)
     train_step, eval_step = jit_steps(graphdef, tx, loss_fn, state_sharding, layout)
     if TASKS[t.task].reference:  # the reference is the model the run starts from: before any restore
         for split in splits.values():
