@@ -50,6 +50,8 @@ class ModelConfig:
     remat: str = field("none", "activation checkpointing of each block: 'none', 'full' (recompute the block in the "
                                "backward pass) or 'dots' (keep only matmul outputs)")
     param_dtype: str = field("float32", "parameter dtype")
+    scan_layers: bool = field(False, "stack the blocks' parameters on a leading 'layers' axis and run them with "
+                                     "one lax.scan (one block compiled, remat inside it); False: a loop of blocks")
 
     def __post_init__(self):
         require(self.family in FAMILIES, "family", f"{self.family!r} is not one of {FAMILIES}")

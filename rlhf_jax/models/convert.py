@@ -139,10 +139,19 @@ def param_table(cfg: ModelConfig) -> dict[tuple, TensorRef]:
     return {**_backbone_refs(cfg), **_head_refs(cfg)}
 
 
+def layer_paths(cfg: ModelConfig, path: tuple) -> list[tuple]:
+    """The unrolled parameter paths one model parameter holds: a scanned block's parameter
+    ('backbone', 'layers', ...) stacks every layer's ('backbone', 'layers', i, ...); any other, itself."""
+    if cfg.scan_layers and path[:2] == ("backbone", "layers"):
+        return [path[:2] + (i,) + path[2:] for i in range(cfg.num_layers)]
+    return [path]
+
+
 def missing_head_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray]) -> list[str]:
     """Head tensors that a model with this config has but the checkpoint lacks."""
-    table, params = param_table(cfg), model_param_paths(cfg)
-    return sorted({table[path].name for path in params if table[path].in_head and table[path].name not in tensors})
+    table = param_table(cfg)
+    refs = [table[path] for param in model_param_paths(cfg) for path in layer_paths(cfg, param)]
+    return sorted({ref.name for ref in refs if ref.in_head and ref.name not in tensors})
 
 
 def model_param_paths(cfg: ModelConfig) -> list[tuple]:
@@ -185,15 +194,19 @@ def assign_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: st
     placements = {path: v.get_value() for path, v in nnx.to_flat_state(layout.shardings(state))} if layout else {}
     new_heads, used = [], set()
     for path, variable in nnx.to_flat_state(state):
-        ref = table[path]
-        if ref.name not in tensors:
-            if ref.in_head:
-                new_heads.append(ref.name)
+        unrolled = layer_paths(cfg, path)
+        refs = [table[layer_path] for layer_path in unrolled]
+        absent = [ref for ref in refs if ref.name not in tensors]
+        if absent:
+            if all(ref.in_head for ref in refs):
+                new_heads.extend(ref.name for ref in absent)
                 continue
             raise CheckpointError(
-                f"{source}: missing tensor '{ref.name}' (needed for parameter {'/'.join(map(str, path))})"
+                f"{source}: missing tensor '{absent[0].name}' (needed for parameter {'/'.join(map(str, path))})"
             )
-        value = _from_ref(np.asarray(tensors[ref.name]), ref)
+        values = [_from_ref(np.asarray(tensors[ref.name]), ref) for ref in refs]
+        value = values[0] if unrolled == [path] else np.stack(values)  # a scanned parameter: [L, ...]
+        ref = refs[0]
         expected = tuple(variable.get_value().shape)
         if value.shape != expected:
             raise CheckpointError(f"{source}: tensor '{ref.name}' has shape {tuple(value.shape)} but the config "
@@ -203,7 +216,7 @@ def assign_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: st
         else:
             host = np.asarray(value, dtype=variable.get_value().dtype)
             variable.set_value(jax.make_array_from_callback(host.shape, placements[path], host.__getitem__))
-        used.add(ref.name)
+        used.update(ref.name for ref in refs)
     nnx.update(model, state)
     unused = sorted(k for k in tensors if k not in used and not k.endswith(IGNORED_SUFFIXES))
     if unused:
@@ -218,10 +231,13 @@ def extract_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
     pieces: dict[str, dict[int, np.ndarray]] = {}
     refs: dict[str, TensorRef] = {}
     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        ref = table[path]
-        index = ref.part[0] if ref.part else 0
-        pieces.setdefault(ref.name, {})[index] = np.asarray(variable.get_value(), dtype=np.float32)
-        refs[ref.name] = ref
+        value = np.asarray(variable.get_value(), dtype=np.float32)
+        unrolled = layer_paths(cfg, path)
+        for i, layer_path in enumerate(unrolled):  # a scanned parameter: one tensor per layer
+            ref = table[layer_path]
+            index = ref.part[0] if ref.part else 0
+            pieces.setdefault(ref.name, {})[index] = value if unrolled == [path] else value[i]
+            refs[ref.name] = ref
     prefix = BASE_PREFIX[cfg.family]
     tensors = {}
     for name, parts in pieces.items():

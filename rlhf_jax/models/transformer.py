@@ -93,8 +93,9 @@ def apply_rope(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float) ->
 class KVCache:
     """Fixed-size key/value cache for decoding.
 
-    keys/values: one [B, S, K, Dh] array per layer. key_mask_BxS: slot holds a real token.
-    end: number of slots written so far (the next write goes to slot ``end``).
+    keys/values: one [B, S, K, Dh] array per layer, or (layers scanned) one [L, B, S, K, Dh] array.
+    key_mask_BxS: slot holds a real token. end: number of slots written so far (the next write goes to
+    slot ``end``).
     """
 
     keys: tuple
@@ -105,7 +106,10 @@ class KVCache:
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
         shape = (batch, max_len, cfg.kv_heads, cfg.dim_per_head)
-        zeros = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
+        if cfg.scan_layers:
+            zeros = jnp.zeros((cfg.num_layers, *shape), cfg.dtype)
+        else:
+            zeros = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
         return cls(keys=zeros, values=zeros, key_mask_BxS=jnp.zeros((batch, max_len), bool),
                    end=jnp.zeros((), jnp.int32))
 
@@ -188,13 +192,42 @@ class Block(nnx.Module):
         return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), new_cache
 
 
+def _saveable(policy: str):
+    return None if policy == "full" else jax.checkpoint_policies.checkpoint_dots
+
+
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """``num_layers`` blocks as one Block whose parameters carry a leading layer axis (logical name 'layers')."""
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs):
+        return Block(cfg, rngs=rngs)
+
+    return make(rngs)
+
+
+def scan_blocks(blocks: Block, x_BxTxD, positions_BxT, allowed_BxTxS, cache: KVCache | None, remat: str):
+    """The stacked blocks applied in order by one ``lax.scan``: a single block is traced and compiled, and
+    with remat (training, no cache) each layer is recomputed in the backward pass from its input alone.
+    Returns (x_BxTxD, (keys_LxBxSxKxDh, values_LxBxSxKxDh) written, or None)."""
+    graphdef, stacked = nnx.split(blocks)
+    end = None if cache is None else cache.end
+
+    def layer(x_BxTxD, weights_and_cache):
+        weights, layer_cache = weights_and_cache
+        out_BxTxD, written = nnx.merge(graphdef, weights)(x_BxTxD, positions_BxT, allowed_BxTxS, layer_cache, end)
+        return constrain(out_BxTxD, RESIDUAL), written
+
+    if cache is None and remat != "none":
+        layer = jax.checkpoint(layer, policy=_saveable(remat), prevent_cse=False)
+    return jax.lax.scan(layer, x_BxTxD, (stacked, None if cache is None else (cache.keys, cache.values)))
+
+
 def _checkpointed_block(policy: str):
     """A block's forward under ``jax.checkpoint``: 'full' saves only its input, 'dots' also the matmul
     outputs. The block goes in as (graphdef, state), a pure function of arrays, so this also works inside
     other JAX transforms (the PPO rollout's ``lax.map``), where ``nnx.remat`` cannot reach the Variables."""
-    saveable = None if policy == "full" else jax.checkpoint_policies.checkpoint_dots
-
-    @functools.partial(jax.checkpoint, policy=saveable, static_argnums=0)
+    @functools.partial(jax.checkpoint, policy=_saveable(policy), static_argnums=0)
     def pure(graphdef, state, x_BxTxD, positions_BxT, allowed_BxTxS):
         return nnx.merge(graphdef, state)(x_BxTxD, positions_BxT, allowed_BxTxS)[0]
 
@@ -217,7 +250,8 @@ class Transformer(nnx.Module):
         is_bert = cfg.family == "bert"
         self.token_type_embed = embedding(cfg.type_vocab_size, d, (None, "embed"), cfg, rngs=rngs) if is_bert else None
         self.embed_norm = norm(cfg, rngs=rngs) if cfg.post_norm else None
-        self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.layers = (stacked_blocks(cfg, rngs) if cfg.scan_layers else
+                       nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)]))
         self.final_norm = None if cfg.post_norm else norm(cfg, rngs=rngs)
 
     def __call__(self, input_ids_BxT, attention_mask_BxT, *, positions_BxT=None, token_type_ids_BxT=None,
@@ -258,6 +292,9 @@ class Transformer(nnx.Module):
             x_BxTxD = self.embed_norm(x_BxTxD)
         x_BxTxD = constrain(x_BxTxD, RESIDUAL)
 
+        if cfg.scan_layers:
+            x_BxTxD, written = scan_blocks(self.layers, x_BxTxD, positions_BxT, allowed_BxTxS, cache, cfg.remat)
+            return self._finish(x_BxTxD, cache, written, key_mask_BxS, t)
         # Training (no cache) with remat: each block is recomputed in the backward pass.
         checkpointed = _checkpointed_block(cfg.remat) if cache is None and cfg.remat != "none" else None
         new_keys, new_values = [], []
@@ -272,9 +309,13 @@ class Transformer(nnx.Module):
             if written is not None:
                 new_keys.append(written[0])
                 new_values.append(written[1])
+        return self._finish(x_BxTxD, cache, (tuple(new_keys), tuple(new_values)), key_mask_BxS, t)
+
+    def _finish(self, x_BxTxD, cache, written, key_mask_BxS, t: int):
+        """The final norm, and the cache with this call's keys and values written."""
         if self.final_norm is not None:
             x_BxTxD = self.final_norm(x_BxTxD)
         if cache is None:
             return x_BxTxD, None
-        return x_BxTxD, KVCache(keys=tuple(new_keys), values=tuple(new_values), key_mask_BxS=key_mask_BxS,
-                                end=cache.end + t)
+        keys, values = written
+        return x_BxTxD, KVCache(keys=keys, values=values, key_mask_BxS=key_mask_BxS, end=cache.end + t)
