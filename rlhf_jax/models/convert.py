@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints <-> NNX parameters, for the gpt2, bert and llama model types; GGUF -> HF.
+"""Hugging Face checkpoints <-> NNX parameters, for the gpt2, bert and llama model types.
 
 One table per family maps each NNX parameter path to the Hugging Face tensor it comes from:
 ``TensorRef(name, transpose, part)``. Loading reads through the table, saving writes back through it,
@@ -9,9 +9,7 @@ tensor's last axis (GPT-2 stores q, k and v fused in ``c_attn``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 from typing import Any
 
 import jax
@@ -323,89 +321,3 @@ def hf_config(cfg: ModelConfig):
                   rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
                   attention_bias=cfg.use_attention_bias, hidden_act=cfg.activation)
     return transformers.AutoConfig.for_model(cfg.family, **kw, **common)
-
-
-# ----------------------------------------------------------------------------------------------
-# Files.
-
-def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
-    """All tensors of a transformers directory (single file or sharded with an index), as numpy."""
-    from safetensors.numpy import load_file
-
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.exists(os.path.join(path, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
-        raise CheckpointError(f"{path}: no model.safetensors (or model.safetensors.index.json) in this directory")
-    tensors = {}
-    for name in files:
-        try:
-            tensors.update(load_file(os.path.join(path, name)))
-        except Exception as error:  # safetensors raises its own error types for truncated/corrupt files
-            raise CheckpointError(f"{os.path.join(path, name)}: cannot read safetensors file ({error})") from error
-    return tensors
-
-
-GGUF_LAYER_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-                    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-                    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
-
-
-def _unpermute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's q/k row order (interleaved RoPE pairs) back to transformers' rotate-half order."""
-    rows, cols = weight.shape
-    return weight.reshape(n_head, rows // n_head // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
-
-
-def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """A llama GGUF file as (transformers-style config dict, float32 tensors with transformers names)."""
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as error:
-        raise CheckpointError(f"{path}: not a readable GGUF file ({error})") from error
-
-    def field(name, default=None):
-        return reader.fields[name].contents() if name in reader.fields else default
-
-    arch = field("general.architecture")
-    if arch != "llama":
-        raise CheckpointError(f"{path}: general.architecture {arch!r} is not supported (only llama)")
-    n_head, n_kv = field("llama.attention.head_count"), field("llama.attention.head_count_kv")
-    tensors = {}
-    for tensor in reader.tensors:
-        value = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
-        parts = tensor.name.split(".")
-        if parts[0] == "blk":
-            kind = parts[2]
-            if kind not in GGUF_LAYER_NAMES:
-                raise CheckpointError(f"{path}: unknown tensor '{tensor.name}'")
-            if kind == "attn_q":
-                value = _unpermute_rows(value, n_head)
-            elif kind == "attn_k":
-                value = _unpermute_rows(value, n_kv)
-            name = f"layers.{parts[1]}.{GGUF_LAYER_NAMES[kind]}.weight"
-        else:
-            name = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
-                    "output.weight": "lm_head.weight"}.get(tensor.name)
-            if name is None:
-                raise CheckpointError(f"{path}: unknown tensor '{tensor.name}'")
-        tensors[name] = value
-    hidden = field("llama.embedding_length")
-    config = {
-        "model_type": "llama", "vocab_size": int(tensors["embed_tokens.weight"].shape[0]), "hidden_size": hidden,
-        "num_hidden_layers": field("llama.block_count"), "num_attention_heads": n_head, "num_key_value_heads": n_kv,
-        "head_dim": field("llama.rope.dimension_count", hidden // n_head),
-        "intermediate_size": field("llama.feed_forward_length"),
-        "max_position_embeddings": field("llama.context_length", 2048),
-        "rms_norm_eps": float(field("llama.attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": float(field("llama.rope.freq_base", 10000.0)),
-        "tie_word_embeddings": "lm_head.weight" not in tensors,
-        "bos_token_id": field("tokenizer.ggml.bos_token_id"), "eos_token_id": field("tokenizer.ggml.eos_token_id"),
-        "pad_token_id": field("tokenizer.ggml.padding_token_id"),
-    }
-    return config, tensors

@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 
 from rlhf_jax import assets
 from rlhf_jax.config.model import ModelConfig
-from rlhf_jax.models import convert, gguf_tokenizer
+from rlhf_jax.models import convert, gguf_tokenizer, weight_files
 from rlhf_jax.models.convert import CheckpointError
 from rlhf_jax.models.heads import Model, abstract_model, build_model
 
@@ -40,11 +40,11 @@ def resolve_source(name_or_path: str) -> str:
 
 def write_transformers_dir(gguf_path: str, out) -> None:
     """A llama GGUF file as a transformers directory: config.json, float32 model.safetensors (dequantised,
-    q/k rows un-permuted: ``convert.read_gguf``) and the tokenizer rebuilt from the file's own metadata
+    q/k rows un-permuted: ``weight_files.read_gguf``) and the tokenizer rebuilt from the file's own metadata
     (``gguf_tokenizer``; transformers' GGUF reader would need PyTorch)."""
     print(f"  converting {os.path.basename(gguf_path)} to safetensors (dequantising to float32) ...", file=sys.stderr,
           flush=True)
-    hf, tensors = convert.read_gguf(gguf_path)
+    hf, tensors = weight_files.read_gguf(gguf_path)
     cfg = convert.model_config_from_hf(hf, "causal_lm")
     prefix = convert.BASE_PREFIX[cfg.family]
     save_file({(k if k == "lm_head.weight" else prefix + k): v for k, v in tensors.items()},
@@ -67,15 +67,15 @@ def _head_from_architectures(hf: dict) -> str | None:
 def read_checkpoint(path: str) -> tuple[dict, dict]:
     """(transformers config dict, tensors with canonical names) from a directory or a GGUF file."""
     if path.endswith(".gguf"):
-        return convert.read_gguf(path)
+        return weight_files.read_gguf(path)
     hf = read_hf_config(path)
-    return hf, convert.canonical_names(convert.read_safetensors_dir(path), hf["model_type"])
+    return hf, convert.canonical_names(weight_files.read_safetensors_dir(path), hf["model_type"])
 
 
 def read_hf_config(path: str) -> dict:
     """The transformers config dict of a directory (or of a GGUF file, whose tensors are read for it)."""
     if path.endswith(".gguf"):
-        return convert.read_gguf(path)[0]
+        return weight_files.read_gguf(path)[0]
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{path}: no config.json (expected a transformers directory or a .gguf file)")
