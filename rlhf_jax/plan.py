@@ -107,6 +107,50 @@ def per_device_bytes(abstract, shardings) -> int:
     return total
 
 
+def host_read_bytes(abstract, shardings) -> dict[int, int]:
+    """Bytes of the checkpoint each host (process index) reads to give its devices their parameter shards
+    when the state is born sharded: the distinct regions its devices hold, replicas read once, counted in the
+    parameters' dtype. ``convert.assign_tensors`` reads exactly these regions."""
+    hosts: dict[int, int] = {}
+    for leaf, placement in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings), strict=True):
+        regions: dict[int, set] = {}
+        for device, index in placement.devices_indices_map(tuple(leaf.shape)).items():
+            region = tuple(s.indices(n)[:2] for s, n in zip(index, leaf.shape))
+            regions.setdefault(device.process_index, set()).add(region)
+        for host, distinct in regions.items():
+            hosts[host] = hosts.get(host, 0) + sum(
+                math.prod(stop - start for start, stop in region) * np.dtype(leaf.dtype).itemsize
+                for region in distinct)
+    return hosts
+
+
+@dataclasses.dataclass
+class LoadPlan:
+    """Set-up of the first model a plan compiles (the trained model, else the policy), born sharded: the
+    checkpoint's bytes, the most any one host reads of it, and what each chip receives."""
+
+    model_bytes: int
+    hosts: int
+    host_reads: int  # the largest per-host read
+    per_chip: int
+
+    def line(self) -> str:
+        gib = 1024 ** 3
+        return (f"load (born sharded): each of {self.hosts} hosts reads at most {self.host_reads / gib:.3f} GiB of "
+                f"the {self.model_bytes / gib:.3f} GiB of parameters (its chips' shards, in the parameters' dtype); "
+                f"each chip receives {self.per_chip / gib:.3f} GiB")
+
+
+def plan_load(cfg: ModelConfig, layout: sharding.Layout) -> LoadPlan:
+    from rlhf_jax.models import abstract_model
+
+    params = nnx.state(abstract_model(cfg), nnx.Param)
+    shardings = layout.shardings(params)
+    reads = host_read_bytes(params, shardings)
+    whole = sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(params))
+    return LoadPlan(whole, len(reads), max(reads.values()), per_device_bytes(params, shardings))
+
+
 def abstract_batch(exp: ExperimentConfig, rows: int) -> dict:
     """The task's batch of ``rows`` rows as ShapeDtypeStructs: one placeholder example, tokenised by the task."""
     from rlhf_jax.models import load_tokenizer
@@ -248,6 +292,11 @@ def plan(exp: ExperimentConfig, shape: str | None = None, devices=None,
     return cfg, plans
 
 
+def loaded_model_config(exp: ExperimentConfig, shape: str | None, steps: tuple[str, ...]) -> ModelConfig:
+    """The first model a plan compiles: the trained one, else the rl section's policy."""
+    return model_config(exp, shape) if "train" in steps or exp.rl is None else policy_config(exp, shape)
+
+
 def parameter_count(cfg: ModelConfig) -> int:
     from rlhf_jax.models import abstract_model
 
@@ -291,8 +340,10 @@ def report(exp: ExperimentConfig, mesh_shape: tuple[tuple[str, int], ...] | None
     exp = dataclasses.replace(exp, mesh=dataclasses.replace(exp.mesh, shape=mesh_shape))
     tick = time.perf_counter()
     cfg, plans = plan(exp, shape, devices, steps)
+    load = plan_load(loaded_model_config(exp, shape, steps), sharding.Layout.of(exp.mesh, devices))
     summary = {"shape": shape, "target": target, "mesh": dict(mesh_shape), "hbm_gib": hbm_gib,
-               "seconds": round(time.perf_counter() - tick, 1), "steps": [dataclasses.asdict(s) for s in plans]}
+               "seconds": round(time.perf_counter() - tick, 1), "steps": [dataclasses.asdict(s) for s in plans],
+               "load": dataclasses.asdict(load)}
     refusals = [f"{s.step}: {s.refused}" for s in plans if s.refused]
     models = []
     if "train" in steps:
@@ -302,8 +353,8 @@ def report(exp: ExperimentConfig, mesh_shape: tuple[tuple[str, int], ...] | None
         p = exp.rl
         models.append(f"policy {shape or p.policy}: {describe(policy_config(exp, shape))}; {p.rollout_rows} rollouts "
                       f"of {p.prompt_tokens} + {p.response_tokens} tokens in {p.minibatches} minibatches")
-    return "\n".join([*models, f"mesh {dict(mesh_shape)} on {where}", table(plans, hbm_gib), *refusals,
-                      json.dumps(summary)])
+    return "\n".join([*models, f"mesh {dict(mesh_shape)} on {where}", table(plans, hbm_gib), load.line(),
+                      *refusals, json.dumps(summary)])
 
 
 def describe(cfg: ModelConfig) -> str:

@@ -180,7 +180,7 @@ def test_regression_reward_model_on_its_feedback_kind(tmp_path, tiny_policy, kin
 def test_two_round_loop_trains_round_two_on_both_rounds(tmp_path, tiny_policy):
     result = cli("loop", "--config", os.path.join(CONFIGS, "tiny_ppo.py"), "--workdir", str(tmp_path), "--rounds", "2",
                  f"--config.rl.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
-                 "--config.rl.iterations=2")
+                 "--config.rl.iterations=1")
     own = [read_jsonl(tmp_path / f"round_{r}" / "feedback" / "preferences.jsonl") for r in range(2)]
     assert own[0] and own[1] and not {r["id"] for r in own[0]} & {r["id"] for r in own[1]}
     # Round 1 samples from round 0's PPO policy, not the starting one.

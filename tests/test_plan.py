@@ -48,7 +48,8 @@ def test_plan_prints_the_8b_table_on_64_simulated_devices():
     out = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", "plan", "--config",
                           os.path.join(CONFIGS, "sft_smollm2_rt.py"), "--mesh", "data=1,fsdp=64,tensor=1",
                           "--shape", "llama3-8b", "--hbm", "95", "--config.train.batch_size=64",
-                          "--config.data.max_length=256"], env=env, capture_output=True, text=True, timeout=300)
+                          "--config.data.max_length=256", "--config.model.config={'scan_layers': True}"],
+                         env=env, capture_output=True, text=True, timeout=300)  # scanned: one block to compile
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("llama3-8b (causal_lm): 8.030 B parameters")
@@ -57,6 +58,9 @@ def test_plan_prints_the_8b_table_on_64_simulated_devices():
     assert train["parameters"] == pytest.approx(8.03e9 * 4 / 64, rel=0.01)  # float32, each device 1/64
     assert train["optimizer"] == pytest.approx(2 * train["parameters"], rel=0.01)  # Adam's two moments
     assert train["total"] >= train["parameters"] + train["optimizer"] + train["temporaries"]
+    load = json.loads(lines[-1])["load"]  # one host: it reads every shard of its 64 devices, each once
+    assert load["hosts"] == 1 and load["host_reads"] == load["model_bytes"] == pytest.approx(8.03e9 * 4, rel=0.01)
+    assert load["per_chip"] == train["parameters"] and any(line.startswith("load (born sharded)") for line in lines)
 
 
 def test_a_bad_mesh_or_shape_names_the_flag():

@@ -61,3 +61,35 @@ def test_target_names_say_what_is_known_and_how_to_install_libtpu(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[tpu\]'"):
         targets.target("tpu-v5e-4").devices()
+
+
+@needs_libtpu
+def test_each_host_of_a_v5e_16_plans_to_read_a_quarter_of_the_sharded_tensors(tiny_policy):
+    """4 hosts of 4 chips, FSDP over all 16: a tensor cut 16 ways is read a quarter by each host, a
+    replicated one (a norm's scale) whole by every host; per chip, one 16th."""
+    from flax import nnx
+
+    from rlhf_jax import sharding
+    from rlhf_jax.models import abstract_model
+
+    slice_ = targets.target("tpu-v5e-16")
+    devices = slice_.devices()
+    assert len({d.process_index for d in devices}) == 4
+    exp = with_mesh(tiny_rl(tiny_policy), (("data", 1), ("fsdp", 16), ("tensor", 1)))
+    cfg = plan.loaded_model_config(exp, None, ("rollout", "update"))
+    layout = sharding.Layout.of(exp.mesh, devices)
+    params = nnx.state(abstract_model(cfg), nnx.Param)
+    shardings = jax.tree.leaves(layout.shardings(params))
+    cut = replicated = 0
+    for leaf, placement in zip(jax.tree.leaves(params), shardings, strict=True):
+        nbytes = leaf.size * leaf.dtype.itemsize
+        if placement.is_fully_replicated:
+            replicated += nbytes
+        else:
+            assert placement.spec[0] == "fsdp" or "fsdp" in placement.spec, placement.spec
+            cut += nbytes
+    assert cut > 0 and replicated > 0
+    load = plan.plan_load(cfg, layout)
+    assert load.hosts == 4 and load.host_reads == cut // 4 + replicated
+    assert load.model_bytes == cut + replicated and load.per_chip == cut // 16 + replicated
+    assert plan.host_read_bytes(params, layout.shardings(params)) == dict.fromkeys(range(4), cut // 4 + replicated)

@@ -174,6 +174,44 @@ def _from_ref(tensor: np.ndarray, ref: TensorRef) -> np.ndarray:
     return tensor
 
 
+def _ref_shape(shape: tuple[int, ...], ref: TensorRef) -> tuple[int, ...]:
+    """The shape ``_from_ref`` gives a checkpoint tensor of ``shape``."""
+    shape = shape[::-1] if ref.transpose else shape
+    return shape if ref.part is None else shape[:-1] + (shape[-1] // ref.part[1],)
+
+
+def _read_region(tensor, ref: TensorRef, region: tuple[slice, ...]) -> np.ndarray:
+    """``_from_ref(tensor, ref)[region]``, reading only that region of ``tensor`` (a numpy array or a lazy
+    ``weight_files.SafetensorsTensor``). ``region``: one slice per axis, with explicit bounds."""
+    if ref.part is not None:  # the part's columns are a window of the (transposed) tensor's last axis
+        index, count = ref.part
+        offset = index * ((tensor.shape[0] if ref.transpose else tensor.shape[-1]) // count)
+        last = region[-1]
+        region = region[:-1] + (slice(last.start + offset, last.stop + offset),)
+    if ref.transpose:
+        return np.asarray(tensor[region[::-1]]).T
+    return np.asarray(tensor[region])
+
+
+def _place(shape, dtype, placement, tensors, refs, stacked: bool):
+    """A parameter born on the mesh: each device's shard read from the checkpoint by itself (each distinct
+    region once: replicas share it), so no device and no host holds a whole tensor it does not keep."""
+    cache = {}
+
+    def shard(index: tuple[slice, ...]) -> np.ndarray:
+        region = tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, shape))
+        key = tuple((s.start, s.stop) for s in region)
+        if key not in cache:
+            if stacked:  # a scanned parameter [L, ...]: its layers' tensors, stacked
+                value = np.stack([_read_region(tensors[refs[i].name], refs[i], region[1:]) for i in range(*key[0])])
+            else:
+                value = _read_region(tensors[refs[0].name], refs[0], region)
+            cache[key] = np.asarray(value, dtype=dtype)
+        return cache[key]
+
+    return jax.make_array_from_callback(shape, placement, shard)
+
+
 def assign_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: str, layout=None) -> list[str]:
     """Copy transformers tensors (canonical names) into the model's parameters, in place.
 
@@ -202,18 +240,19 @@ def assign_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: st
             raise CheckpointError(
                 f"{source}: missing tensor '{absent[0].name}' (needed for parameter {'/'.join(map(str, path))})"
             )
-        values = [_from_ref(np.asarray(tensors[ref.name]), ref) for ref in refs]
-        value = values[0] if unrolled == [path] else np.stack(values)  # a scanned parameter: [L, ...]
-        ref = refs[0]
-        expected = tuple(variable.get_value().shape)
-        if value.shape != expected:
-            raise CheckpointError(f"{source}: tensor '{ref.name}' has shape {tuple(value.shape)} but the config "
-                                  f"needs {expected} for parameter {'/'.join(map(str, path))}")
+        stacked = unrolled != [path]  # a scanned parameter: [L, ...], one checkpoint tensor per layer
+        expected, dtype = tuple(variable.get_value().shape), variable.get_value().dtype
+        for ref in refs:
+            shape = _ref_shape(tuple(tensors[ref.name].shape), ref)
+            if ((len(refs),) + shape if stacked else shape) != expected:
+                raise CheckpointError(f"{source}: tensor '{ref.name}' has shape {shape} but the config needs "
+                                      f"{expected[1:] if stacked else expected} for parameter "
+                                      f"{'/'.join(map(str, path))}")
         if layout is None:
-            variable.set_value(jnp.asarray(value, dtype=variable.get_value().dtype))
+            values = [_from_ref(np.asarray(tensors[ref.name]), ref) for ref in refs]
+            variable.set_value(jnp.asarray(np.stack(values) if stacked else values[0], dtype=dtype))
         else:
-            host = np.asarray(value, dtype=variable.get_value().dtype)
-            variable.set_value(jax.make_array_from_callback(host.shape, placements[path], host.__getitem__))
+            variable.set_value(_place(expected, dtype, placements[path], tensors, refs, stacked))
         used.update(ref.name for ref in refs)
     nnx.update(model, state)
     unused = sorted(k for k in tensors if k not in used and not k.endswith(IGNORED_SUFFIXES))

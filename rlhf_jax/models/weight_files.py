@@ -16,9 +16,39 @@ import numpy as np
 from rlhf_jax.models.convert import CheckpointError
 
 
-def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
-    """All tensors of a transformers directory (single file or sharded with an index), as numpy."""
-    from safetensors.numpy import load_file
+class SafetensorsTensor:
+    """One tensor of a safetensors file, read on demand: ``tensor[region]`` (a tuple of slices) reads just
+    that region from the file, ``np.asarray(tensor)`` all of it. So a host places a sharded parameter by
+    reading only its own devices' shards, never the whole tensor."""
+
+    def __init__(self, path: str, name: str, shape: tuple[int, ...]):
+        self.path, self.name, self.shape = path, name, tuple(shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(self.path, framework="numpy") as f:
+                return f.get_slice(self.name)[tuple(region)]
+        except Exception as error:  # safetensors raises its own error types for damaged files
+            raise CheckpointError(f"{self.path}: cannot read safetensors tensor '{self.name}' ({error})") from error
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[(slice(None),) * self.ndim]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"SafetensorsTensor({self.path!r}, {self.name!r}, shape={self.shape})"
+
+
+def read_safetensors_dir(path: str) -> dict[str, SafetensorsTensor]:
+    """Every tensor of a transformers directory (single file or sharded with an index), unread: only the
+    headers are parsed here; a tensor's bytes are read when it (or a region of it) is indexed."""
+    from safetensors import safe_open
 
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(index):
@@ -30,10 +60,12 @@ def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: no model.safetensors (or model.safetensors.index.json) in this directory")
     tensors = {}
     for name in files:
+        file = os.path.join(path, name)
         try:
-            tensors.update(load_file(os.path.join(path, name)))
+            with safe_open(file, framework="numpy") as f:
+                tensors.update({key: SafetensorsTensor(file, key, f.get_slice(key).get_shape()) for key in f.keys()})
         except Exception as error:  # safetensors raises its own error types for truncated/corrupt files
-            raise CheckpointError(f"{os.path.join(path, name)}: cannot read safetensors file ({error})") from error
+            raise CheckpointError(f"{file}: cannot read safetensors file ({error})") from error
     return tensors
 
 
