@@ -111,12 +111,13 @@ def host_read_bytes(abstract, shardings) -> dict[int, int]:
     """Bytes of the checkpoint each host (process index) reads to give its devices their parameter shards
     when the state is born sharded: the distinct regions its devices hold, replicas read once, counted in the
     parameters' dtype. ``convert.assign_tensors`` reads exactly these regions."""
+    from rlhf_jax.models.convert import region_bounds
+
     hosts: dict[int, int] = {}
     for leaf, placement in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings), strict=True):
         regions: dict[int, set] = {}
         for device, index in placement.devices_indices_map(tuple(leaf.shape)).items():
-            region = tuple(s.indices(n)[:2] for s, n in zip(index, leaf.shape))
-            regions.setdefault(device.process_index, set()).add(region)
+            regions.setdefault(device.process_index, set()).add(region_bounds(index, leaf.shape))
         for host, distinct in regions.items():
             hosts[host] = hosts.get(host, 0) + sum(
                 math.prod(stop - start for start, stop in region) * np.dtype(leaf.dtype).itemsize

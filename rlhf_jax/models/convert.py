@@ -193,14 +193,19 @@ def _read_region(tensor, ref: TensorRef, region: tuple[slice, ...]) -> np.ndarra
     return np.asarray(tensor[region])
 
 
+def region_bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """A device's index into an array (slices, open ends allowed) as (start, stop) per axis."""
+    return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+
+
 def _place(shape, dtype, placement, tensors, refs, stacked: bool):
     """A parameter born on the mesh: each device's shard read from the checkpoint by itself (each distinct
     region once: replicas share it), so no device and no host holds a whole tensor it does not keep."""
     cache = {}
 
     def shard(index: tuple[slice, ...]) -> np.ndarray:
-        region = tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, shape))
-        key = tuple((s.start, s.stop) for s in region)
+        key = region_bounds(index, shape)
+        region = tuple(slice(*bounds) for bounds in key)
         if key not in cache:
             if stacked:  # a scanned parameter [L, ...]: its layers' tensors, stacked
                 value = np.stack([_read_region(tensors[refs[i].name], refs[i], region[1:]) for i in range(*key[0])])
