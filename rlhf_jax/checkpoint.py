@@ -9,12 +9,17 @@ import jax
 import orbax.checkpoint as ocp
 
 from rlhf_jax import sharding
+from rlhf_jax.models import lora
 from rlhf_jax.models.convert import CheckpointError
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int = 2):
+    """``trainable`` (a ``lora.Trainable``): only those parameters are saved (adapters and heads; the
+    frozen base is the config's pointer to its weights) and restored into the given state's base."""
+
+    def __init__(self, directory: str, keep: int = 2, trainable=None):
         self.directory = os.path.abspath(directory)
+        self.trainable = trainable
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True))
 
@@ -30,14 +35,24 @@ class Checkpointer:
 
     def save(self, step: int, state, meta: dict) -> None:
         """Asynchronous save; orbax finalises a step directory only when it is complete."""
+        if self.trainable is not None:
+            state = state.replace(params=lora.split(state.params, self.trainable)[0])
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
 
     def restore(self, step: int, target, shardings):
         """(state, meta) at ``step``, placed with ``shardings`` (the current mesh: resharding is fine)."""
+        frozen = None
+        if self.trainable is not None:
+            trained, frozen = lora.split(target.params, self.trainable)
+            target = target.replace(params=trained)
+            shardings = shardings.replace(params=lora.split(shardings.params, self.trainable)[0])
         restored = self._restore(step, state=ocp.args.StandardRestore(sharding.abstract(target, shardings)),
                                  meta=ocp.args.JsonRestore())
-        return restored.state, restored.meta
+        state = restored.state
+        if frozen is not None:
+            state = state.replace(params=lora.merge(state.params, frozen))
+        return state, restored.meta
 
     def meta(self, step: int) -> dict:
         """The JSON metadata saved with ``step`` (its config, data position...), without the state."""

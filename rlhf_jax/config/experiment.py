@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from rlhf_jax.config.core import field, require, require_positive_ints
+from rlhf_jax.config.lora import LoraConfig
 from rlhf_jax.config.model import HEADS, MeshConfig
 from rlhf_jax.rl.algorithms import ALGORITHMS
 
@@ -29,8 +30,16 @@ class ModelSpec:
     config: tuple[tuple[str, Any], ...] = field((), "ModelConfig fields: overrides of the pretrained config, or "
                                                     "the whole config of a random model")
     seed: int = field(0, "initialisation of new parameters (a new head, a random model)")
+    lora: tuple[tuple[str, Any], ...] = field((), "LoRA adapters ({'rank': 8, 'alpha': 16, 'quantize': 'nf4'}, "
+                                                  "rlhf_jax.config.lora.LoraConfig): only they and a new head "
+                                                  "train; (): full fine-tuning")
+
+    @property
+    def adapters(self) -> LoraConfig | None:
+        return LoraConfig.of(self.lora, "model")
 
     def __post_init__(self):
+        self.adapters  # noqa: B018 (validates the lora field at start)
         require(self.head in HEADS, "model.head", f"{self.head!r} is not one of {HEADS}")
         require(self.source is not None or self.tokenizer is not None, "model.tokenizer",
                 "a model without a pretrained source needs a tokenizer (asset name or path)")
@@ -202,6 +211,13 @@ class RLConfig:
                                                    "'token_mean' (DAPO) or 'constant' (Dr. GRPO)")
     model_config: tuple[tuple[str, Any], ...] = field((), "ModelConfig overrides of the policy, its reference and "
                                                           "value model: {'dtype': 'bfloat16', 'remat': 'full'}")
+    lora: tuple[tuple[str, Any], ...] = field((), "LoRA adapters on the policy ({'rank': 8, 'alpha': 16}, "
+                                                  "rlhf_jax.config.lora.LoraConfig): the frozen base with them "
+                                                  "off is the reference; (): full fine-tuning")
+
+    @property
+    def adapters(self) -> LoraConfig | None:
+        return LoraConfig.of(self.lora, "rl")
 
     @property
     def rollout_rows(self) -> int:
@@ -209,6 +225,9 @@ class RLConfig:
         return self.rollout_prompts * self.samples_per_prompt
 
     def __post_init__(self):
+        self.adapters  # noqa: B018 (validates the lora field at start)
+        require(self.reference is None or self.adapters is None, "rl.reference",
+                "with rl.lora the reference is the policy's own base with the adapters off; set one or the other")
         require(self.algorithm in ALGORITHMS, "rl.algorithm", f"{self.algorithm!r} is not one of {sorted(ALGORITHMS)}")
         unsuited = ALGORITHMS[self.algorithm].check(self)
         require(unsuited is None, *(unsuited or ("", "")))

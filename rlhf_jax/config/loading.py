@@ -41,6 +41,7 @@ def experiment_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
     require(not unknown, unknown[0] if unknown else "", f"unknown section (sections: {', '.join(SECTIONS)})")
     model = dict(values.get("model", {}))
     model["config"] = tuple(sorted(dict(model.get("config", {})).items()))
+    model["lora"] = tuple(sorted(dict(model.get("lora", {})).items()))
     mesh = dict(values.get("mesh", {}))
     if "shape" in mesh:
         mesh["shape"] = tuple((k, v) for k, v in dict(mesh["shape"]).items())
@@ -48,8 +49,9 @@ def experiment_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
         mesh["rules"] = tuple((k, _tupled(v)) for k, v in dict(mesh["rules"]).items())
     parts = {"model": model, "data": values.get("data", {}), "train": values.get("train", {}), "mesh": mesh}
     parts.update({name: dict(values[name]) for name in ("feedback", "rl") if values.get(name) is not None})
-    if "rl" in parts and "model_config" in parts["rl"]:
-        parts["rl"]["model_config"] = tuple(sorted(dict(parts["rl"]["model_config"]).items()))
+    for name in ("model_config", "lora"):
+        if "rl" in parts and name in parts["rl"]:
+            parts["rl"][name] = tuple(sorted(dict(parts["rl"][name]).items()))
     try:
         return ExperimentConfig(**{name: _section(SECTIONS[name], part, name) for name, part in parts.items()})
     except TypeError as error:  # e.g. a wrong argument type inside a dataclass
@@ -206,7 +208,7 @@ def describe(exp: ExperimentConfig, compare: CompareConfig | None = None) -> str
         lines.append(f"{name}:  # {_doc(ExperimentConfig, name) if name in SECTIONS else 'the arms compared'}")
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
-            if f.name in ("config", "shape", "rules", "model_config") and isinstance(value, tuple):
+            if f.name in ("config", "shape", "rules", "model_config", "lora") and isinstance(value, tuple):
                 value = dict(value)
             lines.append(f"  {name}.{f.name} = {value!r}  # {f.metadata.get('doc', '')}")
         lines.append("")

@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from rlhf_jax import sharding
 from rlhf_jax.config import RLConfig
+from rlhf_jax.models import lora
 from rlhf_jax.models.heads import Model
 from rlhf_jax.models.transformer import dense
 from rlhf_jax.optim import clipped_adam
@@ -95,8 +96,9 @@ class PolicyState:
     rng: jax.Array  # raw PRNG key, split every iteration
 
     @classmethod
-    def create(cls, params, tx, cfg: RLConfig) -> PolicyState:
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+    def create(cls, params, tx, cfg: RLConfig, trainable: lora.Trainable | None = None) -> PolicyState:
+        """Adam's moments for the ``trainable`` parameters only (all of them when None)."""
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(lora.split(params, trainable)[0]),
                    kl_coef=jnp.asarray(cfg.kl_coef, jnp.float32), rng=jax.random.PRNGKey(cfg.seed))
 
 
@@ -144,9 +146,17 @@ class Programs:
     """What the rollout and update programs are specialised on (static under ``jax.jit``)."""
 
     graphdef: object  # the ActorCritic's
-    ref_graphdef: object
+    ref_graphdef: object  # None: the reference is the policy with its adapters off (LoRA)
     cfg: RLConfig
     sampling: SamplingConfig
+    trainable: lora.Trainable | None = None  # None: every parameter trains
+
+    def reference(self, params, ref_params) -> Model:
+        """The frozen reference: its own model, or (LoRA) the policy's base with the adapters zeroed, which
+        shares the base's arrays with the policy (one copy in memory)."""
+        if self.ref_graphdef is None:
+            return nnx.merge(self.graphdef, lora.adapters_off(params)).policy
+        return nnx.merge(self.ref_graphdef, ref_params)
 
     @property
     def algorithm(self) -> Algorithm:
@@ -162,7 +172,7 @@ def rollout(programs: Programs, params, ref_params, prompt_ids_BxP, prompt_mask_
     (in the update's minibatch chunks, so the update recomputes the same numbers)."""
     cfg = programs.cfg
     model: ActorCritic = nnx.merge(programs.graphdef, params)
-    reference: Model = nnx.merge(programs.ref_graphdef, ref_params)
+    reference = programs.reference(params, ref_params)
     generation = sample(model.policy, prompt_ids_BxP, prompt_mask_BxP, key, programs.sampling)
     ids_BxT = jnp.concatenate([prompt_ids_BxP, generation.tokens_BxN], axis=1)
     mask_BxT = jnp.concatenate([prompt_mask_BxP, generation.response_mask_BxN], axis=1)
@@ -205,12 +215,17 @@ def update(programs: Programs, state: PolicyState, experience: Rollout, scores_B
                      returns_BxN=returns, ref_logp_BxN=experience.ref_logp_BxN)
     batch = scores_B.shape[0]
 
+    trained, frozen = lora.split(state.params, programs.trainable)  # gradients for the trainable part only
+
+    def loss_of(trained, minibatch):
+        return minibatch_loss(programs, lora.merge(trained, frozen), minibatch)
+
     def minibatch_step(carry, minibatch):
-        params, opt_state = carry
-        grads, metrics = jax.grad(functools.partial(minibatch_loss, programs), has_aux=True)(params, minibatch)
-        updates, opt_state = tx.update(grads, opt_state, params)
+        trained, opt_state = carry
+        grads, metrics = jax.grad(loss_of, has_aux=True)(trained, minibatch)
+        updates, opt_state = tx.update(grads, opt_state, trained)
         metrics["grad_norm"] = optax.global_norm(grads)
-        return (optax.apply_updates(params, updates), opt_state), metrics
+        return (optax.apply_updates(trained, updates), opt_state), metrics
 
     # The minibatches are the rollout's chunks (a random partition already: prompts come shuffled),
     # visited in a new random order every epoch: the same rows in the same shapes as the rollout's
@@ -221,8 +236,9 @@ def update(programs: Programs, state: PolicyState, experience: Rollout, scores_B
         order = jax.random.permutation(epoch_key, cfg.minibatches)
         return jax.lax.scan(minibatch_step, carry, jax.tree.map(lambda x: x[order], chunks))
 
-    (params, opt_state), metrics_ExM = jax.lax.scan(epoch_step, (state.params, state.opt_state),
-                                                    jax.random.split(update_key(state.rng), cfg.epochs))
+    (trained, opt_state), metrics_ExM = jax.lax.scan(epoch_step, (trained, state.opt_state),
+                                                     jax.random.split(update_key(state.rng), cfg.epochs))
+    params = lora.merge(trained, frozen)
     kl_B = jnp.sum(kl_BxN, axis=1)
     kl_coef = state.kl_coef
     if cfg.kl_target is not None:
@@ -249,13 +265,13 @@ class CompiledPrograms:
     update: callable
 
 
-def state_shardings(state: PolicyState, tx, layout: sharding.Layout) -> PolicyState:
+def state_shardings(state: PolicyState, tx, layout: sharding.Layout, trainable: lora.Trainable | None = None):
     replicated = layout.replicated
     params = layout.shardings(state.params)
     return PolicyState(
         step=replicated,
         params=params,
-        opt_state=optimizer_shardings(tx, state.opt_state, params, layout),
+        opt_state=optimizer_shardings(tx, state.opt_state, lora.split(params, trainable)[0], layout),
         kl_coef=replicated,
         rng=replicated,
     )

@@ -28,7 +28,7 @@ from rlhf_jax.distributed import is_main_process
 from rlhf_jax.feeding import Feed
 from rlhf_jax.files import write_json
 from rlhf_jax.metrics import MetricsWriter, truncate_after
-from rlhf_jax.models import from_pretrained, load_tokenizer, pad_token_id
+from rlhf_jax.models import from_pretrained, load_tokenizer, lora, pad_token_id
 from rlhf_jax.plots import plot_policy_training
 from rlhf_jax.sampling import decode_responses, generate, left_pad
 
@@ -133,15 +133,26 @@ class PolicySetup:
 
 
 def load_actor_critic(cfg: RLConfig, layout: sharding.Layout | None = None):
-    """(ActorCritic, frozen reference, tokenizer) from the policy's weights; with a layout, born on its mesh."""
+    """(ActorCritic, frozen reference or None, tokenizer) from the policy's weights; with a layout, born on
+    its mesh. With ``rl.lora`` the policy carries adapters and there is no reference model: the policy's
+    base with the adapters off is the reference."""
     overrides = dict(cfg.model_config)  # compute dtype, remat
     policy = from_pretrained(cfg.policy, head="causal_lm", layout=layout, **overrides)
-    reference = from_pretrained(cfg.reference or cfg.policy, head="causal_lm", layout=layout, **overrides)
+    adapters = cfg.adapters
+    if adapters is not None:
+        policy, reference = lora.apply(policy, adapters, seed=cfg.seed), None
+    else:
+        reference = from_pretrained(cfg.reference or cfg.policy, head="causal_lm", layout=layout, **overrides)
     value_model = (from_pretrained(cfg.policy, head="scalar", pooling="none", layout=layout, **overrides)
                    if cfg.value == "separate" else None)
     with nnx.use_eager_sharding(False):  # placed on the mesh later, by logical axes
         model = online.ActorCritic(policy, value_model, rngs=nnx.Rngs(cfg.seed))
     return model, reference, load_tokenizer(cfg.policy)
+
+
+def trainable_parameters(cfg: RLConfig) -> lora.Trainable | None:
+    """With adapters: they, the value head and a separate value model train; None (all) otherwise."""
+    return None if cfg.adapters is None else lora.Trainable(prefixes=(("value_head",), ("value_model",)))
 
 
 def prepare(exp: ExperimentConfig, workdir: str | None) -> PolicySetup:
@@ -161,19 +172,20 @@ def prepare(exp: ExperimentConfig, workdir: str | None) -> PolicySetup:
     model, reference, tokenizer = load_actor_critic(cfg, layout)
     graphdef, params = nnx.split(model)
     params = jax.device_put(params, layout.shardings(params))  # the value head (the rest is placed already)
-    ref_graphdef, ref_params = nnx.split(reference)
+    ref_graphdef, ref_params = nnx.split(reference) if reference is not None else (None, nnx.State({}))
     tx = online.make_optimizer(cfg)
+    trainable = trainable_parameters(cfg)
 
     def create(params):
-        return online.PolicyState.create(params, tx, cfg)
+        return online.PolicyState.create(params, tx, cfg, trainable)
 
-    state_sharding = online.state_shardings(jax.eval_shape(create, params), tx, layout)
+    state_sharding = online.state_shardings(jax.eval_shape(create, params), tx, layout, trainable)
     state = layout.create(create, state_sharding, params, donate=True)
     eos = model.policy.config.eos_token_id if model.policy.config.eos_token_id is not None else tokenizer.eos_token_id
     sampling = online.sampling_config(cfg, eos, pad_token_id(tokenizer))
-    functions = online.jit_functions(online.Programs(graphdef, ref_graphdef, cfg, sampling), state_sharding,
-                                  layout.shardings(ref_params), layout)
-    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=2) if workdir else None
+    functions = online.jit_functions(online.Programs(graphdef, ref_graphdef, cfg, sampling, trainable),
+                                     state_sharding, layout.shardings(ref_params), layout)
+    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, trainable=trainable) if workdir else None
     return PolicySetup(cfg, layout, tokenizer, graphdef, ref_graphdef, ref_params, state, state_sharding, functions,
                     sampling, checkpoints)
 
@@ -258,7 +270,8 @@ def save_policy(run: PolicySetup, state: online.PolicyState, path: str) -> str:
     if not is_main_process():
         return path
     model: online.ActorCritic = nnx.merge(run.graphdef, params)
-    return save_pretrained(model.policy, path, run.tokenizer)
+    policy = model.policy if run.cfg.adapters is None else lora.merged(model.policy, run.cfg.adapters)
+    return save_pretrained(policy, path, run.tokenizer)
 
 
 def evaluate(run: PolicySetup, state: online.PolicyState, reward_model, gold, prompts: Sequence[str],
@@ -272,7 +285,8 @@ def evaluate(run: PolicySetup, state: online.PolicyState, reward_model, gold, pr
     """
     cfg = run.cfg
     feed = Feed.of(run.layout, cfg.eval_batch_size)
-    reference = nnx.merge(run.ref_graphdef, run.ref_params)
+    reference = online.Programs(run.graphdef, run.ref_graphdef, cfg, run.sampling).reference(state.params,
+                                                                                             run.ref_params)
     local = {"prompt": [], "policy": [], "reference": [], "kl": [], "real": []}  # this process's rows
     for start in range(0, len(prompts), cfg.eval_batch_size):
         rows = np.arange(start, start + cfg.eval_batch_size)[feed.local]

@@ -1,0 +1,145 @@
+"""LoRA and QLoRA adapters on a model's backbone, by Google's qwix.
+
+On each projection whose module path matches ``LoraConfig.modules`` (a kernel W: [D_in, D_out]),
+
+    y = x W + (alpha / r) (x A) B,      A: [D_in, r] (He-uniform), B: [r, D_out] (zeros),
+
+so the adapted model equals the base at initialisation. qwix intercepts the backbone's ``dot_general``
+calls and holds A and B on the projection as ``<w>_lora_a`` / ``<w>_lora_b`` (``nnx.LoRAParam``), sharded
+along W's own axes. With ``quantize`` 'int8' / 'nf4' (QLoRA) W itself is replaced by its quantised
+values and per-block scales, and the forward uses those.
+
+Only the adapters (and a new classification / scalar head, and a policy's value head) train: the
+``Trainable`` filter picks them out of a model's state; optimiser state and checkpoints hold them alone.
+The frozen base with every B zeroed is the base model exactly (``adapters_off``): the reference of RL and
+DPO without a second copy of the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlhf_jax.config import ConfigError
+from rlhf_jax.config.lora import LoraConfig
+from rlhf_jax.models.heads import Model
+
+
+def apply(model: Model, cfg: LoraConfig, seed: int = 0) -> Model:
+    """``model`` with adapters on its backbone's matching projections (and, with ``cfg.quantize``, that
+    base quantised). The head is left as it is. Adapters are created by one eager call of the backbone."""
+    import qwix
+
+    mcfg = model.config
+    if mcfg.scan_layers:
+        raise ConfigError("config field 'lora': LoRA on scanned layers (model.scan_layers) is not supported yet; "
+                          "set scan_layers False")
+    quantize = None if cfg.quantize == "none" else cfg.quantize
+    provider = qwix.LoraProvider(module_path=cfg.modules, rank=cfg.rank, alpha=float(cfg.alpha),
+                                 weight_qtype=quantize, tile_size=cfg.tile_size if quantize else None)
+    backbone = model.backbone
+    backbone.cfg = mcfg.replace(remat="none")  # created in an eager call: not inside jax.checkpoint's trace
+    ids_1x2 = jnp.zeros((1, 2), jnp.int32)
+    mask_1x2 = jnp.ones((1, 2), jnp.int32)
+    try:
+        adapted = qwix.apply_lora_to_model(backbone, provider, ids_1x2, mask_1x2, rngs=nnx.Rngs(seed))
+    finally:
+        backbone.cfg = mcfg
+    adapted.cfg = mcfg
+    if not nnx.state(adapted, nnx.LoRAParam):
+        paths = sorted("/".join(map(str, p)) for p, m in backbone.iter_modules() if isinstance(m, nnx.Linear))
+        raise ConfigError(f"config field 'lora.modules': {cfg.modules!r} matches none of the backbone's "
+                          f"projections ({', '.join(paths[:4])}, ...)")
+    model.backbone = adapted
+    return model
+
+
+def has_adapters(model_or_state) -> bool:
+    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
+    return bool(nnx.filter_state(state, nnx.LoRAParam))
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainable:
+    """An NNX filter of the parameters that train: every ``nnx.LoRAParam``, and every parameter under one of
+    ``prefixes`` (state paths: ('head',) a new classification head, ('value_head',) a policy's value head)."""
+
+    prefixes: tuple[tuple, ...] = ()
+
+    def __call__(self, path, value) -> bool:
+        return isinstance(value, nnx.LoRAParam) or any(tuple(path[:len(p)]) == p for p in self.prefixes)
+
+
+def split(params: nnx.State, trainable: Trainable | None) -> tuple[nnx.State, nnx.State]:
+    """(trainable, frozen) parts of a model's state; with ``trainable`` None, (everything, empty)."""
+    if trainable is None:
+        return params, nnx.State({})
+    return nnx.split_state(params, trainable, ...)
+
+
+def merge(trainable: nnx.State, frozen: nnx.State) -> nnx.State:
+    return nnx.merge_state(frozen, trainable) if frozen else trainable
+
+
+def adapters_off(params: nnx.State) -> nnx.State:
+    """``params`` with every adapter zeroed: B = 0 makes each update exactly 0, so this is the base model
+    (bit for bit without quantisation: x W + 0). Inside a jitted step, only the small adapters are new."""
+    return jax.tree.map(lambda v: jnp.zeros_like(v) if isinstance(v, nnx.LoRAParam) else v, params,
+                        is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def adapted_projections(model: Model):
+    """(module path, projection) of each projection that carries adapters."""
+    return [(path, module) for path, module in model.iter_modules() if hasattr(module, "kernel_lora_a")]
+
+
+def base_kernel(projection) -> jax.Array:
+    """A projection's frozen W [D_in, D_out], dequantised when the base is held quantised."""
+    import qwix
+
+    kernel = projection.kernel
+    array = getattr(kernel, "array", None)  # qwix's WithAux around a QArray
+    if array is not None:
+        return qwix.dequantize(array)
+    return kernel[...]
+
+
+def delta(projection, scale: float) -> jax.Array:
+    """(alpha / r) A B: the adapters' update of W, [D_in, D_out]."""
+    return scale * (projection.kernel_lora_a[...] @ projection.kernel_lora_b[...])
+
+
+def merged(model: Model, cfg: LoraConfig) -> Model:
+    """A plain model (no adapters, nothing quantised) with each W replaced by W + (alpha / r) A B."""
+    from rlhf_jax.models.heads import abstract_model
+
+    plain = nnx.merge(*nnx.split(abstract_model(model.config)))
+    adapted = {tuple(path): projection for path, projection in adapted_projections(model)}
+    source = {tuple(p): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    flat = []
+    for path, variable in nnx.to_flat_state(nnx.state(plain, nnx.Param)):
+        path = tuple(path)
+        if path[-1] == "kernel" and path[:-1] in adapted:
+            projection = adapted[path[:-1]]
+            value = base_kernel(projection) + delta(projection, cfg.scale)
+        elif path in source:  # neither adapted nor quantised
+            value = source[path][...]
+        else:  # a quantised projection without adapters
+            value = base_kernel(_module_at(model, path[:-1]))
+        flat.append((path, variable.replace(value=jnp.asarray(value, variable.get_value().dtype))))
+    nnx.update(plain, nnx.from_flat_state(flat))
+    return plain
+
+
+def _module_at(root, path):
+    for key in path:
+        root = root[key] if isinstance(key, int) else getattr(root, key)
+    return root
+
+
+def parameter_count(state: nnx.State) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
