@@ -27,6 +27,7 @@ from flax import nnx
 
 from rlhf_jax import sharding, targets
 from rlhf_jax.config import ConfigError, ExperimentConfig, ModelConfig
+from rlhf_jax.models import lora
 from rlhf_jax.rl import online
 from rlhf_jax.rl.algorithms import ALGORITHMS
 from rlhf_jax.steps import jit_steps, make_optimizer, train_state_shardings
@@ -206,14 +207,15 @@ def compile_plan(step: str, parameters: int, optimizer: int, batch: int, lowered
 
 
 def plan_train_step(exp: ExperimentConfig, cfg: ModelConfig, layout: sharding.Layout) -> StepPlan:
-    from rlhf_jax.models import abstract_model
+    from rlhf_jax.trained import trainable_parameters
 
-    graphdef, params = nnx.split(abstract_model(cfg))
+    graphdef, params = nnx.split(lora.abstract_adapted(cfg, exp.model.adapters))
     tx = make_optimizer(exp.train)
-    state = jax.eval_shape(lambda p: TrainState.create(p, tx, exp.train.seed), params)
-    state_sharding = train_state_shardings(state, tx, layout)
+    trainable = trainable_parameters(exp.model)
+    state = jax.eval_shape(lambda p: TrainState.create(p, tx, exp.train.seed, trainable), params)
+    state_sharding = train_state_shardings(state, tx, layout, trainable)
     loss_fn = TASKS[exp.train.task].make_loss(_mask_tokenizer(exp), cfg.vocab_size, exp.train)
-    train_step, _ = jit_steps(graphdef, tx, loss_fn, state_sharding, layout)
+    train_step, _ = jit_steps(graphdef, tx, loss_fn, state_sharding, layout, trainable)
     batch = abstract_batch(exp, exp.train.batch_size)
     batch_sharding = jax.tree.map(lambda _: layout.batch, batch)
     lowered = train_step.lower(sharding.abstract(state, state_sharding), sharding.abstract(batch, batch_sharding))
@@ -237,21 +239,25 @@ def plan_policy_programs(exp: ExperimentConfig, shape: str | None, layout: shard
     (its algorithm's loss: PPO with a value head on the policy's trunk or a separate value model, GRPO, ...)
     for the rl section's policy, or the named architecture."""
     from rlhf_jax.models import abstract_model
+    from rlhf_jax.runs.policy_training import trainable_parameters
 
     p = exp.rl
     policy_cfg = policy_config(exp, shape)
     value_cfg = dataclasses.replace(policy_cfg, head="scalar", pooling="none") if p.value == "separate" else None
     with nnx.use_eager_sharding(False):
         model = nnx.eval_shape(lambda: online.ActorCritic(
-            abstract_model(policy_cfg), abstract_model(value_cfg) if value_cfg else None, rngs=nnx.Rngs(0)))
+            lora.abstract_adapted(policy_cfg, p.adapters), abstract_model(value_cfg) if value_cfg else None,
+            rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(model)
-    ref_graphdef, ref_params = nnx.split(abstract_model(policy_cfg))
+    # With adapters the reference is the policy's own base (no arrays of its own)
+    ref_graphdef, ref_params = nnx.split(abstract_model(policy_cfg)) if p.adapters is None else (None, nnx.State({}))
     ref_sharding = layout.shardings(ref_params)
     tx = online.make_optimizer(p)
-    state = jax.eval_shape(lambda q: online.PolicyState.create(q, tx, p), params)
-    state_sharding = online.state_shardings(state, tx, layout)
+    trainable = trainable_parameters(p)
+    state = jax.eval_shape(lambda q: online.PolicyState.create(q, tx, p, trainable), params)
+    state_sharding = online.state_shardings(state, tx, layout, trainable)
     sampling = online.sampling_config(p, policy_cfg.eos_token_id, policy_cfg.pad_token_id or 0)
-    programs = online.Programs(graphdef, ref_graphdef, p, sampling)
+    programs = online.Programs(graphdef, ref_graphdef, p, sampling, trainable)
     functions = online.jit_functions(programs, state_sharding, ref_sharding, layout)
     b, t, n = p.rollout_rows, p.prompt_tokens + p.response_tokens, p.response_tokens
     f32, i32 = np.float32, np.int32

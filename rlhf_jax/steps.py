@@ -17,6 +17,7 @@ from flax import nnx
 
 from rlhf_jax import sharding
 from rlhf_jax.config import TrainConfig
+from rlhf_jax.models import lora
 from rlhf_jax.optim import clipped_adam
 from rlhf_jax.train_state import TrainState
 
@@ -30,16 +31,19 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                         decay_mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params), fused=cfg.fused_optimizer)
 
 
-def train_step(graphdef, tx: optax.GradientTransformation, loss_fn, state: TrainState, batch: dict):
-    """One optimiser step on ``loss_fn(model, batch, rng) -> (loss, metrics)``; returns (state, metrics)."""
+def train_step(graphdef, tx: optax.GradientTransformation, loss_fn, trainable: lora.Trainable | None,
+               state: TrainState, batch: dict):
+    """One optimiser step on ``loss_fn(model, batch, rng) -> (loss, metrics)`` of the ``trainable``
+    parameters (None: all; else LoRA's adapters and a new head, the rest frozen); returns (state, metrics)."""
     rng, step_rng = jax.random.split(state.rng)
+    trained, frozen = lora.split(state.params, trainable)
 
-    def loss_of(params):
-        return loss_fn(nnx.merge(graphdef, params), batch, step_rng)
+    def loss_of(trained):
+        return loss_fn(nnx.merge(graphdef, lora.merge(trained, frozen)), batch, step_rng)
 
-    (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(trained)
+    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    params = lora.merge(optax.apply_updates(trained, updates), frozen)
     metrics = {name: value for name, value in metrics.items() if name != "confusion"}
     metrics["grad_norm"] = optax.global_norm(grads)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
@@ -58,18 +62,22 @@ def optimizer_shardings(tx: optax.GradientTransformation, opt_state, params_shar
                                  is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def train_state_shardings(state: TrainState, tx: optax.GradientTransformation, layout: sharding.Layout) -> TrainState:
-    """Parameters by their logical axes; optimizer moments like their parameters; the rest replicated."""
+def train_state_shardings(state: TrainState, tx: optax.GradientTransformation, layout: sharding.Layout,
+                          trainable: lora.Trainable | None = None) -> TrainState:
+    """Parameters by their logical axes; optimizer moments like their (trainable) parameters; the rest
+    replicated."""
     params = layout.shardings(state.params)
-    return TrainState(step=layout.replicated, params=params,
-                      opt_state=optimizer_shardings(tx, state.opt_state, params, layout), rng=layout.replicated)
+    return TrainState(step=layout.replicated, params=params, rng=layout.replicated,
+                      opt_state=optimizer_shardings(tx, state.opt_state, lora.split(params, trainable)[0], layout))
 
 
-def jit_steps(graphdef, tx, loss_fn, state_sharding: TrainState, layout: sharding.Layout):
+def jit_steps(graphdef, tx, loss_fn, state_sharding: TrainState, layout: sharding.Layout,
+              trainable: lora.Trainable | None = None):
     """(train_step, eval_step) compiled with explicit shardings, traced with the residual stream pinned to
     the batch split; the train state is donated."""
     batch, replicated = layout.batch, layout.replicated
-    return (layout.jit(functools.partial(train_step, graphdef, tx, loss_fn), in_shardings=(state_sharding, batch),
+    return (layout.jit(functools.partial(train_step, graphdef, tx, loss_fn, trainable),
+                       in_shardings=(state_sharding, batch),
                        out_shardings=(state_sharding, replicated), donate_argnums=0),
             layout.jit(functools.partial(eval_step, graphdef, loss_fn),
                        in_shardings=(state_sharding.params, batch, replicated), out_shardings=replicated))

@@ -16,8 +16,11 @@ class TrainState:
     rng: jax.Array  # raw uint32 PRNG key; every step splits it, so randomness is threaded and resumable
 
     @classmethod
-    def create(cls, params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    def create(cls, params: nnx.State, tx: optax.GradientTransformation, seed: int, trainable=None) -> TrainState:
+        """Optimizer state for the ``trainable`` parameters only (a ``lora.Trainable``; None: all)."""
         import jax.numpy as jnp
 
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        from rlhf_jax.models import lora
+
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(lora.split(params, trainable)[0]),
                    rng=jax.random.PRNGKey(seed))

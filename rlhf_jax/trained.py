@@ -25,7 +25,7 @@ from rlhf_jax.config import (
     to_dict,
 )
 from rlhf_jax.feeding import local_mesh
-from rlhf_jax.models import abstract_model, build_model, from_pretrained, load_tokenizer, pretrained_config
+from rlhf_jax.models import abstract_model, build_model, from_pretrained, load_tokenizer, lora, pretrained_config
 
 # Train fields that may change between a run and its resumption (bookkeeping, not maths).
 RESUMABLE_CHANGES = {"steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"}
@@ -62,7 +62,17 @@ def load_model(spec: ModelSpec, layout=None):
         model = build_model(ModelConfig(head=spec.head, **_random_model_overrides(spec, tokenizer)), seed=spec.seed)
         model = model if layout is None else layout.place(model)
     _check_vocabulary(model.config, tokenizer)
+    if spec.adapters is not None:
+        model = lora.apply(model, spec.adapters, seed=spec.seed)
     return model, tokenizer
+
+
+def trainable_parameters(spec: ModelSpec) -> lora.Trainable | None:
+    """With ``model.lora``: the adapters, and a classification / scalar head (new, so trained whole);
+    None (every parameter) without."""
+    if spec.adapters is None:
+        return None
+    return lora.Trainable(prefixes=(("head",),) if spec.head in ("classification", "scalar") else ())
 
 
 def _same_files(a, b) -> bool:
@@ -111,13 +121,18 @@ def restore(workdir: str, expected: ExperimentConfig | None = None, local: bool 
         tokenizer = load_tokenizer(exp.model.tokenizer or exp.model.source)
         cfg = model_config(exp.model, tokenizer)
         _check_vocabulary(cfg, tokenizer)
-        graphdef, shapes = nnx.split(abstract_model(cfg))
         mesh_config = (expected or exp).mesh
         layout = sharding.Layout.of(mesh_config)
         if local:
             layout = sharding.Layout(local_mesh(layout.mesh), layout.rules)
-        placement = layout.shardings(shapes)
-        params = checkpoints.restore_params(step, sharding.abstract(shapes, placement))
+        if exp.model.adapters is not None:  # the checkpoint holds the adapters (and head): the base is the source
+            graphdef, params = nnx.split(load_model(exp.model, layout)[0])
+            trained, frozen = lora.split(params, trainable_parameters(exp.model))
+            params = lora.merge(checkpoints.restore_params(step, sharding.abstract(trained, layout.shardings(
+                trained))), frozen)
+        else:
+            graphdef, shapes = nnx.split(abstract_model(cfg))
+            params = checkpoints.restore_params(step, sharding.abstract(shapes, layout.shardings(shapes)))
     finally:
         checkpoints.close()
     return Trained(graphdef, params, tokenizer, exp, step)

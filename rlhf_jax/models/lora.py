@@ -35,27 +35,63 @@ def apply(model: Model, cfg: LoraConfig, seed: int = 0) -> Model:
     import qwix
 
     mcfg = model.config
-    if mcfg.scan_layers:
-        raise ConfigError("config field 'lora': LoRA on scanned layers (model.scan_layers) is not supported yet; "
-                          "set scan_layers False")
+    if mcfg.scan_layers and cfg.quantize != "none":
+        raise ConfigError("config field 'lora.quantize': a quantised base (QLoRA) on scanned layers "
+                          "(model.scan_layers) is not supported yet; set scan_layers False or quantize 'none'")
     quantize = None if cfg.quantize == "none" else cfg.quantize
     provider = qwix.LoraProvider(module_path=cfg.modules, rank=cfg.rank, alpha=float(cfg.alpha),
                                  weight_qtype=quantize, tile_size=cfg.tile_size if quantize else None)
     backbone = model.backbone
-    backbone.cfg = mcfg.replace(remat="none")  # created in an eager call: not inside jax.checkpoint's trace
-    ids_1x2 = jnp.zeros((1, 2), jnp.int32)
-    mask_1x2 = jnp.ones((1, 2), jnp.int32)
-    try:
-        adapted = qwix.apply_lora_to_model(backbone, provider, ids_1x2, mask_1x2, rngs=nnx.Rngs(seed))
-    finally:
-        backbone.cfg = mcfg
-    adapted.cfg = mcfg
+    if mcfg.scan_layers:  # qwix cannot create parameters inside lax.scan's trace: the stacked ones made here
+        adapted = qwix.apply_lora_to_model(backbone, provider, None, skip_nnx_init=True, rngs=nnx.Rngs(seed))
+        _stacked_adapters(adapted, cfg, nnx.Rngs(seed))
+    else:
+        backbone.cfg = mcfg.replace(remat="none")  # created in an eager call: not inside jax.checkpoint's trace
+        ids_1x2 = jnp.zeros((1, 2), jnp.int32)
+        mask_1x2 = jnp.ones((1, 2), jnp.int32)
+        try:
+            adapted = qwix.apply_lora_to_model(backbone, provider, ids_1x2, mask_1x2, rngs=nnx.Rngs(seed))
+        finally:
+            backbone.cfg = mcfg
+        adapted.cfg = mcfg
     if not nnx.state(adapted, nnx.LoRAParam):
         paths = sorted("/".join(map(str, p)) for p, m in backbone.iter_modules() if isinstance(m, nnx.Linear))
         raise ConfigError(f"config field 'lora.modules': {cfg.modules!r} matches none of the backbone's "
                           f"projections ({', '.join(paths[:4])}, ...)")
     model.backbone = adapted
     return model
+
+
+def _stacked_adapters(backbone, cfg: LoraConfig, rngs: nnx.Rngs) -> None:
+    """Adapters on the scanned blocks' projections (kernels [L, D_in, D_out]), made as qwix makes them per
+    layer: A [L, D_in, r] He-uniform, B [L, r, D_out] zeros, sharded along the kernel's layer, input and
+    output axes; qwix then finds each layer's slice on the projection inside the scan."""
+    import re
+
+    for path, module in backbone.layers.iter_modules():
+        name = "/".join(map(str, ("layers", *path)))
+        if not isinstance(module, nnx.Linear) or not re.fullmatch(cfg.modules, name):
+            continue
+        kernel = module.kernel
+        layers, d_in, d_out = kernel.shape
+        axes = kernel.get_metadata().get("out_sharding") or (None, None, None)
+        keys = jax.random.split(rngs.params(), layers)
+        a = jax.vmap(lambda key: jax.nn.initializers.he_uniform()(key, (d_in, cfg.rank), kernel.dtype))(keys)
+        with nnx.use_eager_sharding(False):  # placed by the layout's rules, as every parameter
+            module.kernel_lora_a = nnx.LoRAParam(a, out_sharding=(axes[0], axes[1], None))
+            module.kernel_lora_b = nnx.LoRAParam(jnp.zeros((layers, cfg.rank, d_out), kernel.dtype),
+                                                 out_sharding=(axes[0], None, axes[2]))
+
+
+def abstract_adapted(cfg, adapters: LoraConfig | None) -> Model:
+    """``heads.abstract_model`` with the adapters (and quantised base) ``adapters`` asks for: shapes, dtypes
+    and logical axes without memory, for planning."""
+    from rlhf_jax.models.heads import abstract_model
+
+    if adapters is None:
+        return abstract_model(cfg)
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: apply(Model(cfg, rngs=nnx.Rngs(0)), adapters))
 
 
 def has_adapters(model_or_state) -> bool:

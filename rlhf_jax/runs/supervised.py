@@ -32,7 +32,7 @@ from rlhf_jax.plots import plot_training
 from rlhf_jax.steps import jit_steps, make_optimizer, train_state_shardings
 from rlhf_jax.tasks import TASKS, eval_key
 from rlhf_jax.train_state import TrainState
-from rlhf_jax.trained import check_same_run, load_model, restore
+from rlhf_jax.trained import check_same_run, load_model, restore, trainable_parameters
 
 log = logging.getLogger(__name__)
 def data_root(data: DataConfig) -> str:
@@ -119,17 +119,19 @@ def prepare(exp: ExperimentConfig, workdir: str, with_data: bool = True) -> Setu
     tx = make_optimizer(t)
     graphdef, params = nnx.split(model)
 
-    def create(params):
-        return TrainState.create(params, tx, t.seed)
+    trainable = trainable_parameters(exp.model)
 
-    state_sharding = train_state_shardings(jax.eval_shape(create, params), tx, layout)
+    def create(params):
+        return TrainState.create(params, tx, t.seed, trainable)
+
+    state_sharding = train_state_shardings(jax.eval_shape(create, params), tx, layout, trainable)
     state = layout.create(create, state_sharding, params, donate=True)
-    train_step, eval_step = jit_steps(graphdef, tx, loss_fn, state_sharding, layout)
+    train_step, eval_step = jit_steps(graphdef, tx, loss_fn, state_sharding, layout, trainable)
     if TASKS[t.task].reference:  # the reference is the model the run starts from: before any restore
         for split in splits.values():
             preference.add_reference_logprobs(split, graphdef, state.params, layout, t.eval_batch_size,
                                        os.path.join(data_root(exp.data), "reference_logprobs"))
-    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
+    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints, trainable=trainable)
     return Setup(layout, tokenizer, model.config.vocab_size, splits, graphdef, state, state_sharding, train_step,
                  eval_step, checkpoints)
 
