@@ -72,16 +72,13 @@ def _eval(args) -> int:
 
 
 def _export(args) -> int:
-    from flax import nnx
-
     from rlhf_jax.config import load_config
-    from rlhf_jax.models import save_pretrained
-    from rlhf_jax.trained import restore
+    from rlhf_jax.trained import export, restore
 
     trained = restore(args.workdir, load_config(args.config, args.overrides))
-    path = save_pretrained(nnx.merge(trained.graphdef, trained.params), args.out, trained.tokenizer)
-    step = trained.step
-    print(f"step {step} of {args.workdir} -> {path} (a transformers directory; also a model.source for configs)")
+    paths = export(trained, args.out)
+    print(f"step {trained.step} of {args.workdir} -> {paths[0]} (a transformers directory; also a model.source "
+          f"for configs)" + (f"; its LoRA adapters in PEFT's format -> {paths[1]}" if len(paths) > 1 else ""))
     return 0
 
 

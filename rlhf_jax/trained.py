@@ -9,6 +9,7 @@ placed on the config's mesh by the logical-axis rules.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 from flax import nnx
@@ -26,6 +27,8 @@ from rlhf_jax.config import (
 )
 from rlhf_jax.feeding import local_mesh
 from rlhf_jax.models import abstract_model, build_model, from_pretrained, load_tokenizer, lora, pretrained_config
+
+log = logging.getLogger(__name__)
 
 # Train fields that may change between a run and its resumption (bookkeeping, not maths).
 RESUMABLE_CHANGES = {"steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"}
@@ -136,3 +139,22 @@ def restore(workdir: str, expected: ExperimentConfig | None = None, local: bool 
     finally:
         checkpoints.close()
     return Trained(graphdef, params, tokenizer, exp, step)
+
+
+def export(trained: Trained, out: str) -> list[str]:
+    """Write a trained model as a transformers directory at ``out`` (with adapters: the merged model, and
+    the adapters in PEFT's format at ``<out>_adapters`` when the architecture stores plain Linears)."""
+    from rlhf_jax.models import save_pretrained
+    from rlhf_jax.models.adapter_export import save_adapters
+    from rlhf_jax.models.pretrained import resolve_source
+
+    model = nnx.merge(trained.graphdef, trained.params)
+    spec = trained.config.model
+    if spec.adapters is None:
+        return [save_pretrained(model, out, trained.tokenizer)]
+    paths = [save_pretrained(lora.merged(model, spec.adapters), out, trained.tokenizer)]
+    try:
+        paths.append(save_adapters(model, spec.adapters, out + "_adapters", resolve_source(spec.source)))
+    except ValueError as error:  # a head or family PEFT has no plain-Linear adapters for: the merged model only
+        log.info("%s", error)
+    return paths

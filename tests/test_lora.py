@@ -87,7 +87,7 @@ def test_merged_model_equals_the_adapted_model():
 @pytest.mark.parametrize("quantize, bound", [("int8", 0.01), ("nf4", 0.15)])
 def test_quantised_base_stays_near_the_float_base(quantize, bound):
     """QLoRA's forward against the float base, on random weights (N(0, 0.02) kernels): relative L2 error
-    of the logits. Measured: int8 0.005, nf4 0.10 (docs/lora.md has the real SmolLM2 figures)."""
+    of the logits, within the bounds docs/lora.md states beside the measured figures."""
     ids, mask = batch()
     logits = build_model(CFG)(ids, mask)
     model = lora.apply(build_model(CFG), LoraConfig(rank=4, alpha=8.0, quantize=quantize), seed=1)
@@ -138,7 +138,7 @@ def test_ppo_with_lora_trains_adapters_and_value_head_only(tiny_policy, prompts)
     assert moved and all("_lora_" in name or name.startswith("value_head") for name in moved)
     assert any(name.endswith("kernel_lora_b") for name in moved) and np.isfinite(metrics["loss"])
     # Adam's moments exist for the trainable parameters only
-    trainable = lora.split(before, run.functions and policy_training.trainable_parameters(run.cfg))[0]
+    trainable = lora.split(before, policy_training.trainable_parameters(run.cfg))[0]
     assert lora.parameter_count(state.opt_state) < 3 * lora.parameter_count(trainable) + 10
 
 
@@ -153,8 +153,6 @@ def test_ppo_with_lora_eight_devices_match_one(tiny_policy, prompts):
 
 
 def test_lora_checkpoint_holds_adapters_and_resumes_exactly(tmp_path, tiny_policy, prompts):
-    from rlhf_jax.trained import load_model  # noqa: F401  (the reward model's loader, as in test_ppo)
-
     exp = tiny(tiny_policy, *LORA, "--config.rl.algorithm='grpo'", "--config.rl.samples_per_prompt=2",
                "--config.rl.rollout_prompts=4", "--config.rl.kl_target=None", *ONE_DEVICE)
     reward = LengthGold()
@@ -224,7 +222,7 @@ def test_merged_export_is_a_transformers_directory_of_the_adapted_model(tmp_path
 @pytest.mark.slow
 def test_nf4_base_of_smollm2_stays_within_the_stated_tolerance(smollm2_dir):
     """QLoRA's 4-bit base against the float one on SmolLM2's real weights (blocks of 64), over the sentence's
-    next-token distributions. Measured: mean KL 0.360 nats, top-1 agreement 0.812 (docs/lora.md)."""
+    next-token distributions: mean KL and top-1 agreement within the bounds docs/lora.md states."""
     from rlhf_jax.models import from_pretrained, load_tokenizer
 
     ids = load_tokenizer(smollm2_dir)(SENTENCE, return_tensors="np")["input_ids"]

@@ -43,6 +43,25 @@ def test_the_135m_plan_matches_the_bytes_a_real_8_device_run_holds(tmp_path, smo
     assert step.parameters == pytest.approx(134_515_008 * 4 / 8, rel=0.01)  # SmolLM2-135M's parameters, float32
 
 
+def test_the_lora_plan_matches_a_real_lora_run_and_drops_adam_for_the_base(tmp_path, smollm2_dir):
+    """With model.lora the plan counts the adapters and Adam's moments of the adapters alone, as the real run
+    on 8 devices holds them."""
+    from rlhf_jax.models import lora
+    from rlhf_jax.runs import supervised
+
+    exp = load_config(os.path.join(CONFIGS, "sft_smollm2_rt.py"), [FSDP8, "--config.model.lora={'rank': 8}"])
+    _, (step,) = plan.plan(exp)
+    run = supervised.prepare(exp, str(tmp_path), with_data=False)
+    run.checkpoints.close()
+    adapters = lora.parameter_count(lora.split(run.state.params, lora.Trainable())[0])
+    assert adapters == 30 * 8 * (2 * (576 + 576) + 2 * (576 + 192) + 2 * (576 + 1536) + (1536 + 576))
+    for device in jax.devices():
+        assert held_on(device, run.state.params) == pytest.approx(step.parameters, rel=0.1)
+        assert held_on(device, run.state.opt_state) == pytest.approx(step.optimizer, rel=0.1)
+    assert step.parameters == pytest.approx((134_515_008 + adapters) * 4 / 8, rel=0.01)
+    assert step.optimizer == pytest.approx(2 * adapters * 4 / 8, rel=0.05)  # Adam's moments: adapters only
+
+
 def test_plan_prints_the_8b_table_on_64_simulated_devices():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", "plan", "--config",

@@ -35,6 +35,9 @@ def _check_same_but_seed(exps: Sequence[ExperimentConfig]) -> None:
         raise ConfigError("seeds in parallel: the configs may differ in rl.seed only")
     if len({e.rl.seed for e in exps}) != len(exps):
         raise ConfigError(f"seeds in parallel: repeated seeds {[e.rl.seed for e in exps]}")
+    if exps[0].rl.adapters is not None:
+        raise ConfigError("config field 'rl.lora': seeds in parallel would stack a copy of the frozen base per "
+                          "seed; run LoRA seeds one after another (compare.parallel_seeds False)")
 
 
 def _restore(checkpoints: list[Checkpointer], exps, template, state_sharding):

@@ -261,7 +261,8 @@ def restore(exp: ExperimentConfig, workdir: str):
 
 
 def save_policy(run: PolicySetup, state: online.PolicyState, path: str) -> str:
-    """The trained policy (without its value head) as a transformers directory, e.g. for the next round."""
+    """The trained policy (without its value head) as a transformers directory, e.g. for the next round;
+    with adapters, that is the merged model, and PEFT's adapters go beside it in ``<path>_adapters``."""
     from jax.experimental.multihost_utils import process_allgather
 
     from rlhf_jax.models import save_pretrained
@@ -270,8 +271,13 @@ def save_policy(run: PolicySetup, state: online.PolicyState, path: str) -> str:
     if not is_main_process():
         return path
     model: online.ActorCritic = nnx.merge(run.graphdef, params)
-    policy = model.policy if run.cfg.adapters is None else lora.merged(model.policy, run.cfg.adapters)
-    return save_pretrained(policy, path, run.tokenizer)
+    if run.cfg.adapters is None:
+        return save_pretrained(model.policy, path, run.tokenizer)
+    from rlhf_jax.models.adapter_export import save_adapters
+    from rlhf_jax.models.pretrained import resolve_source
+
+    save_adapters(model.policy, run.cfg.adapters, path + "_adapters", resolve_source(run.cfg.policy))
+    return save_pretrained(lora.merged(model.policy, run.cfg.adapters), path, run.tokenizer)
 
 
 def evaluate(run: PolicySetup, state: online.PolicyState, reward_model, gold, prompts: Sequence[str],

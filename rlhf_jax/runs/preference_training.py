@@ -20,7 +20,6 @@ import json
 import os
 
 import jax
-from flax import nnx
 
 from rlhf_jax.config import ConfigError, ExperimentConfig, same_config, to_dict
 from rlhf_jax.distributed import is_main_process
@@ -28,9 +27,9 @@ from rlhf_jax.feedback.collect import sentiment_prompts
 from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.files import write_atomic, write_json
 from rlhf_jax.metrics import MetricsWriter, read_metrics
-from rlhf_jax.models import load_tokenizer, save_pretrained
+from rlhf_jax.models import load_tokenizer
 from rlhf_jax.runs import policy_training, reward_training, supervised
-from rlhf_jax.trained import restore
+from rlhf_jax.trained import export, restore
 
 
 def check_config(exp: ExperimentConfig) -> None:
@@ -43,11 +42,12 @@ def check_config(exp: ExperimentConfig) -> None:
 
 
 def save_policy(directory: str, exp: ExperimentConfig) -> str:
-    """The latest checkpoint of ``directory`` as a transformers directory ``directory/policy``."""
+    """The latest checkpoint of ``directory`` as a transformers directory ``directory/policy`` (with LoRA:
+    merged, the adapters beside it in PEFT's format: ``trained.export``)."""
     trained = restore(directory, exp, local=True)
     path = os.path.join(directory, "policy")
     if is_main_process():
-        save_pretrained(nnx.merge(trained.graphdef, jax.device_get(trained.params)), path, trained.tokenizer)
+        export(dataclasses.replace(trained, params=jax.device_get(trained.params)), path)
     return path
 
 
