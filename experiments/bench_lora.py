@@ -58,7 +58,7 @@ def arm(config: str, overrides: list[str]):
         jax.block_until_ready(metrics)
         return time.perf_counter() - start
 
-    trained, frozen = lora.split(state.params, policy_training.trainable_parameters(cfg))
+    trained, frozen = lora.split(state.params, online.trainable_parameters(cfg))
     experience = jax.eval_shape(run.functions.rollout, state.params, run.ref_params,
                                 *policy_training.to_mesh((ids, np.ones_like(ids)), run), online.rollout_key(state.rng))
     update = run.functions.update.lower(state, experience, policy_training.to_mesh(scores, run)).compile()

@@ -239,7 +239,6 @@ def plan_policy_programs(exp: ExperimentConfig, shape: str | None, layout: shard
     (its algorithm's loss: PPO with a value head on the policy's trunk or a separate value model, GRPO, ...)
     for the rl section's policy, or the named architecture."""
     from rlhf_jax.models import abstract_model
-    from rlhf_jax.runs.policy_training import trainable_parameters
 
     p = exp.rl
     policy_cfg = policy_config(exp, shape)
@@ -253,7 +252,7 @@ def plan_policy_programs(exp: ExperimentConfig, shape: str | None, layout: shard
     ref_graphdef, ref_params = nnx.split(abstract_model(policy_cfg)) if p.adapters is None else (None, nnx.State({}))
     ref_sharding = layout.shardings(ref_params)
     tx = online.make_optimizer(p)
-    trainable = trainable_parameters(p)
+    trainable = online.trainable_parameters(p)
     state = jax.eval_shape(lambda q: online.PolicyState.create(q, tx, p, trainable), params)
     state_sharding = online.state_shardings(state, tx, layout, trainable)
     sampling = online.sampling_config(p, policy_cfg.eos_token_id, policy_cfg.pad_token_id or 0)

@@ -17,10 +17,10 @@ class TrainState:
 
     @classmethod
     def create(cls, params: nnx.State, tx: optax.GradientTransformation, seed: int, trainable=None) -> TrainState:
-        """Optimizer state for the ``trainable`` parameters only (a ``lora.Trainable``; None: all)."""
+        """Optimizer state for the ``trainable`` parameters only (an NNX filter, e.g. ``lora.Trainable``;
+        None: all)."""
         import jax.numpy as jnp
 
-        from rlhf_jax.models import lora
-
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(lora.split(params, trainable)[0]),
+        trained = params if trainable is None else nnx.filter_state(params, trainable)
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trained),
                    rng=jax.random.PRNGKey(seed))

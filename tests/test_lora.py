@@ -138,7 +138,7 @@ def test_ppo_with_lora_trains_adapters_and_value_head_only(tiny_policy, prompts)
     assert moved and all("_lora_" in name or name.startswith("value_head") for name in moved)
     assert any(name.endswith("kernel_lora_b") for name in moved) and np.isfinite(metrics["loss"])
     # Adam's moments exist for the trainable parameters only
-    trainable = lora.split(before, policy_training.trainable_parameters(run.cfg))[0]
+    trainable = lora.split(before, online.trainable_parameters(run.cfg))[0]
     assert lora.parameter_count(state.opt_state) < 3 * lora.parameter_count(trainable) + 10
 
 
@@ -165,7 +165,7 @@ def test_lora_checkpoint_holds_adapters_and_resumes_exactly(tmp_path, tiny_polic
     saved = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name.isdigit())
     sizes = sum(f.stat().st_size for f in (tmp_path / "a" / "checkpoints" / saved[-1]).rglob("*") if f.is_file())
     base = lora.parameter_count(lora.split(jax.device_get(straight["state"].params),
-                                           policy_training.trainable_parameters(exp.rl))[1]) * 4
+                                           online.trainable_parameters(exp.rl))[1]) * 4
     assert sizes < base / 4  # adapters, value head and Adam's moments: far less than the frozen base
 
 

@@ -125,6 +125,11 @@ class Rollout:
             chex.assert_shape(scores_B, (rows,))
 
 
+def trainable_parameters(cfg: RLConfig) -> lora.Trainable | None:
+    """With adapters: they, the value head and a separate value model train; None (all) otherwise."""
+    return None if cfg.adapters is None else lora.Trainable(prefixes=(("value_head",), ("value_model",)))
+
+
 def make_optimizer(cfg: RLConfig) -> optax.GradientTransformation:
     return clipped_adam(cfg.learning_rate, max_norm=cfg.grad_clip, eps=1e-5, fused=cfg.fused_optimizer)
 

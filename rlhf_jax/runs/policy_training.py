@@ -150,11 +150,6 @@ def load_actor_critic(cfg: RLConfig, layout: sharding.Layout | None = None):
     return model, reference, load_tokenizer(cfg.policy)
 
 
-def trainable_parameters(cfg: RLConfig) -> lora.Trainable | None:
-    """With adapters: they, the value head and a separate value model train; None (all) otherwise."""
-    return None if cfg.adapters is None else lora.Trainable(prefixes=(("value_head",), ("value_model",)))
-
-
 def prepare(exp: ExperimentConfig, workdir: str | None) -> PolicySetup:
     cfg = exp.rl
     if cfg is None:
@@ -174,7 +169,7 @@ def prepare(exp: ExperimentConfig, workdir: str | None) -> PolicySetup:
     params = jax.device_put(params, layout.shardings(params))  # the value head (the rest is placed already)
     ref_graphdef, ref_params = nnx.split(reference) if reference is not None else (None, nnx.State({}))
     tx = online.make_optimizer(cfg)
-    trainable = trainable_parameters(cfg)
+    trainable = online.trainable_parameters(cfg)
 
     def create(params):
         return online.PolicyState.create(params, tx, cfg, trainable)
