@@ -288,3 +288,17 @@ def test_scanned_layers_carry_stacked_adapters():
     np.testing.assert_allclose(lora.merged(model, lc)(ids, mask), model(ids, mask), rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="lora.quantize"):
         lora.apply(build_model(cfg), LoraConfig(quantize="nf4"))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_bfloat16_computation_stays_bfloat16_with_float32_adapters(scan):
+    """float32 adapters on a bfloat16 forward: the projections still return bfloat16 (the residual stream is
+    not promoted, the scan's carry keeps its type), and the adapted model starts as the base exactly."""
+    cfg = CFG.replace(dtype="bfloat16", scan_layers=scan)
+    ids, mask = batch()
+    logits = build_model(cfg)(ids, mask)
+    model = lora.apply(build_model(cfg), LoraConfig(rank=4, alpha=8.0), seed=1)
+    assert model.hidden_states(ids, mask).dtype == jnp.bfloat16
+    projection = model.backbone.layers.attn.q_proj if scan else model.backbone.layers[0].attn.q_proj
+    assert projection.kernel_lora_a.dtype == jnp.float32
+    np.testing.assert_array_equal(model(ids, mask), logits)

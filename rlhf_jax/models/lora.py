@@ -39,7 +39,7 @@ def apply(model: Model, cfg: LoraConfig, seed: int = 0) -> Model:
         raise ConfigError("config field 'lora.quantize': a quantised base (QLoRA) on scanned layers "
                           "(model.scan_layers) is not supported yet; set scan_layers False or quantize 'none'")
     quantize = None if cfg.quantize == "none" else cfg.quantize
-    provider = qwix.LoraProvider(module_path=cfg.modules, rank=cfg.rank, alpha=float(cfg.alpha),
+    provider = _ComputeDtypeLora(module_path=cfg.modules, rank=cfg.rank, alpha=float(cfg.alpha),
                                  weight_qtype=quantize, tile_size=cfg.tile_size if quantize else None)
     backbone = model.backbone
     if mcfg.scan_layers:  # qwix cannot create parameters inside lax.scan's trace: the stacked ones made here
@@ -60,6 +60,28 @@ def apply(model: Model, cfg: LoraConfig, seed: int = 0) -> Model:
                           f"projections ({', '.join(paths[:4])}, ...)")
     model.backbone = adapted
     return model
+
+
+def _lora_provider_class():
+    import qwix
+
+    class ComputeDtypeLora(qwix.LoraProvider):
+        """qwix's LoRA with the projection's output in the dtype the plain projection gives: float32
+        adapters on a bfloat16 computation would otherwise promote the residual stream to float32 (and
+        break the scan's carry)."""
+
+        def dot_general(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+                        out_sharding=None):
+            out = super().dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type,
+                                      out_sharding=out_sharding)
+            rhs_dtype = rhs.dtype if isinstance(rhs, jax.Array) else lhs.dtype  # a quantised base: lhs's
+            return out.astype(preferred_element_type or jnp.result_type(lhs.dtype, rhs_dtype))
+
+    return ComputeDtypeLora
+
+
+def _ComputeDtypeLora(**kwargs):  # noqa: N802 (a class, made on first use: qwix is imported lazily)
+    return _lora_provider_class()(**kwargs)
 
 
 def _stacked_adapters(backbone, cfg: LoraConfig, rngs: nnx.Rngs) -> None:
