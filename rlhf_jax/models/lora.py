@@ -39,7 +39,7 @@ def apply(model: Model, cfg: LoraConfig, seed: int = 0) -> Model:
         raise ConfigError("config field 'lora.quantize': a quantised base (QLoRA) on scanned layers "
                           "(model.scan_layers) is not supported yet; set scan_layers False or quantize 'none'")
     quantize = None if cfg.quantize == "none" else cfg.quantize
-    provider = _ComputeDtypeLora(module_path=cfg.modules, rank=cfg.rank, alpha=float(cfg.alpha),
+    provider = lora_provider(module_path=cfg.modules, rank=cfg.rank, alpha=float(cfg.alpha),
                                  weight_qtype=quantize, tile_size=cfg.tile_size if quantize else None)
     backbone = model.backbone
     if mcfg.scan_layers:  # qwix cannot create parameters inside lax.scan's trace: the stacked ones made here
@@ -80,7 +80,7 @@ def _lora_provider_class():
     return ComputeDtypeLora
 
 
-def _ComputeDtypeLora(**kwargs):  # noqa: N802 (a class, made on first use: qwix is imported lazily)
+def lora_provider(**kwargs):  # qwix is imported on first use
     return _lora_provider_class()(**kwargs)
 
 
