@@ -25,6 +25,27 @@ def tiny_rl(policy: str, *overrides: str):
                        [f"--config.rl.policy={policy}", f"--config.feedback.policy={policy}", *overrides])
 
 
+def policy_iteration(exp, prompts, scores_B=None):
+    """(setup, parameters before, rollout, scores, new state, metrics) of the first policy-gradient iteration of
+    ``exp`` on ``prompts``, with ``scores_B`` (default: seeded normal scores) as the reward."""
+    import jax
+    import numpy as np
+
+    from rlhf_jax.rl import online
+    from rlhf_jax.runs import policy_training
+
+    run = policy_training.prepare(exp, None)
+    arrays, _ = policy_training.encode_prompts(run.tokenizer, prompts[:exp.rl.rollout_prompts], exp.rl.prompt_tokens)
+    ids, mask = policy_training.to_mesh(arrays, run)
+    before = jax.device_get(run.state.params)
+    experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, online.rollout_key(run.state.rng))
+    experience_host = jax.device_get(experience)
+    if scores_B is None:
+        scores_B = np.random.default_rng(0).normal(size=exp.rl.rollout_prompts).astype(np.float32)
+    state, metrics = run.functions.update(run.state, experience, policy_training.to_mesh(scores_B, run))
+    return run, before, experience_host, scores_B, jax.device_get(state), jax.device_get(metrics)
+
+
 class LengthGold:
     """A deterministic stand-in gold scorer: longer responses are better."""
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import EIGHT_DEVICES, ONE_DEVICE, LengthGold
+from conftest import EIGHT_DEVICES, ONE_DEVICE, LengthGold, policy_iteration
 from conftest import tiny_rl as tiny
 from flax import nnx
 
@@ -116,20 +116,8 @@ def prompts(tiny_policy):
     return sentiment_prompts(64, 8, load_tokenizer(tiny_policy), split="train")
 
 
-def first_iteration(exp, prompts, scores_B=None):
-    run = policy_training.prepare(exp, None)
-    arrays, _ = policy_training.encode_prompts(run.tokenizer, prompts[:exp.rl.rollout_prompts], exp.rl.prompt_tokens)
-    ids, mask = policy_training.to_mesh(arrays, run)
-    before = jax.device_get(run.state.params)
-    experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, online.rollout_key(run.state.rng))
-    if scores_B is None:
-        scores_B = np.random.default_rng(0).normal(size=exp.rl.rollout_prompts).astype(np.float32)
-    state, metrics = run.functions.update(run.state, experience, policy_training.to_mesh(scores_B, run))
-    return run, before, jax.device_get(experience), scores_B, jax.device_get(state), jax.device_get(metrics)
-
-
 def test_ppo_with_lora_trains_adapters_and_value_head_only(tiny_policy, prompts):
-    run, before, experience, _, state, metrics = first_iteration(tiny(tiny_policy, *LORA, *ONE_DEVICE), prompts)
+    run, before, experience, _, state, metrics = policy_iteration(tiny(tiny_policy, *LORA, *ONE_DEVICE), prompts)
     assert run.ref_graphdef is None and not run.ref_params  # no second copy of the weights
     # at the start the policy is its reference: the same log-probs, KL 0
     np.testing.assert_array_equal(experience.logp_BxN, experience.ref_logp_BxN)
@@ -143,8 +131,8 @@ def test_ppo_with_lora_trains_adapters_and_value_head_only(tiny_policy, prompts)
 
 
 def test_ppo_with_lora_eight_devices_match_one(tiny_policy, prompts):
-    _, _, exp1, scores, state1, metrics1 = first_iteration(tiny(tiny_policy, *LORA, *ONE_DEVICE), prompts)
-    _, _, exp8, _, state8, metrics8 = first_iteration(tiny(tiny_policy, *LORA, *EIGHT_DEVICES), prompts, scores)
+    _, _, exp1, scores, state1, metrics1 = policy_iteration(tiny(tiny_policy, *LORA, *ONE_DEVICE), prompts)
+    _, _, exp8, _, state8, metrics8 = policy_iteration(tiny(tiny_policy, *LORA, *EIGHT_DEVICES), prompts, scores)
     np.testing.assert_array_equal(exp1.ids_BxT, exp8.ids_BxT)
     np.testing.assert_allclose(exp8.logp_BxN, exp1.logp_BxN, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(state1.params), jax.tree.leaves(state8.params)):

@@ -9,12 +9,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import CONFIGS, EIGHT_DEVICES, ONE_DEVICE, LengthGold
+from conftest import CONFIGS, EIGHT_DEVICES, ONE_DEVICE, LengthGold, policy_iteration
 from conftest import tiny_rl as tiny
 from flax import nnx
 
 from rlhf_jax.metrics import read_metrics
-from rlhf_jax.rl import online
 from rlhf_jax.runs import policy_training
 from rlhf_jax.scoring import RewardModel
 
@@ -38,17 +37,8 @@ def prompts(tiny_policy):
 
 
 def one_iteration(exp, prompts, scores_B=None):
-    """(setup, rollout, scores, new state, metrics) of the first PPO iteration."""
-    run = policy_training.prepare(exp, None)
-    arrays, _ = policy_training.encode_prompts(run.tokenizer, prompts[:exp.rl.rollout_prompts], exp.rl.prompt_tokens)
-    ids, mask = policy_training.to_mesh(arrays, run)
-    params_before = jax.device_get(run.state.params)
-    experience = run.functions.rollout(run.state.params, run.ref_params, ids, mask, online.rollout_key(run.state.rng))
-    experience_host = jax.device_get(experience)
-    if scores_B is None:
-        scores_B = np.random.default_rng(0).normal(size=exp.rl.rollout_prompts).astype(np.float32)
-    state, metrics = run.functions.update(run.state, experience, policy_training.to_mesh(scores_B, run))
-    return params_before, experience_host, scores_B, jax.device_get(state), jax.device_get(metrics)
+    """(parameters before, rollout, scores, new state, metrics) of the first PPO iteration."""
+    return policy_iteration(exp, prompts, scores_B)[1:]
 
 
 def test_learning_rate_zero_keeps_ratio_one_and_moves_nothing(tiny_policy, prompts):
