@@ -31,8 +31,8 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                         decay_mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params), fused=cfg.fused_optimizer)
 
 
-def train_step(graphdef, tx: optax.GradientTransformation, loss_fn, trainable: lora.Trainable | None,
-               state: TrainState, batch: dict):
+def train_step(graphdef, tx: optax.GradientTransformation, loss_fn, state: TrainState, batch: dict,
+               trainable: lora.Trainable | None = None):
     """One optimiser step on ``loss_fn(model, batch, rng) -> (loss, metrics)`` of the ``trainable``
     parameters (None: all; else LoRA's adapters and a new head, the rest frozen); returns (state, metrics)."""
     rng, step_rng = jax.random.split(state.rng)
@@ -76,7 +76,7 @@ def jit_steps(graphdef, tx, loss_fn, state_sharding: TrainState, layout: shardin
     """(train_step, eval_step) compiled with explicit shardings, traced with the residual stream pinned to
     the batch split; the train state is donated."""
     batch, replicated = layout.batch, layout.replicated
-    return (layout.jit(functools.partial(train_step, graphdef, tx, loss_fn, trainable),
+    return (layout.jit(functools.partial(train_step, graphdef, tx, loss_fn, trainable=trainable),
                        in_shardings=(state_sharding, batch),
                        out_shardings=(state_sharding, replicated), donate_argnums=0),
             layout.jit(functools.partial(eval_step, graphdef, loss_fn),
