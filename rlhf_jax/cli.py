@@ -162,14 +162,8 @@ def _best_of_n(args) -> int:
     exp = load_config(args.config, args.overrides)
     if exp.rl is None or exp.feedback is None:
         raise ConfigError("config field 'rl': best-of-n samples the rl section's policy and needs a feedback section")
-    try:
-        ns = sorted({int(n) for n in args.n.split(",")})
-    except ValueError:
-        raise ConfigError(f"--n {args.n!r}: write sample counts such as 1,2,4,8,16") from None
-    if ns[0] < 1:
-        raise ConfigError(f"--n {args.n!r}: every n must be >= 1")
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
-    print(best_of_n.table(best_of_n.run(exp, workdir, ns)))
+    print(best_of_n.table(best_of_n.run(exp, workdir, best_of_n.sample_counts(args.n))))
     return 0
 
 
@@ -367,17 +361,19 @@ def main(argv: list[str] | None = None) -> int:
     if rest or (args.overrides and args.command not in ("config", "train", "eval", "export", "run", "loop", "plan",
                                                                       "best-of-n")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
-    from rlhf_jax import distributed
+    from rlhf_jax import distributed, preemption
     from rlhf_jax.allocator import keep_freed_memory
     from rlhf_jax.assets import AssetError
     from rlhf_jax.config import ConfigError
     from rlhf_jax.data.records import DataError
     from rlhf_jax.labeling.validation import LabelError
+    from rlhf_jax.metrics import log_to_stderr
     from rlhf_jax.models.convert import CheckpointError
 
-    clear_errors = (AssetError, ConfigError, CheckpointError, DataError, LabelError, FileNotFoundError,
+    clear_errors = (AssetError, ConfigError, CheckpointError, DataError, LabelError, OSError,
                     distributed.DistributedError)
     keep_freed_memory()
+    log_to_stderr()
     try:
         setup = distributed.ProcessSetup.from_flags(args.coordinator, args.num_processes, args.process_id,
                                                     args.auto_distributed)
@@ -385,9 +381,13 @@ def main(argv: list[str] | None = None) -> int:
             raise distributed.DistributedError(f"'rlhf-jax {args.command}' runs as one process: drop --coordinator, "
                                                "--num-processes, --process-id and --auto-distributed")
         distributed.initialize(setup)
+        preemption.install(setup.multi_process)
         if setup.multi_process:
             return distributed.run_or_exit(args.run, args, clear_errors)
         return args.run(args)
+    except preemption.Preempted as stopped:  # saved at a step boundary
+        print(f"rlhf-jax: preempted: {stopped}; the same command resumes", file=sys.stderr)
+        return preemption.EXIT_STATUS
     except clear_errors as error:
         print(f"rlhf-jax: error: {error}", file=sys.stderr)
         return 2

@@ -84,11 +84,21 @@ def run_or_exit(function, args, clear_errors: tuple[type, ...] = ()):
     """``function(args)`` in a multi-process run. If it raises, this process reports the error (one line
     for ``clear_errors``, else the traceback) and exits at once (status 2, else 1), skipping JAX's
     exit-time barrier, which would wait minutes for peers that are still running: the launcher, or the
-    peers' heartbeat, then ends the run."""
+    peers' heartbeat, then ends the run. A run preempted at a step every process agreed on (its checkpoint
+    is final on every process) exits with ``preemption.EXIT_STATUS``."""
     import traceback
+
+    from rlhf_jax import preemption
 
     try:
         return function(args)
+    except preemption.Preempted as stopped:
+        if is_main_process():
+            print(f"rlhf-jax: preempted: {stopped}; the same command resumes", file=sys.stderr)
+        barrier("preempted", timeout_seconds=120)  # all have saved: none exits while a peer still needs it
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(preemption.EXIT_STATUS)
     except BaseException as error:
         clear = isinstance(error, clear_errors)
         if clear:

@@ -4,6 +4,10 @@ CPU devices, joined into one run (what the hosts of a pod do, one machine standi
 Process 0's output is streamed as it is; the others' error output is streamed with a ``[process i]``
 prefix. When one process fails or dies, the others are stopped (SIGTERM, then SIGKILL after a grace
 period) and the launcher exits with its status, so a dead peer never leaves the rest hanging.
+
+A SIGTERM or SIGINT to the launcher is passed to every process as SIGTERM, a preemption notice: they save
+at one step and exit with ``preemption.EXIT_STATUS``, which the launcher then exits with, as it does when
+any process was preempted on its own.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from rlhf_jax.preemption import EXIT_STATUS as PREEMPTED
 
 GRACE_SECONDS = 10.0
 
@@ -75,10 +81,16 @@ def launch(command: list[str], processes: int, devices_per_process: int, port: i
                                         stderr=stderr))
         if index:
             threading.Thread(target=_relay, args=(running[-1].stderr, f"[process {index}] "), daemon=True).start()
+    def notify(signum, frame):  # a preemption notice for the whole run
+        for process in running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+    handlers = {signum: signal.signal(signum, notify) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         while True:
             codes = [process.poll() for process in running]
-            failed = [(i, code) for i, code in enumerate(codes) if code not in (None, 0)]
+            failed = [(i, code) for i, code in enumerate(codes) if code not in (None, 0, PREEMPTED)]
             if failed:
                 index, code = failed[0]
                 why = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
@@ -86,9 +98,9 @@ def launch(command: list[str], processes: int, devices_per_process: int, port: i
                       flush=True)
                 _stop(running)
                 return code if code > 0 else 128 - code
-            if all(code == 0 for code in codes):
-                return 0
+            if all(code is not None for code in codes):
+                return PREEMPTED if PREEMPTED in codes else 0
             time.sleep(poll_seconds)
-    except KeyboardInterrupt:
-        _stop(running)
-        return 130
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

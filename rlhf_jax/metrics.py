@@ -1,13 +1,23 @@
-"""Metrics to ``<workdir>/metrics.jsonl`` (one JSON object per line: step, split, names) and to
-TensorBoard event files (tensorboardX: no TensorFlow)."""
+"""What a run reports: metrics to ``<workdir>/metrics.jsonl`` (one JSON object per line: step, split,
+names) and to TensorBoard event files (tensorboardX: no TensorFlow); its progress lines to stderr."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
 import os
+import sys
 
 from rlhf_jax.files import write_atomic
+
+TIMING = ("seconds_per_step", "seconds_per_iteration")  # the only fields that differ between two equal runs
+
+
+def _identity(row: dict) -> str:
+    """A row without its timing: what a rerun of the same step writes again."""
+    return json.dumps({k: v for k, v in row.items() if k not in TIMING}, sort_keys=True)
 
 
 def truncate_after(path: str, step: int) -> None:
@@ -22,7 +32,12 @@ def truncate_after(path: str, step: int) -> None:
 
 class MetricsWriter:
     """Appends metric rows to metrics.jsonl and TensorBoard. In a multi-process run only process 0 writes
-    (every process computes the same global metrics); the others' writers do nothing."""
+    (every process computes the same global metrics); the others' writers do nothing.
+
+    A row already in the file (equal but for its timing) is not written again: a stage rerun after a kill
+    (an evaluation done, its completion not yet marked) leaves the file as one uninterrupted run writes it.
+    A line is appended whole or not at all: a failed write (a full disk) is cut off and raises OSError
+    naming the file."""
 
     def __init__(self, workdir: str, resume_step: int | None = None):
         from rlhf_jax.distributed import is_main_process
@@ -34,6 +49,7 @@ class MetricsWriter:
         os.makedirs(workdir, exist_ok=True)
         if resume_step is not None:
             truncate_after(self.path, resume_step)
+        self.written = {_identity(row) for row in read_metrics(workdir)}
         from tensorboardX import SummaryWriter
 
         self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -42,8 +58,19 @@ class MetricsWriter:
         if self.tensorboard is None:
             return
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if _identity(row) in self.written:
+            return
+        self.written.add(_identity(row))
+        line = (json.dumps(row) + "\n").encode()
+        with open(self.path, "ab", buffering=0) as f:
+            end = f.tell()
+            try:
+                if f.write(line) != len(line):  # a short write: the disk filled up mid-line
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as error:
+                f.truncate(end)
+                raise OSError(error.errno, f"{self.path}: cannot append a metrics row ({error.strerror}); "
+                                           "the rows before it and the checkpoints are untouched") from error
         for name, value in row.items():
             if name not in ("step", "split") and math.isfinite(value):
                 self.tensorboard.add_scalar(f"{split}/{name}", value, step)
@@ -60,3 +87,14 @@ def read_metrics(workdir: str) -> list[dict]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def log_to_stderr() -> None:
+    """The package's progress lines (each stage as it starts, resumes, damaged checkpoints) on stderr."""
+    package = logging.getLogger("rlhf_jax")
+    if not package.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("rlhf-jax %(asctime)s %(message)s", "%H:%M:%S"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+        package.propagate = False  # once, even where something configured the root logger

@@ -115,6 +115,29 @@ def tiny_policy(tmp_path_factory, smollm2_dir):
     return write_tiny_policy(str(tmp_path_factory.mktemp("policy")), smollm2_dir)
 
 
+@pytest.fixture(scope="session")
+def prompts(tiny_policy):
+    """64 training openings of 8 tokens, as the tiny policy's tokenizer reads them."""
+    from rlhf_jax.feedback.collect import sentiment_prompts
+    from rlhf_jax.models import load_tokenizer
+
+    return sentiment_prompts(64, 8, load_tokenizer(tiny_policy), split="train")
+
+
+@pytest.fixture(scope="session")
+def reward_model(tiny_policy):
+    """tiny_ppo.py's reward model, untrained (random weights): a deterministic reward for RL tests."""
+    from flax import nnx
+
+    from rlhf_jax.scoring import RewardModel
+    from rlhf_jax.trained import load_model
+
+    exp = tiny_rl(tiny_policy)
+    model, tokenizer = load_model(exp.model)
+    graphdef, params = nnx.split(model)
+    return RewardModel(graphdef, params, tokenizer, exp.data.max_length)
+
+
 # Goldens: recorded numbers that a refactor must reproduce. XLA:CPU picks its kernels by the host's vector
 # ISA, so float32 rounding repeats bit for bit only under the same jax release on the same class of CPU:
 # a recording is kept per such environment, compared with ``==`` where one exists for this machine and,

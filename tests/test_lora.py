@@ -108,14 +108,6 @@ def test_bad_lora_configs_name_the_field():
         LoraConfig.of({"rnak": 4}, "rl")
 
 
-@pytest.fixture(scope="module")
-def prompts(tiny_policy):
-    from rlhf_jax.feedback.collect import sentiment_prompts
-    from rlhf_jax.models import load_tokenizer
-
-    return sentiment_prompts(64, 8, load_tokenizer(tiny_policy), split="train")
-
-
 def test_ppo_with_lora_trains_adapters_and_value_head_only(tiny_policy, prompts):
     run, before, experience, _, state, metrics = policy_iteration(tiny(tiny_policy, *LORA, *ONE_DEVICE), prompts)
     assert run.ref_graphdef is None and not run.ref_params  # no second copy of the weights

@@ -11,29 +11,9 @@ import numpy as np
 import pytest
 from conftest import CONFIGS, EIGHT_DEVICES, ONE_DEVICE, LengthGold, policy_iteration
 from conftest import tiny_rl as tiny
-from flax import nnx
 
 from rlhf_jax.metrics import read_metrics
 from rlhf_jax.runs import policy_training
-from rlhf_jax.scoring import RewardModel
-
-
-@pytest.fixture(scope="module")
-def reward_model(tiny_policy):
-    from rlhf_jax.trained import load_model
-
-    exp = tiny(tiny_policy)
-    model, tokenizer = load_model(exp.model)
-    graphdef, params = nnx.split(model)
-    return RewardModel(graphdef, params, tokenizer, exp.data.max_length)
-
-
-@pytest.fixture(scope="module")
-def prompts(tiny_policy):
-    from rlhf_jax.feedback.collect import sentiment_prompts
-    from rlhf_jax.models import load_tokenizer
-
-    return sentiment_prompts(64, 8, load_tokenizer(tiny_policy), split="train")
 
 
 def one_iteration(exp, prompts, scores_B=None):

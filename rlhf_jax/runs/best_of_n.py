@@ -22,13 +22,25 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rlhf_jax.config import ExperimentConfig
+from rlhf_jax import preemption
+from rlhf_jax.config import ConfigError, ExperimentConfig
 from rlhf_jax.distributed import is_main_process
 from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.feeding import Feed
 from rlhf_jax.files import write_json
 from rlhf_jax.runs import pipeline, policy_training, reward_training
 from rlhf_jax.sampling import generate
+
+
+def sample_counts(text: str) -> list[int]:
+    """``--n 1,2,4``: the sample counts, sorted, each >= 1."""
+    try:
+        ns = sorted({int(n) for n in text.split(",")})
+    except ValueError:
+        raise ConfigError(f"--n {text!r}: write sample counts such as 1,2,4,8,16") from None
+    if ns[0] < 1:
+        raise ConfigError(f"--n {text!r}: every n must be >= 1")
+    return ns
 
 
 def analytic_kl(n: int) -> float:
@@ -84,6 +96,7 @@ def run(exp: ExperimentConfig, workdir: str, ns: Sequence[int]) -> list[dict]:
     rm_results = reward_training.run(exp, workdir)
     reward_model = pipeline.load_reward_model(reward_training.with_feedback_data(exp, workdir),
                                               os.path.join(workdir, "reward_model"), rm_results["normalization"])
+    preemption.between_stages("the reward model")
     prompts = pipeline.held_out_prompts(exp)
     results = evaluate(exp, reward_model, gold_scorer(exp.feedback), prompts, ns)
     if is_main_process():

@@ -27,7 +27,7 @@ import time
 
 import jax
 
-from rlhf_jax import frontier
+from rlhf_jax import frontier, preemption
 from rlhf_jax.config import CompareConfig, ConfigError, ExperimentConfig, experiment_from_dict, to_dict
 from rlhf_jax.config.comparison import BEST_OF_N
 from rlhf_jax.config.core import renamed_sections
@@ -185,6 +185,7 @@ def run(exp: ExperimentConfig, compare: CompareConfig, workdir: str, progress: b
         results[name] = [run_arm(name, kind, arm, directory, workdir, reward_model, gold, compare, progress)
                          for arm, directory in zip(configs, directories)]
         summary = write_summary(exp, compare, workdir, rm_results, results)  # after every arm: the arms so far
+        preemption.between_stages(f"arm {name}")
     return summary
 
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from rlhf_jax import preemption
 from rlhf_jax.rl import online
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.config import ConfigError, ExperimentConfig, to_dict
@@ -59,6 +60,11 @@ def _restore(checkpoints: list[Checkpointer], exps, template, state_sharding):
         check_resumable(meta["config"], to_dict(exp.rl))
         states.append(state)
     return states, step
+
+
+def seed_state(state, s: int, shardings):
+    """Seed s's state alone, on the single-seed shardings: a checkpoint as of a run alone."""
+    return jax.device_put(jax.tree.map(lambda x: x[s], state), shardings)
 
 
 def train_seeds(exps: Sequence[ExperimentConfig], workdirs: Sequence[str], reward_model, gold,
@@ -101,10 +107,12 @@ def train_seeds(exps: Sequence[ExperimentConfig], workdirs: Sequence[str], rewar
             row = {name: float(value[s]) for name, value in metrics.items()}
             track.record(iteration, {**row, "gold_score": float(gold_SxB[s].mean()), "seconds_per_iteration": seconds},
                          texts[s], responses[s], scores_SxB[s], gold_SxB[s])
-            if track.due(iteration, cfg.iterations):  # seed s's state alone, on the single-seed shardings: a checkpoint of a run alone
-                track.save(iteration, jax.device_put(jax.tree.map(lambda x: x[s], state), run.state_sharding),
-                           cfg.iterations)
+            if track.due(iteration, cfg.iterations):
+                track.save(iteration, seed_state(state, s, run.state_sharding), cfg.iterations)
         bar.update(1)
+        if iteration < cfg.iterations:
+            preemption.stop_here(lambda: [track.stop(iteration, seed_state(state, s, run.state_sharding)) for s, track in enumerate(tracks)],
+                                 f"{tracks[0].stopped(iteration)} (and the other seeds' beside it)")
     bar.close()
     for track in tracks:
         track.close()

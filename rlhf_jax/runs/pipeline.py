@@ -17,7 +17,7 @@ import logging
 import os
 import time
 
-from rlhf_jax import assets
+from rlhf_jax import assets, preemption
 from rlhf_jax.rl.algorithms import ALGORITHMS
 from rlhf_jax.config import ConfigError, ExperimentConfig, same_config, to_dict
 from rlhf_jax.distributed import is_main_process
@@ -92,13 +92,12 @@ def policy_stage(exp: ExperimentConfig, rl_dir: str, reward_fn, gold, progress: 
             return evaluation, {}
     timings = {}
     tick = time.perf_counter()
-    if trained(exp, rl_dir):
-        log.info("stage rl: reusing %s", rl_dir)
-        setup, state = policy_training.restore(exp, rl_dir)
-    else:
-        out = policy_training.train(exp, rl_dir, reward_fn, gold, training_prompts(exp), progress=progress)
-        setup, state = out["setup"], out["state"]
+    log.info("stage rl: %s in %s", cfg.algorithm, rl_dir)  # resumed from its newest intact checkpoint, if any
+    out = policy_training.train(exp, rl_dir, reward_fn, gold, training_prompts(exp), progress=progress)
+    setup, state = out["setup"], out["state"]
     timings[cfg.algorithm] = time.perf_counter() - tick
+    preemption.between_stages(f"{cfg.algorithm}'s training")
+    log.info("stage evaluation: %d held-out prompts", cfg.eval_prompts)
     tick = time.perf_counter()
     held_out = held_out_prompts(exp)
     evaluation = policy_training.evaluate(setup, state, reward_fn, gold, held_out)
@@ -119,13 +118,16 @@ def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
         raise ConfigError("config field 'rl': an RLHF run needs an rl section")
     timings = {}
     tick = time.perf_counter()
+    log.info("stage assets")
     fetch_assets(exp)
     timings["assets"] = time.perf_counter() - tick
     tick = time.perf_counter()
     rm_results, reward_fn = reward_stage(exp, workdir, progress)
     timings["reward model (collect, train, evaluate)"] = time.perf_counter() - tick
+    preemption.between_stages("the reward model")
     evaluation, policy_timings = policy_stage(exp, policy_training.stage_dir(workdir), reward_fn, gold_scorer(exp.feedback),
                                               progress)
+    log.info("stage report")
     report = (write_report(exp, workdir, rm_results, evaluation, {**timings, **policy_timings})
               if is_main_process() else os.path.join(workdir, "report.md"))
     return {"reward_model": rm_results, "rl": evaluation["metrics"], "report": report}

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rlhf_jax import sharding
+from rlhf_jax import preemption, sharding
 from rlhf_jax.rl import maths, online
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.config import ConfigError, ExperimentConfig, RLConfig, check_same_run, to_dict
@@ -29,6 +29,7 @@ from rlhf_jax.feeding import Feed
 from rlhf_jax.files import write_json
 from rlhf_jax.metrics import MetricsWriter, truncate_after
 from rlhf_jax.models import from_pretrained, load_tokenizer, lora, pad_token_id
+from rlhf_jax.models.convert import CheckpointError
 from rlhf_jax.plots import plot_policy_training
 from rlhf_jax.sampling import decode_responses, generate, left_pad
 
@@ -91,9 +92,17 @@ class Track:
         """Whether ``iteration`` is checkpointed: every ``checkpoint_every`` iterations and at ``end``."""
         return iteration % self.exp.rl.checkpoint_every == 0 or iteration == end
 
+    def meta(self, iteration: int) -> dict:
+        return {"iteration": iteration, "config": to_dict(self.exp.rl)}
+
     def save(self, iteration: int, state, end: int) -> None:
         if self.due(iteration, end):
-            self.checkpoints.save(iteration, state, {"iteration": iteration, "config": to_dict(self.exp.rl)})
+            self.checkpoints.save(iteration, state, self.meta(iteration))
+
+    def stop(self, iteration: int, state) -> None:
+        """A preempted run's last acts: this iteration's checkpoint, final on disk; every file closed."""
+        self.checkpoints.save_now(iteration, state, self.meta(iteration))
+        self.close()
 
     def close(self) -> None:
         self.checkpoints.wait()
@@ -101,6 +110,10 @@ class Track:
         self.writer.close()
         if is_main_process():
             plot_policy_training(self.workdir)
+
+    def stopped(self, iteration: int) -> str:
+        return (f"{self.exp.rl.algorithm}: stopped at iteration {iteration} of {self.exp.rl.iterations}, saved in "
+                f"{self.checkpoints.directory}")
 
 
 def log_samples(path: str, iteration: int, prompts, responses, scores, gold_scores, count: int) -> None:
@@ -191,6 +204,15 @@ def to_mesh(arrays, run: PolicySetup):
     return jax.device_put(arrays, run.layout.batch)
 
 
+def check_policy_meta(cfg: RLConfig):
+    """``check_meta`` of ``Checkpointer.restore_latest`` for a policy checkpoint of ``cfg``'s run."""
+    def check(meta: dict, step: int) -> None:
+        if not isinstance(meta, dict) or "config" not in meta or meta.get("iteration") != step:
+            raise CheckpointError("its metadata lacks the rl section or names another iteration")
+        check_resumable(meta["config"], to_dict(cfg))
+    return check
+
+
 def check_resumable(saved: dict, current: dict) -> None:
     """Refuse a checkpoint of another rl section (``saved``, ``current``: its JSON dicts), naming the field
     (``config.check_same_run``); the bookkeeping of ``RESUMABLE_CHANGES`` may change."""
@@ -207,12 +229,7 @@ def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequ
     cfg = exp.rl
     os.makedirs(workdir, exist_ok=True)
     run = prepare(exp, workdir)
-    state = run.state
-    start = run.checkpoints.latest_step()
-    if start is not None:
-        state, meta = run.checkpoints.restore(start, state, run.state_sharding)
-        check_resumable(meta["config"], to_dict(cfg))
-        log.info("resumed %s from iteration %d", cfg.algorithm, start)
+    start, state = resume(run)
     feed = Feed.of(run.layout, cfg.rollout_rows)
     track = Track(exp, workdir, prompts, run.checkpoints, start)
     iteration = start or 0
@@ -238,20 +255,29 @@ def train(exp: ExperimentConfig, workdir: str, reward_model, gold, prompts: Sequ
         bar.update(1)
         bar.set_postfix(rm=f"{row['score']:.2f}", gold=f"{row['gold_score']:.2f}", kl=f"{row['kl']:.2f}")
         track.save(iteration, state, end)
+        if iteration < end:
+            preemption.stop_here(lambda: (bar.close(), track.stop(iteration, state)), track.stopped(iteration))
     bar.close()
     track.close()
     return {"iteration": iteration, "metrics": row, "state": state, "setup": run}
 
 
+def resume(run: PolicySetup):
+    """(iteration, state) of the newest intact checkpoint of the run's rl section, or (None, its fresh state)."""
+    resumed = run.checkpoints.restore_latest(run.state, run.state_sharding, check_policy_meta(run.cfg))
+    if resumed is None:
+        return None, run.state
+    log.info("resumed %s from iteration %d", run.cfg.algorithm, resumed[0])
+    return resumed[0], resumed[1]
+
+
 def restore(exp: ExperimentConfig, workdir: str):
-    """(setup, state) of the latest policy checkpoint in ``workdir``."""
+    """(setup, state) of the latest intact policy checkpoint in ``workdir``."""
     run = prepare(exp, workdir)
-    step = run.checkpoints.latest_step()
+    step, state = resume(run)
+    run.checkpoints.close()
     if step is None:
         raise ConfigError(f"--workdir {workdir}: no policy checkpoint")
-    state, meta = run.checkpoints.restore(step, run.state, run.state_sharding)
-    check_resumable(meta["config"], to_dict(exp.rl))
-    run.checkpoints.close()
     return run, state
 
 

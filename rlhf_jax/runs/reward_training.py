@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from rlhf_jax import preemption
 from rlhf_jax.rl import reward
 from rlhf_jax.config import ConfigError, ExperimentConfig, FeedbackConfig
 from rlhf_jax.data import records
@@ -57,6 +58,7 @@ def _collect(exp: ExperimentConfig, directory: str, progress: bool) -> str:
                 return path
         except records.DataError as error:
             log.warning("stage collect: %s is not valid (%s); collecting again", path, error)
+    log.info("stage collect: sampling and labelling into %s", directory)
     summary = collect.collect_preferences(fb, path, progress)
     write_json(summary_path, summary)  # written last: marks the stage complete
     log.info("stage collect: %s", summary)
@@ -132,13 +134,16 @@ def reward_model_stage(exp: ExperimentConfig, rm_dir: str, progress: bool = True
 
     finished = any(r["split"] == "test" and r["step"] == exp.train.steps for r in read_metrics(rm_dir))
     if not finished:
+        log.info("stage reward model training: in %s", rm_dir)
         train(exp, rm_dir, progress=progress)
+        preemption.between_stages("the reward model's training")
     evaluation = os.path.join(rm_dir, "evaluation.json")
     if os.path.exists(evaluation):
         with open(evaluation) as f:
             results = json.load(f)
         if results.get("step") == exp.train.steps:
             return results
+    log.info("stage reward model evaluation: on held-out pairs")
     return evaluate_stage(exp, rm_dir, pairs)
 
 
@@ -158,5 +163,6 @@ def check_reward_config(exp: ExperimentConfig) -> None:
 def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
     check_reward_config(exp)
     pairs = collect_stage(exp, os.path.join(workdir, "feedback"), progress)
+    preemption.between_stages("the feedback's collection")
     return reward_model_stage(with_feedback_data(exp, workdir), os.path.join(workdir, "reward_model"), progress,
                               None if exp.feedback.kind == "preferences" else pairs)

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 
+from rlhf_jax import preemption
 from rlhf_jax.config import ConfigError, ExperimentConfig
 from rlhf_jax.data import records
 from rlhf_jax.feedback import collect
@@ -111,5 +112,6 @@ def run(exp: ExperimentConfig, workdir: str, rounds: int, progress: bool = True)
                         **evaluation["metrics"]})
         write_json(os.path.join(workdir, "rounds.json"), history)
         log.info("round %d: %s", r, history[-1])
+        preemption.between_stages(f"round {r}")
     plot_rounds(history, os.path.join(workdir, "rounds.png"))
     return history

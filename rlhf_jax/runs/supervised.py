@@ -18,9 +18,10 @@ import jax.numpy as jnp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rlhf_jax import assets, losses, sharding
+from rlhf_jax import assets, losses, preemption, sharding
 from rlhf_jax.rl import preference
 from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.models.convert import CheckpointError
 from rlhf_jax.config import ConfigError, DataConfig, ExperimentConfig, to_dict
 from rlhf_jax.data import builders
 from rlhf_jax.data.pipeline import Batches, Split, eval_rows
@@ -153,12 +154,12 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     run = prepare(exp, workdir)
     state = run.state
     config_dict = to_dict(exp)
-    start = run.checkpoints.latest_step()
-    if start is not None:
-        state, meta = run.checkpoints.restore(start, state, run.state_sharding)
-        check_same_run(meta["config"], config_dict)
-        if meta["data_position"] != start:
-            raise ConfigError(f"checkpoint {start}: data position {meta['data_position']} does not match its step")
+    resumed = run.checkpoints.restore_latest(state, run.state_sharding, lambda meta, step: check_meta(meta, step,
+                                                                                                     config_dict))
+    start, window, window_steps = None, None, 0
+    if resumed is not None:
+        start, state, saved = resumed
+        window, window_steps = open_window(saved)
         log.info("resumed from step %d", start)
     if main:
         write_json(os.path.join(workdir, "config.json"), config_dict)
@@ -175,7 +176,11 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     last_eval = {"validation": run_eval(0, "validation")} if step == 0 else {}
     end = t.steps if stop_at is None else min(stop_at, t.steps)
     bar = tqdm(total=end, initial=step, disable=not (progress and main), desc=f"train {t.task}", dynamic_ncols=True)
-    tick, window, window_steps = time.perf_counter(), None, 0
+    tick = time.perf_counter()
+
+    def meta(step):
+        return {"data_position": step, "config": config_dict, "window": saved_window(window, window_steps)}
+
     while step < end:
         state, metrics = run.train_step(state, feed.put(train_split.arrays(batches(step)[feed.local])))
         # Sum metrics over the logging window on device: no host sync until the window is logged.
@@ -194,7 +199,10 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
         if t.eval_every and step % t.eval_every == 0 and step != t.steps:
             last_eval = {"validation": run_eval(step, "validation")}
         if step % t.checkpoint_every == 0 or step == end:
-            run.checkpoints.save(step, state, {"data_position": step, "config": config_dict})
+            run.checkpoints.save(step, state, meta(step))
+        if step < end:
+            preemption.stop_here(lambda: stop(run, writer, bar, step, state, meta(step)),
+                                 f"train {t.task}: stopped at step {step} of {t.steps}, saved in {run.checkpoints.directory}")
     bar.close()
     run.checkpoints.wait()
     if step == t.steps:
@@ -204,6 +212,40 @@ def train(exp: ExperimentConfig, workdir: str, stop_at: int | None = None, progr
     if main:
         plot_training(workdir)
     return {"step": step, "metrics": last_eval, "params": state.params, "graphdef": run.graphdef}
+
+
+def check_meta(meta: dict, step: int, config_dict: dict) -> None:
+    """A supervised checkpoint's metadata: this run's config (else ConfigError) and its data position."""
+    if not isinstance(meta, dict) or "config" not in meta or "data_position" not in meta:
+        raise CheckpointError("its metadata lacks the config or the data position")
+    check_same_run(meta["config"], config_dict)
+    if meta["data_position"] != step:
+        raise CheckpointError(f"data position {meta['data_position']} does not match its step")
+
+
+def saved_window(window, steps: int) -> dict | None:
+    """The metric sums of a logging window still open at a checkpoint (JSON: values and dtypes), so that a run
+    resumed there logs the window's row as an uninterrupted run does."""
+    if window is None:
+        return None
+    return {"steps": steps, "sums": {name: [value.item(), str(value.dtype)] for name, value in
+                                     jax.device_get(window).items()}}
+
+
+def open_window(meta: dict):
+    """(window sums, steps in it) saved by ``saved_window``: (None, 0) for a closed window."""
+    saved = meta.get("window")
+    if not saved:
+        return None, 0
+    return {name: jnp.asarray(value, dtype) for name, (value, dtype) in saved["sums"].items()}, saved["steps"]
+
+
+def stop(run: Setup, writer: MetricsWriter, bar, step: int, state, meta: dict) -> None:
+    """A preempted run's last acts: the step's checkpoint, final on disk; every file closed."""
+    run.checkpoints.save_now(step, state, meta)
+    run.checkpoints.close()
+    writer.close()
+    bar.close()
 
 
 def evaluate_checkpoint(exp: ExperimentConfig, workdir: str) -> dict:
