@@ -125,6 +125,7 @@ def run_with_kills(command: list[str], moments: list[Moment], workdir: str, log_
     A moment the run outlives is skipped; returns the landed kills, every attempt's timeline, the exit
     status of the last attempt."""
     kills, attempts = [], []
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     for index, moment in enumerate(moments):
         result = attempt(command, moment, workdir, log_path, env)
         attempts.append(result)
