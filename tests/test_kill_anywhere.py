@@ -25,9 +25,9 @@ def command(workdir, policy):
 
 
 def moments(timeline, total, rng) -> list[Moment]:
-    """Two kills in the start-up, two in the first orbax writes seen, one at a uniform moment of each stage of
-    ``timeline`` (the uninterrupted run's (stage, start) pairs) and 15 at uniform moments of the whole run,
-    in the order they come."""
+    """Two kills in the start-up, one at a uniform moment of each stage of ``timeline`` (the uninterrupted
+    run's (stage, start) pairs), 15 at uniform moments of the whole run and two in the first orbax writes
+    seen (from the reward model's training on), in the order they come."""
     starts = {}
     for stage, start in timeline:
         starts.setdefault(stage, start)
@@ -42,8 +42,10 @@ def moments(timeline, total, rng) -> list[Moment]:
 
     times = [rng.uniform(start, end) for (_, start), end in zip(stages, ends)]
     times += [rng.uniform(stages[0][1], total) for _ in range(15)]
-    chosen = [Moment(None, rng.uniform(0.5, stages[0][1])) for _ in range(2)] + [Moment(ORBAX_WRITE, 0.0)] * 2
-    return chosen + [Moment(*at(t)) for t in sorted(times)]
+    timed = [(t, Moment(*at(t))) for t in times]
+    timed += [(starts["reward model training"], Moment(ORBAX_WRITE, 0.0))] * 2  # the first writes come there
+    startup = [Moment(None, rng.uniform(0.5, stages[0][1])) for _ in range(2)]
+    return startup + [moment for _, moment in sorted(timed, key=lambda pair: pair[0])]
 
 
 def outputs(workdir) -> dict:
