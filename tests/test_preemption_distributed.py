@@ -57,7 +57,7 @@ def rows_in(path):
     return ready
 
 
-def same_parameters(exp, a, b):
+def same_parameters(a, b):
     for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b)), strict=True):
         np.testing.assert_array_equal(x, y)
 
@@ -79,9 +79,9 @@ def test_sigterm_to_one_of_two_processes_in_reward_model_ppo_and_grpo_resumes_ex
     assert code == 0, err[-3000:]
     assert outputs(tmp_path / "stopped") == outputs(tmp_path / "straight")
     exp = load_config(os.path.join(CONFIGS, "tiny_ppo.py"), overrides(tiny_policy))
-    same_parameters(exp, *(restore(str(tmp_path / name / "reward_model"), exp).params
+    same_parameters(*(restore(str(tmp_path / name / "reward_model")).params
                            for name in ("straight", "stopped")))
-    same_parameters(exp, *(policy_training.restore(exp, str(tmp_path / name / "rl"))[1]
+    same_parameters(*(policy_training.restore(exp, str(tmp_path / name / "rl"))[1]
                            for name in ("straight", "stopped")))
 
     # 3. GRPO on the same reward model: process 1 told after the first logged iteration.
@@ -99,5 +99,5 @@ def test_sigterm_to_one_of_two_processes_in_reward_model_ppo_and_grpo_resumes_ex
     assert code == 0, err[-3000:]
     assert outputs(tmp_path / "grpo_stopped") == outputs(tmp_path / "grpo_straight")
     exp = load_config(os.path.join(CONFIGS, "tiny_ppo.py"), overrides(tiny_policy, *grpo))
-    same_parameters(exp, *(policy_training.restore(exp, str(tmp_path / name / "rl"))[1]
+    same_parameters(*(policy_training.restore(exp, str(tmp_path / name / "rl"))[1]
                            for name in ("grpo_straight", "grpo_stopped")))
