@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # What a multi-process run can do; the rest (the labeling app, loop, collect, generate, export) is one process.
 MULTI_PROCESS_COMMANDS = ("train", "eval", "run", "devices", "best-of-n")
+# Those that stop at a step or stage boundary on SIGTERM / SIGINT; the rest (the labeling server...) just end.
+PREEMPTIBLE_COMMANDS = ("train", "eval", "run", "loop", "best-of-n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             raise distributed.DistributedError(f"'rlhf-jax {args.command}' runs as one process: drop --coordinator, "
                                                "--num-processes, --process-id and --auto-distributed")
         distributed.initialize(setup)
-        preemption.install(setup.multi_process)
+        if args.command in PREEMPTIBLE_COMMANDS:
+            preemption.install(setup.multi_process)
         if setup.multi_process:
             return distributed.run_or_exit(args.run, args, clear_errors)
         return args.run(args)
