@@ -114,8 +114,11 @@ def test_cli_train_then_eval(tmp_path):
     evaluated = subprocess.run(base + ["eval", "--config", os.path.join(CONFIGS, "tiny_cls.py"), "--workdir", workdir,
                                        "--config.train.steps=4"], capture_output=True, text=True)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    test_rows = [r for r in read_metrics(workdir) if r["split"] == "test"]
-    assert test_rows[-1] == {**test_rows[-2]}  # evaluating the final checkpoint reproduces the end-of-training test
+    # Evaluating the final checkpoint reproduces the end-of-training test exactly: the same printed line, and
+    # metrics.jsonl does not take the equal row twice.
+    line = [text for text in trained.stdout.splitlines() if text.startswith("step 4 test:")]
+    assert line and line == [text for text in evaluated.stdout.splitlines() if text.startswith("step 4 test:")]
+    assert len([r for r in read_metrics(workdir) if r["split"] == "test"]) == 1
     exported = subprocess.run(base + ["export", "--config", os.path.join(CONFIGS, "tiny_cls.py"), "--workdir", workdir,
                                       "--config.train.steps=4", "--out", str(tmp_path / "exported")],
                               capture_output=True, text=True)
