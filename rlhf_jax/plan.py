@@ -265,7 +265,7 @@ def plan_policy_programs(exp: ExperimentConfig, shape: str | None, layout: shard
     policy_bytes = per_device_bytes(state.params, state_sharding.params)
     reference_bytes = per_device_bytes(ref_params, ref_sharding)
     rollout = online.Rollout(*(jax.ShapeDtypeStruct(shape, dtype, sharding=layout.batch) for shape, dtype in (
-        ((b, t), i32), ((b, t), i32), ((b, n), f32), ((b, n), f32), ((b, n), f32), ((b, n), f32), ((b, n), f32))))
+        ((b, t), i32), ((b, t), i32), *(((b, n), f32),) * 6)))
     scores = jax.ShapeDtypeStruct((b,), f32, sharding=layout.batch)
     name = ALGORITHMS[p.algorithm].title
     plans = []

@@ -19,6 +19,7 @@ from flax import nnx, struct
 from rlhf_jax.config.core import ConfigError
 from rlhf_jax.models.heads import Model
 from rlhf_jax.models.transformer import KVCache
+from rlhf_jax.rl import maths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,7 @@ class SamplingConfig:
     top_p: float = 1.0  # 1.0: off
     eos_token_id: int | None = None  # None: never stop early
     pad_token_id: int = 0
+    logprobs: bool = False  # also return log softmax(logits / temperature) at each sampled token
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -48,6 +50,7 @@ class SamplingConfig:
 class Generation:
     tokens_BxN: jax.Array  # sampled tokens, pad_token_id after EOS
     response_mask_BxN: jax.Array  # 1 for real response tokens (up to and including EOS)
+    logp_BxN: jax.Array | None = None  # the sampler's own log-probs of them (config.logprobs), 0 after EOS
 
 
 def filter_logits(logits_BxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -105,14 +108,19 @@ def sample(model: Model, prompt_ids_BxP, prompt_mask_BxP, rng, config: SamplingC
         token_B = choose_tokens(next_logits_BxV, keys_B, config)
         live_B = ~done_B
         token_B = jnp.where(live_B, token_B, config.pad_token_id)
+        logp_B = jnp.zeros(token_B.shape, jnp.float32)
+        if config.logprobs:
+            logp_B = jnp.where(live_B, maths.token_logprobs(maths.log_softmax(next_logits_BxV, config.temperature),
+                                                            token_B), 0.0)
         if config.eos_token_id is not None:
             done_B = done_B | (token_B == config.eos_token_id)
         logits_Bx1xV, cache = model.decode(token_B[:, None], live_B[:, None].astype(jnp.int32), cache)
-        return (cache, logits_Bx1xV[:, 0], done_B), (token_B, live_B.astype(jnp.int32))
+        return (cache, logits_Bx1xV[:, 0], done_B), (token_B, live_B.astype(jnp.int32), logp_B)
 
     init = (cache, next_logits_BxV, jnp.zeros((batch,), bool))
-    _, (tokens_NxB, live_NxB) = jax.lax.scan(step, init, jnp.arange(config.max_new_tokens))
-    return Generation(tokens_BxN=tokens_NxB.T, response_mask_BxN=live_NxB.T)
+    _, (tokens_NxB, live_NxB, logp_NxB) = jax.lax.scan(step, init, jnp.arange(config.max_new_tokens))
+    return Generation(tokens_BxN=tokens_NxB.T, response_mask_BxN=live_NxB.T,
+                      logp_BxN=logp_NxB.T if config.logprobs else None)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config"))

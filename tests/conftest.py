@@ -168,8 +168,8 @@ def golden_environment() -> str:
 
 def check_golden(path: str, case: str, got, loose_skip=()) -> bool:
     """Compare ``got`` (JSON-like) with the recording of ``case`` in ``path``: bit for bit if one was made in
-    this environment, else to the tolerance above against the reference (GOLDEN_REFERENCE where the file has
-it, else its first environment by name; keys in ``loose_skip``, e.g. a
+    this environment, else to the tolerance above against the reference (GOLDEN_REFERENCE where it holds the
+    case, else the first environment by name that does; keys in ``loose_skip``, e.g. a
     digest, skipped there). With RLHF_JAX_RECORD_GOLDEN=1 this environment's recording is written first.
     Returns whether the comparison was exact."""
     import json
@@ -181,7 +181,8 @@ it, else its first environment by name; keys in ``loose_skip``, e.g. a
         with open(path, "w") as f:
             json.dump(recordings, f, indent=1, sort_keys=True)
     exact = case in recordings.get(here, {})
-    reference = GOLDEN_REFERENCE if GOLDEN_REFERENCE in recordings else min(recordings)
+    holding = sorted(name for name, cases in recordings.items() if case in cases)  # cases added later: fewer
+    reference = GOLDEN_REFERENCE if GOLDEN_REFERENCE in holding else holding[0]
     recorded = recordings[here if exact else reference][case]
     _assert_matches(got, recorded, exact, case, set(loose_skip))
     return exact

@@ -166,7 +166,7 @@ class FeedbackConfig:
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
     """Policy-gradient RL of a causal LM against a reward (Ziegler et al. 2019; Stiennon et al. 2020), by any
-    algorithm of ``rlhf_jax.rl.algorithms`` (PPO, REINFORCE, RLOO, GRPO, Dr. GRPO). One iteration: sample
+    algorithm of ``rlhf_jax.rl.algorithms`` (PPO, the GRPO and REINFORCE families). One iteration: sample
     ``rollout_prompts`` x ``samples_per_prompt`` continuations, score them, compute the per-token
     KL(policy || reference), the algorithm's advantages, then ``epochs`` x ``minibatches`` Adam steps on its
     loss. The section was called ``ppo`` before; that name still loads."""
@@ -194,7 +194,13 @@ class RLConfig:
     kl_horizon: float = field(10000.0, "adaptive controller's horizon")
     gamma: float = field(1.0, "discount")
     lam: float = field(0.95, "GAE lambda")
-    clip_ratio: float = field(0.2, "policy ratio clip epsilon")
+    clip_ratio: float = field(0.2, "policy ratio clip epsilon (eps_low: the ratio's floor is 1 - eps_low)")
+    clip_ratio_high: float | None = field(None, "eps_high, the ratio's ceiling 1 + eps_high (DAPO's clip-higher); "
+                                                "None: eps_low")
+    dynamic_sampling: bool = field(False, "drop from the loss the groups whose k scores are all equal (DAPO): "
+                                          "masked, the batch keeps its shape; group algorithms only")
+    mask_truncated: bool = field(False, "drop from the loss the responses that ran out of tokens without "
+                                        "an EOS (DAPO's overlong filter)")
     clip_value: float = field(0.2, "value clip epsilon")
     value_coef: float = field(0.1, "weight of the value loss")
     entropy_coef: float = field(0.0, "weight of the entropy bonus")
@@ -205,7 +211,7 @@ class RLConfig:
     log_samples: int = field(4, "continuations written to samples.jsonl per iteration")
     seed: int = field(0, "prompt order, sampling keys, value-head initialisation")
     algorithm: str = field("ppo", "a name in rlhf_jax.rl.algorithms.ALGORITHMS: 'ppo', 'reinforce', 'rloo', "
-                                  "'grpo', 'dr_grpo'")
+                                  "'grpo', 'dr_grpo', 'dapo', 'gspo', 'gspo_token', 'cispo', 'reinforce_pp'")
     reward: str = field("reward_model", "'reward_model', or 'language': a simulated human's scored comment")
     loss_aggregation: str = field("sequence_mean", "how GRPO averages its per-token loss: 'sequence_mean' (GRPO), "
                                                    "'token_mean' (DAPO) or 'constant' (Dr. GRPO)")
@@ -244,6 +250,8 @@ class RLConfig:
                 f"{self.loss_aggregation!r} is not 'token_mean', 'sequence_mean' or 'constant'")
         require(self.learning_rate >= 0, "rl.learning_rate", f"must be >= 0, got {self.learning_rate}")
         require(self.temperature > 0, "rl.temperature", f"must be > 0, got {self.temperature}")
+        require(self.clip_ratio_high is None or self.clip_ratio_high > 0, "rl.clip_ratio_high",
+                f"must be > 0 or None, got {self.clip_ratio_high}")
         require(
             self.kl_target is None or self.kl_target > 0, "rl.kl_target", f"must be > 0 or None, got {self.kl_target}"
         )

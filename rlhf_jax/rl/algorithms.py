@@ -20,11 +20,24 @@ Shapes: B sequences, N response tokens; ``mask_BxN`` is 1 on real response token
   (``maths.group_normalised``), no KL in the reward; PPO's clipped surrogate plus beta k3(pi || pi_ref) in
   the loss (``maths.grpo_loss_terms``), averaged as ``maths.loss_aggregation`` says. ``dr_grpo`` (Liu et al.
   2025): the scores only centred, the loss summed over a constant B N.
+* ``dapo`` (Yu et al. 2025): GRPO's advantages and per-token loss with the asymmetric clip
+  [1 - eps_low, 1 + eps_high] (``rl.clip_ratio``, ``rl.clip_ratio_high``), averaged over every token of the
+  batch; its dynamic sampling (``rl.dynamic_sampling``) and overlong filter (``rl.mask_truncated``) are
+  config fields that any group algorithm can take.
+* ``gspo`` / ``gspo_token`` (Zheng et al. 2025): one length-normalised importance ratio per sequence,
+  clipped per sequence (``maths.gspo_loss_terms``), averaged over sequences.
+* ``cispo`` (MiniMax 2025): the clipped importance weight, cut from the gradient, times log pi
+  (``maths.cispo_loss_terms``): clipped tokens still get a gradient. Averaged over tokens.
+* ``reinforce_pp`` (Hu 2025): the KL in the per-token reward, discounted returns with no critic,
+  normalised over the global batch (``maths.reinforce_pp_advantages``), PPO's clipped surrogate.
+
+Every clipped loss takes ``rl.clip_ratio_high`` (eps_high; None: eps_low) and logs PPO's ratio diagnostics.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import chex
@@ -69,10 +82,11 @@ class PolicyOutputs:
 
 
 def ppo_loss(logp_BxN, entropy_BxN, values_BxN, old_logp_BxN, old_values_BxN, advantages_BxN, returns_BxN, mask_BxN,
-             clip_ratio: float, clip_value: float, value_coef: float, entropy_coef: float):
+             clip_ratio: float, clip_value: float, value_coef: float, entropy_coef: float,
+             clip_high: float | None = None):
     """L = L_clip + value_coef L_V - entropy_coef H (to minimise); returns (L, metrics)."""
     entropy = maths.masked_mean(entropy_BxN, mask_BxN)
-    pg_loss, pg_metrics = maths.policy_loss(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip_ratio)
+    pg_loss, pg_metrics = maths.policy_loss(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip_ratio, clip_high)
     vf_loss, vf_metrics = maths.value_loss(values_BxN, old_values_BxN, returns_BxN, mask_BxN, clip_value)
     loss = pg_loss + value_coef * vf_loss - entropy_coef * entropy
     return loss, {"loss": loss, "policy_loss": pg_loss, "value_loss": vf_loss, **pg_metrics, **vf_metrics}
@@ -121,21 +135,36 @@ def dr_grpo_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
     return maths.group_normalised(scores_B, cfg.samples_per_prompt, scale=False), jnp.zeros_like(mask_BxN)
 
 
+def reinforce_pp_advantages(cfg, scores_B, kl_BxN, values_BxN, mask_BxN, kl_coef):
+    """(advantages_BxN, zero returns): KL-shaped rewards, discounted returns, whitened over the batch."""
+    return maths.reinforce_pp_advantages(scores_B, kl_BxN, mask_BxN, kl_coef, cfg.gamma), jnp.zeros_like(mask_BxN)
+
+
+LOSS_TERMS = {"grpo": maths.grpo_loss_terms, "gspo": maths.gspo_loss_terms,
+              "gspo_token": functools.partial(maths.gspo_loss_terms, token_level=True),
+              "cispo": maths.cispo_loss_terms}
+
+
 def grpo_loss(logp_BxN, entropy_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip_ratio: float,
-              kl_coef: float, entropy_coef: float, aggregation: str):
-    """L = aggregate(clipped surrogate + beta k3) - entropy_coef H (to minimise); returns (L, metrics)."""
-    terms_BxN = maths.grpo_loss_terms(logp_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip_ratio, kl_coef)
+              kl_coef: float, entropy_coef: float, aggregation: str, clip_high: float | None = None,
+              terms: str = "grpo"):
+    """L = aggregate(per-token terms + beta k3) - entropy_coef H (to minimise); returns (L, metrics). ``terms``
+    names the per-token loss (``LOSS_TERMS``: GRPO's clipped surrogate, GSPO's sequence ratio, CISPO's
+    clipped weight)."""
+    terms_BxN = LOSS_TERMS[terms](logp_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip_ratio, kl_coef,
+                                  clip_high)
     entropy = maths.masked_mean(entropy_BxN, mask_BxN)
     loss = maths.aggregate(terms_BxN, mask_BxN, aggregation) - entropy_coef * entropy
     return loss, {"loss": loss, "policy_loss": loss,
-                  **maths.ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_B[:, None], mask_BxN, clip_ratio)}
+                  **maths.ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_B[:, None], mask_BxN, clip_ratio,
+                                            clip_high)}
 
 
-def _grpo_minibatch_loss(aggregation: str | None):
+def _grpo_minibatch_loss(aggregation: str | None, terms: str = "grpo"):
     def minibatch_loss(cfg, out: PolicyOutputs, batch: Minibatch):
         return grpo_loss(out.logp_BxN, out.entropy_BxN, batch.old_logp_BxN, batch.ref_logp_BxN, batch.advantages,
                          batch.mask_BxN, cfg.clip_ratio, cfg.kl_coef, cfg.entropy_coef,
-                         aggregation or cfg.loss_aggregation)
+                         aggregation or cfg.loss_aggregation, cfg.clip_ratio_high, terms)
 
     return minibatch_loss
 
@@ -143,7 +172,15 @@ def _grpo_minibatch_loss(aggregation: str | None):
 def _ppo_minibatch_loss(cfg, out: PolicyOutputs, batch: Minibatch):
     return ppo_loss(out.logp_BxN, out.entropy_BxN, out.values_BxN, batch.old_logp_BxN, batch.old_values_BxN,
                     batch.advantages, batch.returns_BxN, batch.mask_BxN, cfg.clip_ratio, cfg.clip_value,
-                    cfg.value_coef, cfg.entropy_coef)
+                    cfg.value_coef, cfg.entropy_coef, cfg.clip_ratio_high)
+
+
+def _reinforce_pp_minibatch_loss(cfg, out: PolicyOutputs, batch: Minibatch):
+    """PPO's clipped surrogate on the per-token advantages, no critic, minus the entropy bonus."""
+    pg_loss, metrics = maths.policy_loss(out.logp_BxN, batch.old_logp_BxN, batch.advantages, batch.mask_BxN,
+                                         cfg.clip_ratio, cfg.clip_ratio_high)
+    loss = pg_loss - cfg.entropy_coef * maths.masked_mean(out.entropy_BxN, batch.mask_BxN)
+    return loss, {"loss": loss, "policy_loss": pg_loss, **metrics}
 
 
 def _reinforce_minibatch_loss(cfg, out: PolicyOutputs, batch: Minibatch):
@@ -156,10 +193,22 @@ def _reinforce_check(cfg) -> tuple[str, str] | None:
         return "rl.rollout_prompts", "REINFORCE's leave-one-out baseline needs at least 2 samples per rollout"
     if cfg.epochs != 1:
         return "rl.epochs", f"REINFORCE is on-policy: one pass over each rollout (epochs=1), got {cfg.epochs}"
+    return _not_grouped("REINFORCE", cfg) or _unclipped("REINFORCE", cfg)
+
+
+def _not_grouped(name: str, cfg) -> tuple[str, str] | None:
+    if cfg.dynamic_sampling:
+        return "rl.dynamic_sampling", f"{name} has no groups of k samples to drop: dynamic sampling is for RLOO / GRPO"
     return None
 
 
-def _group_check(name: str, on_policy: bool):
+def _unclipped(name: str, cfg) -> tuple[str, str] | None:
+    if cfg.clip_ratio_high is not None:
+        return "rl.clip_ratio_high", f"{name}'s loss has no clipped ratio: set rl.clip_ratio_high=None"
+    return None
+
+
+def _group_check(name: str, on_policy: bool, clipped: bool = True):
     def check(cfg) -> tuple[str, str] | None:
         if cfg.samples_per_prompt < 2:
             return (
@@ -170,9 +219,13 @@ def _group_check(name: str, on_policy: bool):
             return "rl.epochs", f"{name} is on-policy: one pass over each rollout (epochs=1), got {cfg.epochs}"
         if not on_policy and cfg.kl_target is not None:
             return "rl.kl_target", f"{name}'s KL term in the loss has the fixed rl.kl_coef: set rl.kl_target=None"
-        return None
+        return None if clipped else _unclipped(name, cfg)
 
     return check
+
+
+def _ungrouped_check(name: str):
+    return lambda cfg: _not_grouped(name, cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,13 +244,25 @@ class Algorithm:
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "ppo": Algorithm("ppo", "PPO", ppo_advantages, _ppo_minibatch_loss, uses_critic=True),
+    "ppo": Algorithm("ppo", "PPO", ppo_advantages, _ppo_minibatch_loss, uses_critic=True,
+                     check=_ungrouped_check("PPO")),
     "reinforce": Algorithm("reinforce", "REINFORCE (baseline: the rollout's other prompts)", reinforce_advantages,
                            _reinforce_minibatch_loss, uses_critic=False, check=_reinforce_check),
     "rloo": Algorithm("rloo", "RLOO", rloo_advantages, _reinforce_minibatch_loss, uses_critic=False,
-                      check=_group_check("RLOO", on_policy=True)),
+                      check=_group_check("RLOO", on_policy=True, clipped=False)),
     "grpo": Algorithm("grpo", "GRPO", grpo_advantages, _grpo_minibatch_loss(None), uses_critic=False,
                       check=_group_check("GRPO", on_policy=False)),
     "dr_grpo": Algorithm("dr_grpo", "Dr. GRPO", dr_grpo_advantages, _grpo_minibatch_loss("constant"),
                          uses_critic=False, check=_group_check("Dr. GRPO", on_policy=False)),
+    "dapo": Algorithm("dapo", "DAPO", grpo_advantages, _grpo_minibatch_loss("token_mean"), uses_critic=False,
+                      check=_group_check("DAPO", on_policy=False)),
+    "gspo": Algorithm("gspo", "GSPO", grpo_advantages, _grpo_minibatch_loss("sequence_mean", "gspo"),
+                      uses_critic=False, check=_group_check("GSPO", on_policy=False)),
+    "gspo_token": Algorithm("gspo_token", "GSPO-token", grpo_advantages,
+                            _grpo_minibatch_loss("sequence_mean", "gspo_token"), uses_critic=False,
+                            check=_group_check("GSPO-token", on_policy=False)),
+    "cispo": Algorithm("cispo", "CISPO", grpo_advantages, _grpo_minibatch_loss("token_mean", "cispo"),
+                       uses_critic=False, check=_group_check("CISPO", on_policy=False)),
+    "reinforce_pp": Algorithm("reinforce_pp", "REINFORCE++", reinforce_pp_advantages, _reinforce_pp_minibatch_loss,
+                              uses_critic=False, check=_ungrouped_check("REINFORCE++")),
 }

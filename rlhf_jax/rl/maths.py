@@ -105,28 +105,35 @@ def gae(rewards_BxN, values_BxN, mask_BxN, gamma: float, lam: float):
     return advantages_BxN, (advantages_BxN + values_BxN) * mask_BxN
 
 
-def policy_loss(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip: float):
+def policy_loss(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip: float, clip_high: float | None = None):
     """Clipped surrogate (Schulman et al. 2017), to minimise:
 
-        L = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps)),   rho_t = exp(log pi - log pi_old)
+        L = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps_low, 1 + eps_high)),   rho_t = exp(log pi - log pi_old)
 
-    Also returns approx_kl = mean 0.5 (log rho)^2, the clip fraction and the mean ratio.
+    eps_low = ``clip``; eps_high = ``clip_high`` (DAPO's clip-higher), ``clip`` when None. Also returns
+    approx_kl = mean 0.5 (log rho)^2, the clip fraction and the mean ratio.
     """
-    unclipped_BxN, clipped_BxN = _surrogate_terms(logp_BxN, old_logp_BxN, advantages_BxN, clip)
-    loss = masked_mean(jnp.maximum(unclipped_BxN, clipped_BxN), mask_BxN)
-    return loss, ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip)
+    terms_BxN = clipped_surrogate(jnp.exp(logp_BxN - old_logp_BxN), advantages_BxN, clip, clip_high)
+    loss = masked_mean(terms_BxN, mask_BxN)
+    return loss, ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip, clip_high)
 
 
-def _surrogate_terms(logp_BxN, old_logp_BxN, advantages_BxN, clip: float):
-    ratio_BxN = jnp.exp(logp_BxN - old_logp_BxN)
-    return -advantages_BxN * ratio_BxN, -advantages_BxN * jnp.clip(ratio_BxN, 1.0 - clip, 1.0 + clip)
+def _surrogate_terms(ratio, advantages, clip: float, clip_high: float | None = None):
+    high = clip if clip_high is None else clip_high
+    return -advantages * ratio, -advantages * jnp.clip(ratio, 1.0 - clip, 1.0 + high)
 
 
-def ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip: float) -> dict:
+def clipped_surrogate(ratio, advantages, clip: float, clip_high: float | None = None):
+    """max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high)) elementwise: PPO's pessimistic bound, to minimise."""
+    return jnp.maximum(*_surrogate_terms(ratio, advantages, clip, clip_high))
+
+
+def ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip: float,
+                      clip_high: float | None = None) -> dict:
     """How far the policy moved from the one that sampled: approx_kl = mean 0.5 (log rho)^2, the share of
     tokens where the clipped term of the surrogate is the larger (clip_fraction), and the mean ratio rho."""
     log_ratio_BxN = logp_BxN - old_logp_BxN
-    unclipped_BxN, clipped_BxN = _surrogate_terms(logp_BxN, old_logp_BxN, advantages_BxN, clip)
+    unclipped_BxN, clipped_BxN = _surrogate_terms(jnp.exp(log_ratio_BxN), advantages_BxN, clip, clip_high)
     return {"approx_kl": masked_mean(0.5 * log_ratio_BxN ** 2, mask_BxN),
             "clip_fraction": masked_mean((clipped_BxN > unclipped_BxN).astype(jnp.float32), mask_BxN),
             "ratio": masked_mean(jnp.exp(log_ratio_BxN), mask_BxN)}
@@ -179,29 +186,111 @@ AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
 def aggregate(x_BxN, mask_BxN, how: str):
     """One number from per-token loss terms, three ways:
 
-        token_mean     sum_bt m x / sum_bt m               (every token weighs the same; DAPO)
-        sequence_mean  (1/B) sum_b (sum_t m x / sum_t m)   (every sequence weighs the same; GRPO)
-        constant       sum_bt m x / (B N)                  (a fixed normaliser; Dr. GRPO)
+        token_mean     sum_bt m x / sum_bt m                    (every token weighs the same; DAPO)
+        sequence_mean  (1/B') sum_b (sum_t m x / sum_t m)       (every sequence weighs the same; GRPO)
+        constant       sum_bt m x / (B N)                       (a fixed normaliser; Dr. GRPO)
+
+    B' counts the sequences with at least one token in the mask (all of them, unless a filter such as
+    dynamic sampling masked some out).
     """
     if how == "token_mean":
         return masked_mean(x_BxN, mask_BxN)
     if how == "sequence_mean":
-        return jnp.mean(masked_mean(x_BxN, mask_BxN, axis=1))
+        return masked_mean(masked_mean(x_BxN, mask_BxN, axis=1), (jnp.sum(mask_BxN, axis=1) > 0).astype(x_BxN.dtype))
     if how == "constant":
         return masked_sum(x_BxN, mask_BxN) / x_BxN.size
     raise ValueError(f"unknown loss aggregation {how!r} {AGGREGATIONS}")
 
 
-def grpo_loss_terms(logp_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip: float, kl_coef: float):
+def grpo_loss_terms(logp_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip: float, kl_coef: float,
+                    clip_high: float | None = None):
     """GRPO's per-token loss (to minimise): PPO's clipped surrogate with the sequence's advantage on
     every token, plus beta times the k3 estimate of KL(pi || pi_ref) (Shao et al. 2024, eq. 3-4):
 
-        l_bt = max(-A_b rho_bt, -A_b clip(rho_bt, 1 - eps, 1 + eps)) + beta k3_bt,
+        l_bt = max(-A_b rho_bt, -A_b clip(rho_bt, 1 - eps_low, 1 + eps_high)) + beta k3_bt,
 
-    0 outside the mask (where k3's exponential could overflow, and 0 x inf would poison the gradient)."""
-    unclipped_BxN, clipped_BxN = _surrogate_terms(logp_BxN, old_logp_BxN, advantages_B[:, None], clip)
-    k3_BxN = kl_per_token(logp_BxN * mask_BxN, ref_logp_BxN * mask_BxN, "k3")
-    return (jnp.maximum(unclipped_BxN, clipped_BxN) + kl_coef * k3_BxN) * mask_BxN
+    0 outside the mask (where k3's exponential could overflow, and 0 x inf would poison the gradient).
+    DAPO (Yu et al. 2025) is this with eps_high > eps_low, aggregated over tokens."""
+    ratio_BxN = jnp.exp(logp_BxN - old_logp_BxN)
+    return (clipped_surrogate(ratio_BxN, advantages_B[:, None], clip, clip_high)
+            + kl_coef * masked_k3(logp_BxN, ref_logp_BxN, mask_BxN)) * mask_BxN
+
+
+def masked_k3(logp_BxN, ref_logp_BxN, mask_BxN):
+    """k3(pi || pi_ref) per token, computed on masked log-probs so that padding cannot overflow."""
+    return kl_per_token(logp_BxN * mask_BxN, ref_logp_BxN * mask_BxN, "k3")
+
+
+def gspo_loss_terms(logp_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip: float, kl_coef: float,
+                    clip_high: float | None = None, token_level: bool = False):
+    """GSPO (Zheng et al. 2025): one importance ratio per sequence, the geometric mean of its tokens',
+
+        s_b = exp((1 / |y_b|) sum_t m_bt (log pi_bt - log pi_old_bt)),
+        l_bt = max(-A_b s_b, -A_b clip(s_b, 1 - eps_low, 1 + eps_high)) + beta k3_bt,
+
+    every token of a sequence carrying its sequence's term, so that the sequence mean of ``aggregate``
+    gives the paper's per-sequence objective. ``token_level`` (GSPO-token) uses
+    s_bt = sg[s_b] pi_bt / sg[pi_bt]: the same value, and with one advantage per sequence the same
+    gradient, but a per-token advantage would weight each token's own gradient."""
+    log_ratio_B = masked_mean(logp_BxN - old_logp_BxN, mask_BxN, axis=1)
+    log_ratio_BxN = jnp.broadcast_to(log_ratio_B[:, None], logp_BxN.shape)
+    if token_level:
+        log_ratio_BxN = jax.lax.stop_gradient(log_ratio_BxN) + logp_BxN - jax.lax.stop_gradient(logp_BxN)
+    return (clipped_surrogate(jnp.exp(log_ratio_BxN), advantages_B[:, None], clip, clip_high)
+            + kl_coef * masked_k3(logp_BxN, ref_logp_BxN, mask_BxN)) * mask_BxN
+
+
+def cispo_loss_terms(logp_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_BxN, clip: float, kl_coef: float,
+                     clip_high: float | None = None):
+    """CISPO (MiniMax 2025): the importance weight clipped and cut from the gradient, times the log-prob,
+
+        l_bt = -sg[clip(rho_bt, 1 - eps_low, 1 + eps_high)] A_b log pi_bt + beta k3_bt,
+
+    so d l / d log pi_bt = -clip(rho_bt) A_b on every token: a clipped token still contributes, with a
+    bounded weight, where PPO's clip gives it no gradient at all."""
+    high = clip if clip_high is None else clip_high
+    weight_BxN = jax.lax.stop_gradient(jnp.clip(jnp.exp(logp_BxN - old_logp_BxN), 1.0 - clip, 1.0 + high))
+    return (-weight_BxN * advantages_B[:, None] * logp_BxN
+            + kl_coef * masked_k3(logp_BxN, ref_logp_BxN, mask_BxN)) * mask_BxN
+
+
+def discounted_returns(rewards_BxN, mask_BxN, gamma: float):
+    """G_t = sum_{s >= t} gamma^(s - t) r_s within the mask: GAE with no critic and lambda = 1."""
+    return gae(rewards_BxN, jnp.zeros_like(rewards_BxN), mask_BxN, gamma, 1.0)[0]
+
+
+def reinforce_pp_advantages(score_B, kl_BxN, mask_BxN, kl_coef, gamma: float):
+    """REINFORCE++ (Hu 2025): the per-token KL in the reward (``shaped_rewards``), its discounted return
+    per token with no critic, normalised over every token of the global batch:
+
+        A_bt = (G_bt - mean(G)) / std(G),   G_bt = sum_{s >= t} gamma^(s - t) r_bs."""
+    returns_BxN = discounted_returns(shaped_rewards(score_B, kl_BxN, mask_BxN, kl_coef), mask_BxN, gamma)
+    return masked_whiten(returns_BxN, mask_BxN)
+
+
+def informative_groups(score_B, k: int):
+    """DAPO's dynamic sampling, as a mask that keeps the batch's shape: 1 for every sample of a group whose
+    k scores are not all equal, 0 for the groups that carry no signal (all right or all wrong)."""
+    score_GxK = score_B.reshape(-1, k)
+    varied_G = jnp.max(score_GxK, axis=1) > jnp.min(score_GxK, axis=1)
+    return jnp.repeat(varied_G, k).astype(jnp.float32)
+
+
+def truncated(tokens_BxN, mask_BxN, eos_token_id: int | None):
+    """1 for a response that ran to the last of its N tokens without ending (DAPO's overlong filter)."""
+    ran_out_B = mask_BxN[:, -1] > 0
+    if eos_token_id is None:
+        return ran_out_B.astype(jnp.float32)
+    return (ran_out_B & (tokens_BxN[:, -1] != eos_token_id)).astype(jnp.float32)
+
+
+def logprob_mismatch(sampler_logp_BxN, trainer_logp_BxN, mask_BxN) -> dict:
+    """How far the sampler's log-probs (KV-cache decode) are from the trainer's (one full forward) on the
+    sampled tokens: max and mean |delta log p| and k3(pi_sampler || pi_trainer) on the real tokens."""
+    delta_BxN = (trainer_logp_BxN - sampler_logp_BxN) * mask_BxN
+    return {"mismatch_max_abs_logp": jnp.max(jnp.abs(delta_BxN)),
+            "mismatch_mean_abs_logp": masked_mean(jnp.abs(delta_BxN), mask_BxN),
+            "mismatch_k3": masked_mean(jnp.expm1(delta_BxN) - delta_BxN, mask_BxN)}
 
 
 def reinforce_surrogate(logp_BxN, advantages_B, mask_BxN):

@@ -1,4 +1,4 @@
-"""Online RL of a causal LM (PPO, REINFORCE, RLOO, GRPO, Dr. GRPO: the registry of ``rlhf_jax.rl.algorithms``)
+"""Online RL of a causal LM (PPO, the GRPO and REINFORCE families: the registry of ``rlhf_jax.rl.algorithms``)
 as pure jitted functions: the actor-critic, its state, rollout and update.
 
 One iteration is two XLA programs with a host step between them:
@@ -113,13 +113,14 @@ class Rollout:
     ref_logp_BxN: jax.Array
     values_BxN: jax.Array  # V_old
     entropy_BxN: jax.Array
+    sampler_logp_BxN: jax.Array  # the sampler's own log-probs of the tokens (KV-cache decode), beside logp_BxN's
 
     def check_shapes(self, scores_B=None) -> None:
         """Trace-time (free) checks that every array has the batch axis B and [B, T] or [B, N] shapes."""
         rows, length = self.ids_BxT.shape
         chex.assert_shape(self.mask_BxT, (rows, length))
         chex.assert_equal_shape([self.response_mask_BxN, self.logp_BxN, self.ref_logp_BxN, self.values_BxN,
-                                 self.entropy_BxN])
+                                 self.entropy_BxN, self.sampler_logp_BxN])
         chex.assert_shape(self.response_mask_BxN, (rows, None))
         if scores_B is not None:
             chex.assert_shape(scores_B, (rows,))
@@ -136,7 +137,7 @@ def make_optimizer(cfg: RLConfig) -> optax.GradientTransformation:
 
 def sampling_config(cfg: RLConfig, eos_token_id, pad_token_id) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=cfg.response_tokens, temperature=cfg.temperature, eos_token_id=eos_token_id,
-                          pad_token_id=pad_token_id)
+                          pad_token_id=pad_token_id, logprobs=True)
 
 
 def _chunked(fn, minibatches: int, *arrays):
@@ -191,7 +192,8 @@ def rollout(programs: Programs, params, ref_params, prompt_ids_BxP, prompt_mask_
     logp, values, entropy, ref_logp = _chunked(score, cfg.minibatches, ids_BxT, mask_BxT)
     mask_BxN = generation.response_mask_BxN.astype(jnp.float32)
     experience = Rollout(ids_BxT=ids_BxT, mask_BxT=mask_BxT, response_mask_BxN=mask_BxN, logp_BxN=logp * mask_BxN,
-                         ref_logp_BxN=ref_logp * mask_BxN, values_BxN=values * mask_BxN, entropy_BxN=entropy)
+                         ref_logp_BxN=ref_logp * mask_BxN, values_BxN=values * mask_BxN, entropy_BxN=entropy,
+                         sampler_logp_BxN=generation.logp_BxN * mask_BxN)
     experience.check_shapes()
     return experience
 
@@ -207,6 +209,20 @@ def minibatch_loss(programs: Programs, params, batch: Minibatch):
     return programs.algorithm.loss(programs.cfg, outputs, batch)
 
 
+def loss_mask_of(programs: Programs, experience: Rollout, scores_B):
+    """(the mask of the tokens the loss sees, metrics): the response mask, less the groups of equal scores
+    (``rl.dynamic_sampling``) and the truncated responses (``rl.mask_truncated``)."""
+    cfg, mask = programs.cfg, experience.response_mask_BxN
+    keep_B, metrics = jnp.ones_like(scores_B), {}
+    if cfg.dynamic_sampling:
+        informative_B = maths.informative_groups(scores_B, cfg.samples_per_prompt)
+        keep_B, metrics["informative_fraction"] = keep_B * informative_B, jnp.mean(informative_B)
+    if cfg.mask_truncated:
+        truncated_B = maths.truncated(experience.ids_BxT[:, -mask.shape[1]:], mask, programs.sampling.eos_token_id)
+        keep_B, metrics["truncated_fraction"] = keep_B * (1.0 - truncated_B), jnp.mean(truncated_B)
+    return mask * keep_B[:, None], metrics
+
+
 def update(programs: Programs, state: PolicyState, experience: Rollout, scores_B):
     """Per-token KL, the algorithm's advantages, then ``epochs`` x ``minibatches`` Adam steps (a nested
     ``lax.scan``), then the KL controller. Returns (new state, mean metrics)."""
@@ -215,7 +231,8 @@ def update(programs: Programs, state: PolicyState, experience: Rollout, scores_B
     mask = experience.response_mask_BxN
     kl_BxN = maths.kl_per_token(experience.logp_BxN, experience.ref_logp_BxN, cfg.kl_estimator) * mask
     advantages, returns = algorithm.advantages(cfg, scores_B, kl_BxN, experience.values_BxN, mask, state.kl_coef)
-    data = Minibatch(ids_BxT=experience.ids_BxT, mask_BxT=experience.mask_BxT, mask_BxN=mask,
+    loss_mask, filter_metrics = loss_mask_of(programs, experience, scores_B)
+    data = Minibatch(ids_BxT=experience.ids_BxT, mask_BxT=experience.mask_BxT, mask_BxN=loss_mask,
                      old_logp_BxN=experience.logp_BxN, old_values_BxN=experience.values_BxN, advantages=advantages,
                      returns_BxN=returns, ref_logp_BxN=experience.ref_logp_BxN)
     batch = scores_B.shape[0]
@@ -253,7 +270,8 @@ def update(programs: Programs, state: PolicyState, experience: Rollout, scores_B
         score=jnp.mean(scores_B), kl=jnp.mean(kl_B), kl_coef=state.kl_coef,
         non_score_reward=jnp.mean(jnp.sum(-state.kl_coef * kl_BxN, axis=1)),
         entropy=maths.masked_mean(experience.entropy_BxN, mask), response_length=jnp.mean(jnp.sum(mask, axis=1)),
-        first_ratio=metrics_ExM["ratio"][0, 0])
+        first_ratio=metrics_ExM["ratio"][0, 0], **filter_metrics,
+        **maths.logprob_mismatch(experience.sampler_logp_BxN, experience.logp_BxN, mask))
     if algorithm.uses_critic:
         metrics.update(value=maths.masked_mean(experience.values_BxN, mask), returns=maths.masked_mean(returns, mask),
                        explained_variance=maths.explained_variance(experience.values_BxN, returns, mask))
