@@ -164,7 +164,9 @@ def regression_loss(predictions_B: jax.Array, targets_B: jax.Array, weights_B: j
 # Offline preference optimisation of a policy. pi_*: log pi(response | prompt) of the policy (a sum over
 # the response's tokens), ref_*: the same under the frozen reference.
 
-PREFERENCE_LOSSES = ("dpo", "ipo")
+PREFERENCE_LOSSES = ("dpo", "ipo")  # on the policy's and the reference's log-probs (preference_loss)
+REFERENCE_FREE_LOSSES = ("simpo", "orpo")  # on the policy's alone, length-normalised (reference_free_loss)
+OFFLINE_LOSSES = PREFERENCE_LOSSES + ("kto",) + REFERENCE_FREE_LOSSES  # the tasks that learn from pairs offline
 
 
 def sequence_logprob(logits_BxTxV: jax.Array, input_ids_BxT: jax.Array, loss_mask_BxT: jax.Array) -> jax.Array:
@@ -195,8 +197,67 @@ def preference_loss(pi_chosen_B, pi_rejected_B, ref_chosen_B, ref_rejected_B, be
         nll_B = (h_B - 1.0 / (2.0 * beta)) ** 2
     else:
         raise ValueError(f"unknown preference loss {kind!r} {PREFERENCE_LOSSES}")
+    metrics = _pair_metrics((nll_B * weights_B).sum(), h_B, beta * h_B, weights_B)
+    return metrics["loss"], metrics
+
+
+def _pair_metrics(loss_sum, h_B, margin_B, weights_B) -> dict:
+    """The preference tasks' shared sums: the pairs the implicit reward orders as labelled (h > 0) and the
+    implicit-reward margin."""
     count = weights_B.sum()
-    loss_sum = (nll_B * weights_B).sum()
     loss = loss_sum / jnp.maximum(count, 1.0)
-    return loss, {"loss": loss, "loss_sum": loss_sum, "correct_sum": ((h_B > 0) * weights_B).sum(), "count": count,
-                  "margin_sum": (beta * h_B * weights_B).sum()}
+    return {"loss": loss, "loss_sum": loss_sum, "correct_sum": ((h_B > 0) * weights_B).sum(), "count": count,
+            "margin_sum": (margin_B * weights_B).sum()}
+
+
+def log1mexp(x):
+    """log(1 - exp(x)) for x < 0, accurate at both ends (Maechler 2012)."""
+    return jnp.where(x > -0.6931, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
+
+
+def reference_free_loss(pi_chosen_B, pi_rejected_B, length_chosen_B, length_rejected_B, kind: str, beta: float,
+                        gamma: float = 0.0, lam: float = 0.1, weights_B=None):
+    """With the mean log-prob per response token a = log pi(y | x) / |y|:
+
+        simpo (Meng et al. 2024)  L = -log sigmoid(beta (a_c - a_r) - gamma)         (gamma: the target margin)
+        orpo  (Hong et al. 2024)  L = -a_c - lam log sigmoid(log odds_c - log odds_r),
+                                  log odds = a - log(1 - exp(a))                     (SFT on chosen + odds ratio)
+
+    No reference model. Returns (loss, metrics) as ``preference_loss``; the margin is beta (a_c - a_r) for
+    SimPO and the log odds ratio for ORPO."""
+    weights_B = jnp.ones_like(pi_chosen_B) if weights_B is None else weights_B.astype(jnp.float32)
+    a_chosen_B = pi_chosen_B / jnp.maximum(length_chosen_B, 1.0)
+    a_rejected_B = pi_rejected_B / jnp.maximum(length_rejected_B, 1.0)
+    if kind == "simpo":
+        h_B = beta * (a_chosen_B - a_rejected_B)
+        nll_B = -jax.nn.log_sigmoid(h_B - gamma)
+    elif kind == "orpo":
+        h_B = (a_chosen_B - log1mexp(a_chosen_B)) - (a_rejected_B - log1mexp(a_rejected_B))
+        nll_B = -a_chosen_B - lam * jax.nn.log_sigmoid(h_B)
+    else:
+        raise ValueError(f"unknown reference-free loss {kind!r} {REFERENCE_FREE_LOSSES}")
+    metrics = _pair_metrics((nll_B * weights_B).sum(), h_B, h_B, weights_B)
+    return metrics["loss"], metrics
+
+
+def kto_loss(pi_chosen_B, pi_rejected_B, ref_chosen_B, ref_rejected_B, beta: float, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0, weights_B=None):
+    """KTO (Ethayarajh et al. 2024) with each pair's chosen response as a desirable example and its rejected
+    one as an undesirable example, unpaired in the loss: with the log-ratios r = log pi - log pi_ref,
+
+        L = (1 / 2B) sum_b [ w_D (1 - sigmoid(beta (r_c - z))) + w_U (1 - sigmoid(beta (z - r_r))) ],
+        z = max(0, sg[mean_b (r_c + r_r) / 2])
+
+    z, the reference point, is the batch's mean log-ratio on its own responses, cut from the gradient: a
+    cheaper stand-in for the paper's estimate on mismatched (prompt, response) pairs, which would take a
+    second forward of the policy and the reference. Correct: r_c > r_r; margin: beta (r_c - r_r)."""
+    weights_B = jnp.ones_like(pi_chosen_B) if weights_B is None else weights_B.astype(jnp.float32)
+    r_chosen_B = (pi_chosen_B - ref_chosen_B).astype(jnp.float32)
+    r_rejected_B = (pi_rejected_B - ref_rejected_B).astype(jnp.float32)
+    mean_ratio = ((r_chosen_B + r_rejected_B) * weights_B).sum() / (2.0 * jnp.maximum(weights_B.sum(), 1.0))
+    z = jax.lax.stop_gradient(jnp.maximum(mean_ratio, 0.0))
+    losses_B = (desirable_weight * (1.0 - jax.nn.sigmoid(beta * (r_chosen_B - z)))
+                + undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z - r_rejected_B)))) / 2.0
+    metrics = _pair_metrics((losses_B * weights_B).sum(), r_chosen_B - r_rejected_B,
+                            beta * (r_chosen_B - r_rejected_B), weights_B)
+    return metrics["loss"], metrics

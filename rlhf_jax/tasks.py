@@ -129,12 +129,8 @@ TASKS: dict[str, Task] = {
     "reward_regression": Task(
         "reward_regression", reward.tokenize_ratings, _fixed(reward.regression), feedback="scores"
     ),
-    "dpo": Task(
-        "dpo", preference.tokenize_preference_sequences, preference.make_loss("dpo"), feedback="pairs", reference=True
-    ),
-    "ipo": Task(
-        "ipo", preference.tokenize_preference_sequences, preference.make_loss("ipo"), feedback="pairs", reference=True
-    ),
+    **{kind: Task(kind, preference.tokenize_preference_sequences, preference.make_loss(kind), feedback="pairs",
+                  reference=kind not in losses.REFERENCE_FREE_LOSSES) for kind in losses.OFFLINE_LOSSES},
 }
 
 

@@ -231,12 +231,12 @@ def test_ppo_remat_changes_no_number_and_bfloat16_stays_close(tiny_policy):
     assert np.abs(bf16_change - plain_change).max() < 0.04 * np.abs(plain_change).max()
 
 
-@pytest.mark.parametrize("task", ["dpo", "ipo"])
+@pytest.mark.parametrize("task", ["dpo", "ipo", "kto", "simpo"])
 def test_preference_optimisation_end_to_end(tmp_path, tiny_policy, task):
-    """The tiny policy trained on the tiny feedback's pairs by DPO / IPO, then evaluated as PPO is. Before
-    the first step the policy is its own reference, so every pair's log-ratios are equal: the stored
-    reference log-probs must be those of exactly these rows, and DPO's loss is then log 2 (IPO's
-    1 / (2 beta)^2), with zero margin."""
+    """The tiny policy trained on the tiny feedback's pairs by DPO / IPO / KTO / SimPO, then evaluated as PPO
+    is. Before the first step the policy is its own reference, so every pair's log-ratios are equal: the
+    stored reference log-probs must be those of exactly these rows, and DPO's loss is then log 2 (IPO's
+    1 / (2 beta)^2, KTO's 1/2), with zero margin. SimPO has no reference: its loss must only fall."""
     import math
 
     cli("run", "--config", os.path.join(CONFIGS, "tiny_dpo.py"), "--workdir", str(tmp_path),
@@ -244,8 +244,9 @@ def test_preference_optimisation_end_to_end(tmp_path, tiny_policy, task):
         f"--config.rl.policy={tiny_policy}", f"--config.train.task={task}")
     rows = read_metrics(str(tmp_path / "policy_training"))
     start = next(r for r in rows if r["split"] == "validation" and r["step"] == 0)
-    expected = math.log(2) if task == "dpo" else (1 / (2 * 0.1)) ** 2
-    assert start["loss"] == pytest.approx(expected, rel=1e-6) and start["margin"] == pytest.approx(0, abs=1e-6)
+    expected = {"dpo": math.log(2), "ipo": (1 / (2 * 0.1)) ** 2, "kto": 0.5, "simpo": start["loss"]}[task]
+    assert start["loss"] == pytest.approx(expected, rel=1e-6)
+    assert task == "simpo" or start["margin"] == pytest.approx(0, abs=1e-6)
     train = [r for r in rows if r["split"] == "train"]
     assert train[-1]["loss"] < expected  # the pairs' loss went down
     evaluation = json.loads((tmp_path / "policy_training" / "evaluation.json").read_text())["metrics"]

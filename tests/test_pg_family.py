@@ -26,7 +26,8 @@ def rollout():
     logp = -rng.exponential(size=(B, N))
     return {"mask": mask, "logp": logp, "old_logp": logp + rng.normal(scale=0.3, size=(B, N)),
             "ref_logp": -rng.exponential(size=(B, N)), "advantages": rng.normal(size=B),
-            "scores": rng.normal(size=B), "kl": rng.normal(scale=0.1, size=(B, N)), "entropy": rng.exponential(size=(B, N))}
+            "scores": rng.normal(size=B), "kl": rng.normal(scale=0.1, size=(B, N)),
+            "entropy": rng.exponential(size=(B, N))}
 
 
 def f32(x):
@@ -53,7 +54,8 @@ def dapo_loop(r, logp, mask, eps_low, eps_high, beta):
         for t in range(N):
             if mask[b, t]:
                 ratio = math.exp(logp[b, t] - r["old_logp"][b, t])
-                total += surrogate(r["advantages"][b], ratio, eps_low, eps_high) + beta * k3(logp[b, t], r["ref_logp"][b, t])
+                total += (surrogate(r["advantages"][b], ratio, eps_low, eps_high)
+                          + beta * k3(logp[b, t], r["ref_logp"][b, t]))
                 count += 1
     return total / count
 
@@ -81,7 +83,8 @@ def cispo_loop(r, logp, mask, eps_low, eps_high, beta):
             if mask[b, t]:
                 weight = clip(math.exp(logp[b, t] - r["old_logp"][b, t]), 1 - eps_low, 1 + eps_high)
                 total += -weight * r["advantages"][b] * logp[b, t] + beta * k3(logp[b, t], r["ref_logp"][b, t])
-                grad[b, t] = (-weight * r["advantages"][b] + beta * (1 - math.exp(r["ref_logp"][b, t] - logp[b, t]))) / count
+                d_k3 = 1 - math.exp(r["ref_logp"][b, t] - logp[b, t])
+                grad[b, t] = (-weight * r["advantages"][b] + beta * d_k3) / count
     return total / count, grad
 
 
@@ -90,7 +93,8 @@ def registry_loss(name, r, logp, mask=None, **fields):
     mask = r["mask"] if mask is None else mask
     batch = Minibatch(ids_BxT=jnp.zeros((B, N + 2), jnp.int32), mask_BxT=jnp.ones((B, N + 2), jnp.int32),
                       mask_BxN=f32(mask), old_logp_BxN=f32(r["old_logp"]), old_values_BxN=f32(np.zeros((B, N))),
-                      advantages=f32(r["advantages"]), returns_BxN=f32(np.zeros((B, N))), ref_logp_BxN=f32(r["ref_logp"]))
+                      advantages=f32(r["advantages"]), returns_BxN=f32(np.zeros((B, N))),
+                      ref_logp_BxN=f32(r["ref_logp"]))
     out = PolicyOutputs(logp_BxN=logp, entropy_BxN=f32(r["entropy"]), values_BxN=f32(np.zeros((B, N))))
     return ALGORITHMS[name].loss(cfg, out, batch)[0]
 

@@ -125,7 +125,7 @@ def preference_step(kind: str) -> dict:
 
 
 CASES = {**{name: (policy_gradient_update, name) for name in PG_CONFIGS},
-         **{kind: (preference_step, kind) for kind in ("dpo", "ipo")}}
+         **{kind: (preference_step, kind) for kind in ("dpo", "ipo", "kto", "simpo", "orpo")}}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -14,7 +14,8 @@ from rlhf_jax.rl.algorithms import ALGORITHMS
 FEEDBACK_KINDS = ("preferences", "ratings", "language")
 TASK_HEADS = {"classification": "classification", "causal_lm": "causal_lm", "masked_lm": "masked_lm",
               "reward_pairwise": "scalar", "reward_grouped": "scalar", "reward_best_of_n": "scalar",
-              "reward_regression": "scalar", "dpo": "causal_lm", "ipo": "causal_lm"}
+              "reward_regression": "scalar", "dpo": "causal_lm", "ipo": "causal_lm",
+              "kto": "causal_lm", "simpo": "causal_lm", "orpo": "causal_lm"}
 """The supervised tasks and the head each trains: the names of ``rlhf_jax.tasks.TASKS``, which says how each
 task turns rows into arrays and what its loss is."""
 
@@ -86,8 +87,13 @@ class TrainConfig:
     fused_optimizer: bool = field(False, "clip + AdamW in one pass per parameter (faster on CPU; a clipped "
                                          "step rounds differently from optax's: rlhf_jax/optim.py)")
     mlm_probability: float = field(0.15, "masked LM: share of tokens masked (BERT's 80/10/10)")
-    beta: float = field(0.1, "dpo / ipo: the KL strength beta of the preference loss")
+    beta: float = field(0.1, "dpo / ipo / kto: the KL strength beta of the preference loss; simpo: the scale of "
+                             "the length-normalised margin (about 2 in its paper)")
     label_smoothing: float = field(0.0, "dpo: the share of labels taken to be wrong (conservative DPO)")
+    simpo_gamma: float = field(0.5, "simpo: the target margin gamma")
+    orpo_lambda: float = field(0.1, "orpo: the weight lambda of the odds-ratio term beside the SFT loss")
+    kto_desirable_weight: float = field(1.0, "kto: the weight of the desirable (chosen) examples' term")
+    kto_undesirable_weight: float = field(1.0, "kto: the weight of the undesirable (rejected) examples' term")
     seed: int = field(0, "batch order and the PRNG of each step")
     log_every: int = field(10, "steps per logged training row")
     eval_every: int = field(0, "steps between validation evaluations; 0: at the start and end only")
@@ -107,6 +113,8 @@ class TrainConfig:
         require(0 < self.mlm_probability < 1, "train.mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
         require(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
         require(self.beta > 0, "train.beta", f"must be > 0, got {self.beta}")
+        for name in ("orpo_lambda", "kto_desirable_weight", "kto_undesirable_weight"):
+            require(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
         require(isinstance(self.fused_optimizer, bool), "train.fused_optimizer",
                 f"must be True or False, got {self.fused_optimizer!r}")
         require(

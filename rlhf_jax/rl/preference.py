@@ -1,5 +1,6 @@
-"""Offline preference optimisation of a causal LM on preference pairs: DPO, conservative DPO and IPO
-(``losses.preference_loss``) as supervised tasks (``rlhf_jax.tasks``), trained by the supervised trainer.
+"""Offline preference optimisation of a causal LM on preference pairs: DPO, conservative DPO, IPO and KTO
+(``losses.preference_loss``, ``losses.kto_loss``), and the reference-free SimPO and ORPO
+(``losses.reference_free_loss``), as supervised tasks (``rlhf_jax.tasks``), trained by the supervised trainer.
 
 Each pair (prompt, chosen, rejected) becomes two causal sequences, prompt + response + EOS, with a loss
 mask on the response. The frozen reference's log-probabilities of both responses are computed once,
@@ -52,10 +53,24 @@ def pair_logprobs(model, batch):
     return logp_2B[:half], logp_2B[half:]
 
 
+def response_lengths(batch, side: str):
+    """|y|: the response tokens whose log-probs ``losses.sequence_logprob`` sums ([B] float32)."""
+    return jnp.sum(batch[f"{side}_loss_mask"][:, 1:], axis=1).astype(jnp.float32)
+
+
 def make_loss(kind: str):
+    """The task's loss_fn maker: DPO / cDPO / IPO and KTO on the policy's and the stored reference's
+    log-probs, SimPO and ORPO on the policy's alone (``losses``)."""
     def make(tokenizer, vocab_size: int, train):
         def loss_fn(model, batch, rng):
             chosen, rejected = pair_logprobs(model, batch)
+            if kind in losses.REFERENCE_FREE_LOSSES:
+                return losses.reference_free_loss(chosen, rejected, response_lengths(batch, "chosen"),
+                                                  response_lengths(batch, "rejected"), kind, train.beta,
+                                                  train.simpo_gamma, train.orpo_lambda, batch["weights"])
+            if kind == "kto":
+                return losses.kto_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], train.beta,
+                                       train.kto_desirable_weight, train.kto_undesirable_weight, batch["weights"])
             return losses.preference_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], train.beta,
                                           kind, train.label_smoothing if kind == "dpo" else 0.0, batch["weights"])
 

@@ -28,6 +28,7 @@ import time
 import jax
 
 from rlhf_jax import frontier, preemption
+from rlhf_jax.losses import OFFLINE_LOSSES
 from rlhf_jax.config import CompareConfig, ConfigError, ExperimentConfig, experiment_from_dict, to_dict
 from rlhf_jax.config.comparison import BEST_OF_N
 from rlhf_jax.config.core import renamed_sections
@@ -37,7 +38,7 @@ from rlhf_jax.metrics import read_metrics
 from rlhf_jax.plots import plot_frontier
 from rlhf_jax.runs import best_of_n, parallel_seeds, pipeline, preference_training
 
-OFFLINE_TASKS = ("dpo", "ipo")
+OFFLINE_TASKS = OFFLINE_LOSSES
 REPORTED = ("gold_win_rate", "gold_score", "rm_score", "kl", "gold_gain", "seconds")
 
 

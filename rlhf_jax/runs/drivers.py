@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 
 from rlhf_jax.config import CompareConfig, ConfigError, ExperimentConfig
+from rlhf_jax.losses import OFFLINE_LOSSES
 from rlhf_jax.runs import comparison, pipeline, preference_training, reward_training
 
 
@@ -49,8 +50,9 @@ DRIVERS = {d.name: d for d in [
     Driver("comparison", "comparison", lambda exp, compare: compare is not None,
            "a compare section: each arm is the config with its changes; model / data / train are the shared "
            "reward model, rl the online arms' policy", _comparison),
-    Driver("preference", "preference_training", lambda exp, compare: exp.train.task in ("dpo", "ipo"),
-           "train.task dpo / ipo: model / data / train are the policy and its preference training on the "
+    Driver("preference", "preference_training", lambda exp, compare: exp.train.task in OFFLINE_LOSSES,
+           "train.task dpo / ipo / kto / simpo / orpo: model / data / train are the policy and its preference "
+           "training on the "
            "feedback; rl gives the reference and the evaluation", _preference),
     Driver("rlhf", "pipeline", lambda exp, compare: exp.rl is not None,
            "an rl section: model / data / train are the reward model, trained on the feedback; rl is the policy "

@@ -1,4 +1,4 @@
-"""``rlhf-jax run`` for offline preference optimisation (``train.task`` 'dpo' or 'ipo'): the policy learns
+"""``rlhf-jax run`` for offline preference optimisation (``train.task`` 'dpo', 'ipo', 'kto', 'simpo' or 'orpo'): the policy learns
 from the preference pairs directly, with no reward model and no sampling during training.
 
     WORKDIR/feedback/             stage 1: the simulated human's preferences (as for a reward model)
