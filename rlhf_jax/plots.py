@@ -49,14 +49,15 @@ def plot_training(workdir: str, filename: str = "training.png") -> str | None:
 
 def plot_policy_training(workdir: str, filename: str = "training.png") -> str | None:
     """Gold and reward-model scores against iteration and against KL (over-optimisation shows as the
-    two curves parting), and the KL coefficient."""
+    two curves parting), the KL coefficient, and (where logged) the sampler / trainer log-prob mismatch."""
     plt = pyplot()
 
     rows = [r for r in read_metrics(workdir) if r["split"] == "train" and "gold_score" in r]
     if not rows:
         return None
     steps = [r["step"] for r in rows]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    mismatch = "mismatch_max_abs_logp" in rows[0]
+    figure, axes = plt.subplots(1, 3 + mismatch, figsize=(13 + 4 * mismatch, 3.4))
     axes[0].plot(steps, [r["score"] for r in rows], label="reward model (normalised)")
     axes[0].plot(steps, [r["gold_score"] for r in rows], label="gold")
     axes[0].set_xlabel("PPO iteration")
@@ -66,7 +67,14 @@ def plot_policy_training(workdir: str, filename: str = "training.png") -> str | 
     axes[2].plot(steps, [r["kl"] for r in rows], label="KL")
     axes[2].plot(steps, [r["kl_coef"] * 100 for r in rows], label="beta x 100")
     axes[2].set_xlabel("PPO iteration")
-    for axis, title in zip(axes, ("score against iteration", "score against KL", "KL and its coefficient")):
+    if mismatch:  # the sampler's (KV-cache decode) log-probs against the trainer's (one full forward)
+        for name, label in (("mismatch_max_abs_logp", "max |delta log p|"), ("mismatch_mean_abs_logp",
+                                                                              "mean |delta log p|"),
+                            ("mismatch_k3", "k3")):
+            axes[3].semilogy(steps, [max(r[name], 1e-12) for r in rows], label=label)
+        axes[3].set_xlabel("iteration")
+    titles = ("score against iteration", "score against KL", "KL and its coefficient", "sampler / trainer mismatch")
+    for axis, title in zip(axes, titles):
         axis.set_title(title)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)

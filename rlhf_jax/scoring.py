@@ -70,3 +70,36 @@ class RewardModel:
         raw = score_texts(self.graphdef, self.params, self.tokenizer, list(prompts), self.max_length,
                           self.batch_size, responses=list(responses))
         return (self.gain * raw.astype(np.float64) + self.bias).astype(np.float32)
+
+
+ENSEMBLE_COMBINES = ("mean", "pessimistic", "min")
+
+
+def combine_scores(scores_KxB: np.ndarray, how: str, lam: float = 1.0) -> np.ndarray:
+    """One reward per response from K members' (each normalised) scores r_k (Coste et al. 2023):
+
+        mean         (1/K) sum_k r_k
+        pessimistic  mean - lam std_k(r_k)        (std over the members, ddof 0)
+        min          min_k r_k                    (worst case)
+    """
+    scores_KxB = np.asarray(scores_KxB, np.float64)
+    if how == "mean":
+        return scores_KxB.mean(axis=0)
+    if how == "pessimistic":
+        return scores_KxB.mean(axis=0) - lam * scores_KxB.std(axis=0)
+    if how == "min":
+        return scores_KxB.min(axis=0)
+    raise ValueError(f"unknown ensemble combination {how!r} {ENSEMBLE_COMBINES}")
+
+
+@dataclasses.dataclass
+class EnsembleReward:
+    """K reward models as one scorer: each member's normalised score, combined by ``combine_scores``."""
+
+    members: list[RewardModel]
+    combine: str = "mean"
+    lam: float = 1.0
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        scores_KxB = np.stack([member.score(prompts, responses) for member in self.members])
+        return combine_scores(scores_KxB, self.combine, self.lam).astype(np.float32)

@@ -13,11 +13,12 @@ from conftest import tiny_rl as tiny
 from flax import nnx
 
 from rlhf_jax.config import ConfigError, load_config
+from rlhf_jax.feedback import arithmetic
 from rlhf_jax.feedback.labelers import SimulatedHuman, VaderScorer
 from rlhf_jax.feedback.language import LanguageReward, comment_ratings
 from rlhf_jax.metrics import read_metrics
 from rlhf_jax.rl import online
-from rlhf_jax.runs import policy_training
+from rlhf_jax.runs import policy_training, reward_training
 
 
 def cli(*args):
@@ -76,14 +77,15 @@ def likelihood_change(tiny_policy, algorithm: str, scores_B, *overrides, k: int 
     return sequence_logp(state.params) - before, metrics
 
 
-def test_reinforce_raises_the_likelihood_of_better_than_average_samples(tiny_policy):
+@pytest.mark.parametrize("algorithm", ["reinforce", "reinforce_pp"])
+def test_reinforce_raises_the_likelihood_of_better_than_average_samples(tiny_policy, algorithm):
     scores_B = np.where(np.arange(16) < 8, 1.0, -1.0).astype(np.float32)
-    change, metrics = likelihood_change(tiny_policy, "reinforce", scores_B)
+    change, metrics = likelihood_change(tiny_policy, algorithm, scores_B)
     assert change[:8].mean() > 0 > change[8:].mean()
     assert "value_loss" not in metrics and np.isfinite(float(metrics["policy_loss"]))
 
 
-@pytest.mark.parametrize("algorithm", ["rloo", "grpo", "dr_grpo"])
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo", "dr_grpo", "dapo", "gspo", "gspo_token", "cispo"])
 def test_group_algorithms_raise_the_likelihood_of_each_prompts_better_samples(tiny_policy, algorithm):
     """4 prompts x 4 samples. Each group's scores sit around its own level (+3, +1, -1, -3); within every
     group samples 0 and 2 score 0.5 above, 1 and 3 0.5 below. The group baselines see only the within-group
@@ -136,6 +138,54 @@ def test_a_new_algorithm_is_one_registry_entry(tiny_policy, monkeypatch):
 def test_reinforce_needs_one_epoch():
     with pytest.raises(ConfigError, match="rl.epochs"):
         load_config(os.path.join(CONFIGS, "tiny_ppo.py"), ["--config.rl.algorithm=reinforce", "--config.rl.epochs=2"])
+
+
+def test_grpo_on_the_arithmetic_task_end_to_end(tmp_path, tiny_policy):
+    """No feedback, no reward model: generated problems for prompts, the grader for reward and gold; the
+    evaluation's accuracy of both policies, with intervals, on the held-out problems; the sampler / trainer
+    mismatch watched every iteration and plotted."""
+    cli("run", "--config", os.path.join(CONFIGS, "tiny_ppo.py"), "--workdir", str(tmp_path),
+        f"--config.rl.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
+        "--config.rl.reward=arithmetic", "--config.rl.algorithm=dapo", "--config.rl.kl_target=None",
+        "--config.rl.samples_per_prompt=2", "--config.rl.rollout_prompts=8", "--config.rl.prompt_tokens=24",
+        "--config.rl.arithmetic_max_operand=10", "--config.rl.iterations=2", "--config.rl.dynamic_sampling=True",
+        "--config.rl.eval_prompts=1000")
+    assert not (tmp_path / "reward_model").exists() and not (tmp_path / "feedback").exists()
+    train_rows = [r for r in read_metrics(str(tmp_path / "rl")) if r["split"] == "train"]
+    assert all(0 <= r["score"] <= 1 for r in train_rows)  # the share of the rollout answered right
+    assert all(r["score"] == r["gold_score"] for r in train_rows)  # the grader is the reward and the gold
+    assert all(0 <= r["mismatch_mean_abs_logp"] <= r["mismatch_max_abs_logp"] < 1e-3 for r in train_rows)
+    assert all(0 <= r["informative_fraction"] <= 1 for r in train_rows)
+    evaluation = json.loads((tmp_path / "rl" / "evaluation.json").read_text())
+    metrics = evaluation["metrics"]
+    held_out = [p.prompt for p in arithmetic.problems(10, "+-", "test")]
+    assert metrics["prompts"] == len(held_out) and {s["prompt"] for s in evaluation["samples"]} == set(held_out)
+    assert metrics["gold_score"] == metrics["rm_score"] and metrics["gold_score_ci95"] >= 0
+    assert metrics["gold_gain"] == pytest.approx(metrics["gold_score"] - metrics["reference_gold_score"])
+    assert "exact match" in (tmp_path / "report.md").read_text()
+
+
+def test_ppo_against_a_reward_model_ensemble_end_to_end(tmp_path, tiny_policy):
+    """rl.reward_models=2: a second reward model trained from the next seeds on the same feedback, and PPO's
+    reward their pessimistic combination, which is at most their mean."""
+    from rlhf_jax.runs import pipeline
+
+    overrides = [f"--config.rl.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
+                 "--config.rl.reward_models=2", "--config.rl.ensemble=pessimistic", "--config.rl.iterations=2"]
+    cli("run", "--config", os.path.join(CONFIGS, "tiny_ppo.py"), "--workdir", str(tmp_path), *overrides)
+    for member in ("reward_model", "reward_model_1"):
+        assert (tmp_path / member / "evaluation.json").exists(), member
+    exp = load_config(os.path.join(CONFIGS, "tiny_ppo.py"), overrides)
+    one = pipeline.load_reward_model(reward_training.with_feedback_data(exp, str(tmp_path)),
+                                     str(tmp_path / "reward_model"),
+                                     json.loads((tmp_path / "reward_model" / "evaluation.json").read_text())[
+                                         "normalization"])
+    ensemble = pipeline.reward_scorer(exp, str(tmp_path), {"normalization": {"gain": one.gain, "bias": one.bias}})
+    prompts, responses = ["The film is"] * 4, [" good", " bad", " long and dull", " a joy"]
+    members = np.stack([m.score(prompts, responses) for m in ensemble.members])
+    assert not np.allclose(members[0], members[1])  # other seeds, another model
+    np.testing.assert_allclose(ensemble.score(prompts, responses), members.mean(0) - members.std(0), rtol=1e-5)
+    assert [r["step"] for r in read_metrics(str(tmp_path / "rl")) if r["split"] == "train"] == [1, 2]
 
 
 def test_reinforce_on_language_feedback_end_to_end(tmp_path, tiny_policy):

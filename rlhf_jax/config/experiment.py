@@ -220,7 +220,16 @@ class RLConfig:
     seed: int = field(0, "prompt order, sampling keys, value-head initialisation")
     algorithm: str = field("ppo", "a name in rlhf_jax.rl.algorithms.ALGORITHMS: 'ppo', 'reinforce', 'rloo', "
                                   "'grpo', 'dr_grpo', 'dapo', 'gspo', 'gspo_token', 'cispo', 'reinforce_pp'")
-    reward: str = field("reward_model", "'reward_model', or 'language': a simulated human's scored comment")
+    reward: str = field("reward_model", "'reward_model'; 'language': a simulated human's scored comment; "
+                                         "'arithmetic': generated problems for prompts, an exact-match grader for "
+                                         "reward and gold (rlhf_jax.feedback.arithmetic)")
+    reward_models: int = field(1, "reward_model: K reward models, member j trained with model.seed + j and "
+                                  "train.seed + j on the same feedback; K > 1 is an ensemble")
+    ensemble: str = field("mean", "how an ensemble's K normalised scores become one: 'mean', 'pessimistic' "
+                                  "(mean - ensemble_lambda std) or 'min' (Coste et al. 2023)")
+    ensemble_lambda: float = field(1.0, "the weight of the members' std in the 'pessimistic' combination")
+    arithmetic_max_operand: int = field(20, "arithmetic: operands are drawn from [0, this)")
+    arithmetic_operations: str = field("+-", "arithmetic: the operations asked, of '+-*'")
     loss_aggregation: str = field("sequence_mean", "how GRPO averages its per-token loss: 'sequence_mean' (GRPO), "
                                                    "'token_mean' (DAPO) or 'constant' (Dr. GRPO)")
     model_config: tuple[tuple[str, Any], ...] = field((), "ModelConfig overrides of the policy, its reference and "
@@ -245,8 +254,18 @@ class RLConfig:
         require(self.algorithm in ALGORITHMS, "rl.algorithm", f"{self.algorithm!r} is not one of {sorted(ALGORITHMS)}")
         unsuited = ALGORITHMS[self.algorithm].check(self)
         require(unsuited is None, *(unsuited or ("", "")))
-        require(self.reward in ("reward_model", "language"), "rl.reward",
-                f"{self.reward!r} is not 'reward_model' or 'language'")
+        require(self.reward in ("reward_model", "language", "arithmetic"), "rl.reward",
+                f"{self.reward!r} is not 'reward_model', 'language' or 'arithmetic'")
+        require(self.reward_models >= 1, "rl.reward_models", f"must be >= 1, got {self.reward_models}")
+        require(self.reward_models == 1 or self.reward == "reward_model", "rl.reward_models",
+                f"an ensemble is of reward models: rl.reward is {self.reward!r}")
+        require(self.ensemble in ("mean", "pessimistic", "min"), "rl.ensemble",
+                f"{self.ensemble!r} is not 'mean', 'pessimistic' or 'min'")
+        require(self.ensemble_lambda >= 0, "rl.ensemble_lambda", f"must be >= 0, got {self.ensemble_lambda}")
+        require(self.arithmetic_max_operand >= 2, "rl.arithmetic_max_operand",
+                f"must be >= 2, got {self.arithmetic_max_operand}")
+        require(bool(self.arithmetic_operations) and set(self.arithmetic_operations) <= set("+-*"),
+                "rl.arithmetic_operations", f"{self.arithmetic_operations!r} is not a string of '+', '-', '*'")
         require(self.value in ("shared", "separate"), "rl.value", f"{self.value!r} is not 'shared' or 'separate'")
         require(self.kl_estimator in ("k1", "k3"), "rl.kl_estimator", f"{self.kl_estimator!r} is not 'k1' or 'k3'")
         require_positive_ints(self, ("iterations", "rollout_prompts", "epochs", "minibatches", "prompt_tokens",

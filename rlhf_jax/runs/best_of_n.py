@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 from rlhf_jax import preemption
 from rlhf_jax.config import ConfigError, ExperimentConfig
 from rlhf_jax.distributed import is_main_process
-from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.feeding import Feed
 from rlhf_jax.files import write_json
 from rlhf_jax.runs import pipeline, policy_training, reward_training
@@ -94,11 +93,9 @@ def evaluate(exp: ExperimentConfig, reward_model, gold, prompts: Sequence[str], 
 def run(exp: ExperimentConfig, workdir: str, ns: Sequence[int]) -> list[dict]:
     """Best-of-n with the reward model trained in ``workdir`` (its stages are run or reused first)."""
     rm_results = reward_training.run(exp, workdir)
-    reward_model = pipeline.load_reward_model(reward_training.with_feedback_data(exp, workdir),
-                                              os.path.join(workdir, "reward_model"), rm_results["normalization"])
-    preemption.between_stages("the reward model")
+    reward_model = pipeline.reward_scorer(exp, workdir, rm_results)  # an ensemble with rl.reward_models > 1
     prompts = pipeline.held_out_prompts(exp)
-    results = evaluate(exp, reward_model, gold_scorer(exp.feedback), prompts, ns)
+    results = evaluate(exp, reward_model, pipeline.gold_of(exp), prompts, ns)
     if is_main_process():
         write_json(os.path.join(workdir, "best_of_n.json"), {"prompts": len(prompts), "results": results})
     return results

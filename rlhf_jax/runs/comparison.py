@@ -32,7 +32,6 @@ from rlhf_jax.losses import OFFLINE_LOSSES
 from rlhf_jax.config import CompareConfig, ConfigError, ExperimentConfig, experiment_from_dict, to_dict
 from rlhf_jax.config.comparison import BEST_OF_N
 from rlhf_jax.config.core import renamed_sections
-from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.files import write_atomic, write_json
 from rlhf_jax.metrics import read_metrics
 from rlhf_jax.plots import plot_frontier
@@ -61,6 +60,12 @@ def arm_config(base: ExperimentConfig, name: str, changes: dict, seed: int) -> E
         return experiment_from_dict(values)
     except ConfigError as error:
         raise ConfigError(f"compare.arms.{name}: {error}") from None
+
+
+def reward_key(arm: ExperimentConfig):
+    """What an arm's reward is made of: the one reward model (or grader), or its ensemble and combination."""
+    cfg = arm.rl
+    return (cfg.reward_models, cfg.ensemble, cfg.ensemble_lambda) if cfg.reward_models > 1 else cfg.reward
 
 
 def budget(kind: str, arm: ExperimentConfig, ns) -> dict:
@@ -161,23 +166,35 @@ def run(exp: ExperimentConfig, compare: CompareConfig, workdir: str, progress: b
     if jax.process_count() > 1:
         raise ConfigError("compare: a comparison runs as one process (each arm can run across processes with its own "
                           "config and 'rlhf-jax run')")
-    if exp.rl is None or exp.feedback is None or exp.rl.reward != "reward_model":
+    if exp.rl is None or exp.feedback is None or exp.rl.reward not in ("reward_model", "arithmetic"):
         raise ConfigError("config field 'rl.reward': a comparison needs a feedback section, an rl section and a "
-                          "reward model ('reward_model') for the online arms, best-of-n and the proxy score")
+                          "reward model ('reward_model') for the online arms, best-of-n and the proxy score, or the "
+                          "arithmetic grader ('arithmetic'), which is then both proxy and gold")
     arms = {name: [arm_config(exp, name, changes, seed) for seed in range(compare.seeds)]
             for name, changes in compare.arms}  # every arm's config checked before any work
     for name, configs in arms.items():
         if arm_kind(name, configs[0]) == "offline":
+            if exp.rl.reward == "arithmetic":
+                raise ConfigError(f"compare.arms.{name}: the arithmetic task has no preference pairs for an offline "
+                                  "arm")
             preference_training.check_config(configs[0])
             if configs[0].feedback != exp.feedback:
                 raise ConfigError(f"compare.arms.{name}: an offline arm learns from the shared preferences; it cannot "
                                   "change the feedback section")
     pipeline.fetch_assets(exp)
-    rm_results, reward_model = pipeline.reward_stage(exp, workdir, progress)
-    gold = gold_scorer(exp.feedback)
+    rm_results, base_reward = pipeline.reward_stage(exp, workdir, progress)
+    gold = pipeline.gold_of(exp)
+    rewards = {reward_key(exp): base_reward}  # an arm with another ensemble optimises its own reward
+
+    def reward_of(arm: ExperimentConfig):
+        if reward_key(arm) not in rewards:
+            rewards[reward_key(arm)] = pipeline.reward_scorer(arm, workdir, rm_results, progress)
+        return rewards[reward_key(arm)]
+
     results = {}
     for name, configs in arms.items():
         kind = arm_kind(name, configs[0])
+        reward_model = reward_of(configs[0])
         directories = [os.path.join(workdir, name, f"seed{seed}") for seed in range(compare.seeds)]
         pending = [(arm, d) for arm, d in zip(configs, directories) if not pipeline.trained(arm, d)]
         if kind == "online" and compare.parallel_seeds and len(pending) > 1:  # trained together, evaluated below

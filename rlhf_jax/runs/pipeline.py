@@ -12,6 +12,7 @@ A workdir written before the stage was renamed keeps its ``ppo/`` directory (``p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from rlhf_jax import assets, preemption
 from rlhf_jax.rl.algorithms import ALGORITHMS
 from rlhf_jax.config import ConfigError, ExperimentConfig, same_config, to_dict
 from rlhf_jax.distributed import is_main_process
-from rlhf_jax.feedback import language
+from rlhf_jax.feedback import arithmetic, language
 from rlhf_jax.feedback.collect import sentiment_prompts
 from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.files import write_atomic, write_json
@@ -29,7 +30,7 @@ from rlhf_jax.metrics import MetricsWriter, read_metrics
 from rlhf_jax.models import load_tokenizer
 from rlhf_jax.models.pretrained import resolve_source
 from rlhf_jax.runs import policy_training, reward_training
-from rlhf_jax.scoring import RewardModel
+from rlhf_jax.scoring import EnsembleReward, RewardModel
 from rlhf_jax.trained import restore
 
 log = logging.getLogger(__name__)
@@ -52,25 +53,72 @@ def fetch_assets(exp: ExperimentConfig) -> None:
 
 def reward_stage(exp: ExperimentConfig, workdir: str, progress: bool = True):
     """(reward-model results, the reward function PPO maximises). With ``rl.reward='language'`` there is
-    no reward model: the simulated human's free-text comment on each sample, scored, is the reward."""
+    no reward model: the simulated human's free-text comment on each sample, scored, is the reward; with
+    'arithmetic' the exact-match grader is."""
     if exp.rl.reward == "language":
         return {}, language.LanguageReward.from_config(exp.feedback)
+    if exp.rl.reward == "arithmetic":
+        return {}, arithmetic.Grader()
     rm_results = reward_training.run(exp, workdir, progress)
-    reward_model = load_reward_model(reward_training.with_feedback_data(exp, workdir),
-                                     os.path.join(workdir, "reward_model"), rm_results["normalization"])
-    return rm_results, reward_model
+    return rm_results, reward_scorer(exp, workdir, rm_results, progress)
+
+
+def member_config(exp: ExperimentConfig, member: int) -> ExperimentConfig:
+    """Ensemble member ``member``'s reward-model config: model.seed and train.seed moved by ``member``."""
+    return dataclasses.replace(exp, model=dataclasses.replace(exp.model, seed=exp.model.seed + member),
+                               train=dataclasses.replace(exp.train, seed=exp.train.seed + member))
+
+
+def member_dir(workdir: str, member: int) -> str:
+    """WORKDIR/reward_model for member 0 (the single reward model), WORKDIR/reward_model_<j> for the others."""
+    return os.path.join(workdir, "reward_model" if member == 0 else f"reward_model_{member}")
+
+
+def reward_scorer(exp: ExperimentConfig, workdir: str, rm_results: dict, progress: bool = True):
+    """The reward PPO maximises: the trained reward model, or (rl.reward_models = K > 1) the ensemble of it
+    and K - 1 more, trained here on the same feedback from other seeds (each reused when complete),
+    combined as rl.ensemble says."""
+    members = []
+    for member in range(exp.rl.reward_models):
+        config = reward_training.with_feedback_data(member_config(exp, member), workdir)
+        results = rm_results if member == 0 else reward_training.reward_model_stage(
+            config, member_dir(workdir, member), progress)
+        members.append(load_reward_model(config, member_dir(workdir, member), results["normalization"]))
+        preemption.between_stages(f"reward model {member}")
+    if len(members) == 1:
+        return members[0]
+    return EnsembleReward(members, exp.rl.ensemble, exp.rl.ensemble_lambda)
+
+
+def gold_of(exp: ExperimentConfig):
+    """The gold scorer of the evaluation: the arithmetic grader, or the simulated human's gold labeler."""
+    return arithmetic.Grader() if exp.rl.reward == "arithmetic" else gold_scorer(exp.feedback)
 
 
 def training_prompts(exp: ExperimentConfig) -> list[str]:
-    """PPO's training openings: the train split, in an order of ``rl.seed``."""
-    return sentiment_prompts(None, exp.rl.prompt_tokens, load_tokenizer(exp.rl.policy), split="train",
-                             seed=exp.rl.seed)
+    """RL's training prompts: the train split (review openings, or arithmetic problems), in an order of
+    ``rl.seed``."""
+    return _prompts(exp, None, "train")
 
 
 def held_out_prompts(exp: ExperimentConfig) -> list[str]:
-    """The evaluation's ``rl.eval_prompts`` openings: the test split, in an order of ``rl.seed``."""
-    return sentiment_prompts(exp.rl.eval_prompts, exp.rl.prompt_tokens, load_tokenizer(exp.rl.policy), split="test",
-                             seed=exp.rl.seed)
+    """The evaluation's ``rl.eval_prompts`` prompts (at most all of them): the test split, in an order of
+    ``rl.seed``."""
+    return _prompts(exp, exp.rl.eval_prompts, "test")
+
+
+def _prompts(exp: ExperimentConfig, count: int | None, split: str) -> list[str]:
+    cfg = exp.rl
+    tokenizer = load_tokenizer(cfg.policy)
+    if cfg.reward != "arithmetic":
+        return sentiment_prompts(count, cfg.prompt_tokens, tokenizer, split=split, seed=cfg.seed)
+    prompts = [p.prompt for p in arithmetic.problems(cfg.arithmetic_max_operand, cfg.arithmetic_operations, split,
+                                                     cfg.seed)][:count]
+    longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    if longest > cfg.prompt_tokens:
+        raise ConfigError(f"config field 'rl.prompt_tokens': the arithmetic prompts take up to {longest} tokens, "
+                          f"got {cfg.prompt_tokens}")
+    return prompts
 
 
 def trained(exp: ExperimentConfig, rl_dir: str) -> bool:
@@ -125,7 +173,7 @@ def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
     rm_results, reward_fn = reward_stage(exp, workdir, progress)
     timings["reward model (collect, train, evaluate)"] = time.perf_counter() - tick
     preemption.between_stages("the reward model")
-    evaluation, policy_timings = policy_stage(exp, policy_training.stage_dir(workdir), reward_fn, gold_scorer(exp.feedback),
+    evaluation, policy_timings = policy_stage(exp, policy_training.stage_dir(workdir), reward_fn, gold_of(exp),
                                               progress)
     log.info("stage report")
     report = (write_report(exp, workdir, rm_results, evaluation, {**timings, **policy_timings})
@@ -154,6 +202,10 @@ def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluati
     if cfg.reward == "language":
         reward_line = (f"reward: the simulated human's free-text comment on each sample, scored by "
                        f"`{fb.comment_scorer}` (no reward model)")
+        reward_section = []
+    elif cfg.reward == "arithmetic":
+        reward_line = (f"reward and gold: exact match of the first integer of the answer to problems a "
+                       f"{' / '.join(cfg.arithmetic_operations)} b, operands in [0, {cfg.arithmetic_max_operand})")
         reward_section = []
     else:
         reward_line = f"reward model `{exp.model.source or 'random'}` ({exp.train.task})"

@@ -301,6 +301,16 @@ def save_policy(run: PolicySetup, state: online.PolicyState, path: str) -> str:
     return save_pretrained(lora.merged(model.policy, run.cfg.adapters), path, run.tokenizer)
 
 
+def intervals(policy, reference, z: float = 1.96) -> dict:
+    """Normal 95% half-widths over the prompts: of the policy's and the reference's mean gold score, and of
+    their paired difference (the gain; both answer the same prompts with the same keys)."""
+    def half_width(values):
+        return float(z * np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+    return {"gold_score_ci95": half_width(policy), "reference_gold_score_ci95": half_width(reference),
+            "gold_gain": float(np.mean(policy - reference)), "gold_gain_ci95": half_width(policy - reference)}
+
+
 def evaluate(run: PolicySetup, state: online.PolicyState, reward_model, gold, prompts: Sequence[str],
              seed: int = 1234) -> dict:
     """The trained policy against the reference on held-out prompts: one continuation of each prompt from
@@ -342,6 +352,7 @@ def evaluate(run: PolicySetup, state: online.PolicyState, reward_model, gold, pr
         policy, reference = scored[f"{scorer}_policy"], scored[f"{scorer}_reference"]
         metrics.update({f"{scorer}_win_rate": float(np.mean((policy > reference) + 0.5 * (policy == reference))),
                         f"{scorer}_score": float(policy.mean()), f"reference_{scorer}_score": float(reference.mean())})
+    metrics.update(intervals(gold_policy, gold_reference))
     metrics["kl"] = float(np.mean(every_row(local["kl"])))
     real = feed.gather(np.asarray(local["real"]))
     texts = {name: [t for t, keep in zip(feed.gather_texts(local[name]), real) if keep]
