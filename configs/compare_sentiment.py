@@ -1,4 +1,5 @@
-"""PPO, RLOO, GRPO, DPO, IPO and best-of-n head to head on the main job's task: one start
+"""PPO, RLOO, GRPO, DAPO, GSPO, CISPO, PPO against a reward-model ensemble, DPO, IPO and best-of-n head to
+head on the main job's task: one start
 (SmolLM2-135M-Instruct), one reward model and one set of simulated preferences (configs/sentiment_quick.py's),
 two seeds each, evaluated alike on held-out openings by the gold labeler.
 
@@ -38,6 +39,11 @@ def get_config():
             ("rloo", {"rl": {"algorithm": "rloo", "rollout_prompts": 8, "samples_per_prompt": 4, "epochs": 1,
                               "minibatches": 4}}),
             ("grpo", {"rl": grpo}),
+            # added with issue 29 (see docs/comparison.md for which arms were measured when)
+            ("dapo", {"rl": {**grpo, "algorithm": "dapo", "clip_ratio_high": 0.28, "dynamic_sampling": True}}),
+            ("gspo", {"rl": {**grpo, "algorithm": "gspo", "clip_ratio": 3e-3, "clip_ratio_high": 4e-3}}),
+            ("cispo", {"rl": {**grpo, "algorithm": "cispo", "clip_ratio": 1.0, "clip_ratio_high": 0.28}}),
+            ("ppo_ensemble", {"rl": {"reward_models": 3, "ensemble": "pessimistic", "ensemble_lambda": 1.0}}),
             ("dpo", offline_arm("dpo", **MATCHED_STEPS)),
             # IPO's target margin 1 / (2 beta) is in nats of the summed log-ratio: dpo_quick's beta 0.05 would ask for
             # 10 (its validation loss starts at 100 and the gradients are clipped from ~3,000); 0.5 asks for 1

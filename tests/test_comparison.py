@@ -125,3 +125,25 @@ def test_tiny_comparison_end_to_end(tmp_path, tiny_policy):
     assert json.loads((tmp_path / "compare.json").read_text())["arms"]["dpo"]["kind"] == "offline"
     again = comparison.run(exp, compare, str(tmp_path), progress=False)  # every arm reused: the same numbers
     assert again["arms"] == summary["arms"]
+
+
+def test_an_ensemble_arm_optimises_its_own_reward_and_the_rest_share_one():
+    exp, compare = load_run_config(os.path.join(CONFIGS, "compare_ensemble.py"))
+    arms = {name: comparison.arm_config(exp, name, changes, 0) for name, changes in compare.arms}
+    assert comparison.reward_key(arms["ppo"]) == comparison.reward_key(exp) == "reward_model"
+    assert comparison.reward_key(arms["ppo_ensemble"]) == (3, "pessimistic", 1.0)
+    sentiment, full = load_run_config(os.path.join(CONFIGS, "compare_sentiment.py"))
+    keys = {comparison.reward_key(comparison.arm_config(sentiment, name, changes, 0))
+            for name, changes in full.arms}
+    assert keys == {"reward_model", (3, "pessimistic", 1.0)}
+
+
+def test_the_arithmetic_comparison_refuses_an_offline_arm(tmp_path):
+    from rlhf_jax.runs.comparison import run
+
+    exp, compare = load_run_config(os.path.join(CONFIGS, "compare_arith.py"))
+    offline = dict(load_run_config(os.path.join(CONFIGS, "compare_sentiment.py"))[1].arms)["dpo"]
+    compare = dataclasses.replace(compare, arms=(*compare.arms, ("dpo", offline)))
+    with pytest.raises(ConfigError, match="compare.arms.dpo: the arithmetic task has no preference pairs"):
+        run(exp, compare, str(tmp_path), progress=False)
+    assert not os.listdir(tmp_path)  # refused before any work

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
-SHOTS = "2 + 3 = 5\n7 - 4 = 3\n"
+SHOTS = "2 + 3 = 5\n4 - 7 = -3\n"  # one negative answer: without it the model never writes one
 HELD_OUT_SHARE = 5  # one problem in 5 is in the test split
 _QUESTION = re.compile(r"(\d+) ([-+*]) (\d+) =\s*$")
 _INTEGER = re.compile(r"-?\d+")

@@ -102,8 +102,8 @@ def training_prompts(exp: ExperimentConfig) -> list[str]:
 
 
 def held_out_prompts(exp: ExperimentConfig) -> list[str]:
-    """The evaluation's ``rl.eval_prompts`` prompts (at most all of them): the test split, in an order of
-    ``rl.seed``."""
+    """The evaluation's ``rl.eval_prompts`` prompts: the test split, in an order of ``rl.seed``; the arithmetic
+    task's problems cycled when there are fewer of them (each then sampled several times)."""
     return _prompts(exp, exp.rl.eval_prompts, "test")
 
 
@@ -113,7 +113,9 @@ def _prompts(exp: ExperimentConfig, count: int | None, split: str) -> list[str]:
     if cfg.reward != "arithmetic":
         return sentiment_prompts(count, cfg.prompt_tokens, tokenizer, split=split, seed=cfg.seed)
     prompts = [p.prompt for p in arithmetic.problems(cfg.arithmetic_max_operand, cfg.arithmetic_operations, split,
-                                                     cfg.seed)][:count]
+                                                     cfg.seed)]
+    if count is not None:
+        prompts = [prompts[i % len(prompts)] for i in range(count)]
     longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
     if longest > cfg.prompt_tokens:
         raise ConfigError(f"config field 'rl.prompt_tokens': the arithmetic prompts take up to {longest} tokens, "

@@ -301,14 +301,21 @@ def save_policy(run: PolicySetup, state: online.PolicyState, path: str) -> str:
     return save_pretrained(lora.merged(model.policy, run.cfg.adapters), path, run.tokenizer)
 
 
-def intervals(policy, reference, z: float = 1.96) -> dict:
-    """Normal 95% half-widths over the prompts: of the policy's and the reference's mean gold score, and of
-    their paired difference (the gain; both answer the same prompts with the same keys)."""
+def intervals(policy, reference, prompts, z: float = 1.96) -> dict:
+    """Normal 95% half-widths over the distinct prompts (a prompt asked several times counts once, at its
+    mean): of the policy's and the reference's mean gold score, and of their paired difference (the gain;
+    both answer the same prompts with the same keys)."""
+    rows_of = {}
+    for row, prompt in enumerate(prompts):
+        rows_of.setdefault(prompt, []).append(row)
+
     def half_width(values):
-        return float(z * np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+        means = np.asarray([np.mean(values[rows]) for rows in rows_of.values()])
+        return float(z * np.std(means, ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
 
     return {"gold_score_ci95": half_width(policy), "reference_gold_score_ci95": half_width(reference),
-            "gold_gain": float(np.mean(policy - reference)), "gold_gain_ci95": half_width(policy - reference)}
+            "gold_gain": float(np.mean(policy - reference)), "gold_gain_ci95": half_width(policy - reference),
+            "distinct_prompts": float(len(rows_of))}
 
 
 def evaluate(run: PolicySetup, state: online.PolicyState, reward_model, gold, prompts: Sequence[str],
@@ -352,11 +359,11 @@ def evaluate(run: PolicySetup, state: online.PolicyState, reward_model, gold, pr
         policy, reference = scored[f"{scorer}_policy"], scored[f"{scorer}_reference"]
         metrics.update({f"{scorer}_win_rate": float(np.mean((policy > reference) + 0.5 * (policy == reference))),
                         f"{scorer}_score": float(policy.mean()), f"reference_{scorer}_score": float(reference.mean())})
-    metrics.update(intervals(gold_policy, gold_reference))
     metrics["kl"] = float(np.mean(every_row(local["kl"])))
     real = feed.gather(np.asarray(local["real"]))
     texts = {name: [t for t, keep in zip(feed.gather_texts(local[name]), real) if keep]
              for name in ("prompt", "reference", "policy")}
+    metrics.update(intervals(gold_policy, gold_reference, texts["prompt"]))
     samples = [{"prompt": p, "reference": r, "policy": q, "gold_reference": float(gr), "gold_policy": float(gp)}
                for p, r, q, gr, gp in zip(texts["prompt"], texts["reference"], texts["policy"], gold_reference,
                                           gold_policy)]
