@@ -88,15 +88,18 @@ def cispo_loop(r, logp, mask, eps_low, eps_high, beta):
     return total / count, grad
 
 
-def registry_loss(name, r, logp, mask=None, **fields):
-    cfg = RLConfig(algorithm=name, rollout_prompts=G, samples_per_prompt=K, minibatches=1, kl_target=None, **fields)
-    mask = r["mask"] if mask is None else mask
+def algorithm_loss(cfg, r, logp, mask, advantages):
+    """The registry's loss of ``cfg.algorithm`` on the fixture's rows, as the update calls it."""
     batch = Minibatch(ids_BxT=jnp.zeros((B, N + 2), jnp.int32), mask_BxT=jnp.ones((B, N + 2), jnp.int32),
                       mask_BxN=f32(mask), old_logp_BxN=f32(r["old_logp"]), old_values_BxN=f32(np.zeros((B, N))),
-                      advantages=f32(r["advantages"]), returns_BxN=f32(np.zeros((B, N))),
-                      ref_logp_BxN=f32(r["ref_logp"]))
+                      advantages=f32(advantages), returns_BxN=f32(np.zeros((B, N))), ref_logp_BxN=f32(r["ref_logp"]))
     out = PolicyOutputs(logp_BxN=logp, entropy_BxN=f32(r["entropy"]), values_BxN=f32(np.zeros((B, N))))
-    return ALGORITHMS[name].loss(cfg, out, batch)[0]
+    return ALGORITHMS[cfg.algorithm].loss(cfg, out, batch)[0]
+
+
+def registry_loss(name, r, logp, mask=None, **fields):
+    cfg = RLConfig(algorithm=name, rollout_prompts=G, samples_per_prompt=K, minibatches=1, kl_target=None, **fields)
+    return algorithm_loss(cfg, r, logp, r["mask"] if mask is None else mask, r["advantages"])
 
 
 def numeric_gradient(loop, r, at, mask, step=1e-6, **kw):
@@ -240,12 +243,8 @@ def test_reinforce_pp_advantages_match_a_loop(rollout, gamma):
 def test_reinforce_pp_loss_is_the_clipped_surrogate_on_token_advantages(rollout):
     r = rollout
     advantages = reinforce_pp_loop(r["scores"], r["kl"], r["mask"], 0.05, 1.0)
-    cfg = RLConfig(algorithm="reinforce_pp", clip_ratio_high=0.3)
-    batch = Minibatch(ids_BxT=jnp.zeros((B, N + 2), jnp.int32), mask_BxT=jnp.ones((B, N + 2), jnp.int32),
-                      mask_BxN=f32(r["mask"]), old_logp_BxN=f32(r["old_logp"]), old_values_BxN=f32(np.zeros((B, N))),
-                      advantages=f32(advantages), returns_BxN=f32(np.zeros((B, N))), ref_logp_BxN=f32(r["ref_logp"]))
-    out = PolicyOutputs(logp_BxN=f32(r["logp"]), entropy_BxN=f32(r["entropy"]), values_BxN=f32(np.zeros((B, N))))
-    loss, _ = ALGORITHMS["reinforce_pp"].loss(cfg, out, batch)
+    loss = algorithm_loss(RLConfig(algorithm="reinforce_pp", clip_ratio_high=0.3), r, f32(r["logp"]), r["mask"],
+                          advantages)
     want = sum(surrogate(advantages[b, t], math.exp(r["logp"][b, t] - r["old_logp"][b, t]), 0.2, 0.3)
                for b in range(B) for t in range(N) if r["mask"][b, t]) / r["mask"].sum()
     assert float(loss) == pytest.approx(want, rel=1e-5)
