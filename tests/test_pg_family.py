@@ -115,19 +115,22 @@ def numeric_gradient(loop, r, at, mask, step=1e-6, **kw):
 POINTS = [(0, 0), (0, 5), (1, 0), (2, 3), (3, 4), (5, 1), (1, 3)]  # (1, 3) is padding: no gradient
 
 
-@pytest.mark.parametrize("eps_low,eps_high,beta", [(0.2, 0.28, 0.0), (0.1, 0.3, 0.05), (0.2, 0.2, 0.1)])
-def test_dapo_loss_and_gradient_match_a_loop(rollout, eps_low, eps_high, beta):
-    r = rollout
-
+def check_against_loop(name, loop, r, eps_low, eps_high, beta):
+    """The registry's loss of ``name`` and its gradient against ``loop`` and its central differences."""
     def loss(logp):
-        return registry_loss("dapo", r, logp, clip_ratio=eps_low, clip_ratio_high=eps_high, kl_coef=beta)
+        return registry_loss(name, r, logp, clip_ratio=eps_low, clip_ratio_high=eps_high, kl_coef=beta)
 
-    assert float(loss(f32(r["logp"]))) == pytest.approx(dapo_loop(r, r["logp"], r["mask"], eps_low, eps_high, beta),
+    assert float(loss(f32(r["logp"]))) == pytest.approx(loop(r, r["logp"], r["mask"], eps_low, eps_high, beta),
                                                         rel=1e-5)
     grad = np.asarray(jax.grad(loss)(f32(r["logp"])))
-    for (b, t), want in numeric_gradient(dapo_loop, r, POINTS, r["mask"], eps_low=eps_low, eps_high=eps_high,
+    for (b, t), want in numeric_gradient(loop, r, POINTS, r["mask"], eps_low=eps_low, eps_high=eps_high,
                                          beta=beta).items():
-        assert grad[b, t] == pytest.approx(want, abs=1e-5), (b, t)
+        assert grad[b, t] == pytest.approx(want, abs=1e-5), (name, b, t)
+
+
+@pytest.mark.parametrize("eps_low,eps_high,beta", [(0.2, 0.28, 0.0), (0.1, 0.3, 0.05), (0.2, 0.2, 0.1)])
+def test_dapo_loss_and_gradient_match_a_loop(rollout, eps_low, eps_high, beta):
+    check_against_loop("dapo", dapo_loop, rollout, eps_low, eps_high, beta)
 
 
 def test_the_asymmetric_clip_is_reached_on_both_sides(rollout):
@@ -150,17 +153,7 @@ def test_dapo_with_a_symmetric_clip_is_grpo_with_the_token_mean(rollout):
 @pytest.mark.parametrize("name", ["gspo", "gspo_token"])
 @pytest.mark.parametrize("eps_low,eps_high,beta", [(0.2, 0.2, 0.0), (3e-2, 4e-2, 0.05)])
 def test_gspo_loss_and_gradient_match_a_loop(rollout, name, eps_low, eps_high, beta):
-    r = rollout
-
-    def loss(logp):
-        return registry_loss(name, r, logp, clip_ratio=eps_low, clip_ratio_high=eps_high, kl_coef=beta)
-
-    assert float(loss(f32(r["logp"]))) == pytest.approx(gspo_loop(r, r["logp"], r["mask"], eps_low, eps_high, beta),
-                                                        rel=1e-5)
-    grad = np.asarray(jax.grad(loss)(f32(r["logp"])))
-    for (b, t), want in numeric_gradient(gspo_loop, r, POINTS, r["mask"], eps_low=eps_low, eps_high=eps_high,
-                                         beta=beta).items():
-        assert grad[b, t] == pytest.approx(want, abs=1e-5), (b, t)
+    check_against_loop(name, gspo_loop, rollout, eps_low, eps_high, beta)
 
 
 def test_gspo_on_one_token_responses_is_grpo(rollout):
