@@ -220,10 +220,11 @@ def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluati
                     ("precision / recall / F1", f"{fmt(test.get('precision'))} / {fmt(test.get('recall'))} / "
                                                 f"{fmt(test.get('f1'))}"),
                     ("test pairs", fmt(test.get("count"), 0))]), ""]
+    gold_line = ("" if cfg.reward == "arithmetic" else
+                 f"; gold labeler `{fb.labeler}` behind a simulated human at temperature {fb.temperature}")
     lines = [
         "# RLHF run report", "",
-        f"Policy `{cfg.policy}`, trained by {algorithm}; {reward_line}; gold labeler `{fb.labeler}` behind a "
-        f"simulated human at temperature {fb.temperature}.", "",
+        f"Policy `{cfg.policy}`, trained by {algorithm}; {reward_line}{gold_line}.", "",
         *reward_section,
         f"## {algorithm} ({cfg.iterations} iterations x {cfg.rollout_prompts} prompts"
         f"{f' x {cfg.samples_per_prompt} samples' if cfg.samples_per_prompt > 1 else ''}, {cfg.epochs} epochs x "
@@ -237,6 +238,8 @@ def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluati
         f"## Evaluation on {int(m['prompts'])} held-out prompts (trained policy vs reference, same sampling keys)", "",
         _table([("gold win rate (ties half)", fmt(m["gold_win_rate"])),
                 ("gold score: policy / reference", f"{fmt(m['gold_score'])} / {fmt(m['reference_gold_score'])}"),
+                *([(f"gold gain, 95% interval over {int(m['distinct_prompts'])} distinct prompts",
+                    f"{fmt(m['gold_gain'])} ± {fmt(m['gold_gain_ci95'])}")] if "gold_gain_ci95" in m else []),
                 ("reward win rate", fmt(m["rm_win_rate"])),
                 ("reward score: policy / reference", f"{fmt(m['rm_score'])} / {fmt(m['reference_rm_score'])}"),
                 ("KL(policy || reference), nats per sequence", fmt(m["kl"]))]), "",
