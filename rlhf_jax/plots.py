@@ -60,13 +60,13 @@ def plot_policy_training(workdir: str, filename: str = "training.png") -> str | 
     figure, axes = plt.subplots(1, 3 + mismatch, figsize=(13 + 4 * mismatch, 3.4))
     axes[0].plot(steps, [r["score"] for r in rows], label="reward model (normalised)")
     axes[0].plot(steps, [r["gold_score"] for r in rows], label="gold")
-    axes[0].set_xlabel("PPO iteration")
+    axes[0].set_xlabel("iteration")
     axes[1].plot([r["kl"] for r in rows], [r["score"] for r in rows], "o", markersize=4, label="reward model")
     axes[1].plot([r["kl"] for r in rows], [r["gold_score"] for r in rows], "s", markersize=4, label="gold")
     axes[1].set_xlabel("KL(policy || reference), nats per sequence")
     axes[2].plot(steps, [r["kl"] for r in rows], label="KL")
     axes[2].plot(steps, [r["kl_coef"] * 100 for r in rows], label="beta x 100")
-    axes[2].set_xlabel("PPO iteration")
+    axes[2].set_xlabel("iteration")
     if mismatch:  # the sampler's (KV-cache decode) log-probs against the trainer's (one full forward)
         for name, label in (("mismatch_max_abs_logp", "max |delta log p|"), ("mismatch_mean_abs_logp",
                                                                               "mean |delta log p|"),
