@@ -233,14 +233,22 @@ def test_reinforce_pp_advantages_match_a_loop(rollout, gamma):
     np.testing.assert_array_equal(via_registry, got)
 
 
-def test_reinforce_pp_loss_is_the_clipped_surrogate_on_token_advantages(rollout):
+def test_reinforce_pp_loss_and_gradient_match_a_loop(rollout):
+    """PPO's clipped surrogate on the per-token advantages, over the batch's tokens."""
     r = rollout
     advantages = reinforce_pp_loop(r["scores"], r["kl"], r["mask"], 0.05, 1.0)
-    loss = algorithm_loss(RLConfig(algorithm="reinforce_pp", clip_ratio_high=0.3), r, f32(r["logp"]), r["mask"],
-                          advantages)
-    want = sum(surrogate(advantages[b, t], math.exp(r["logp"][b, t] - r["old_logp"][b, t]), 0.2, 0.3)
-               for b in range(B) for t in range(N) if r["mask"][b, t]) / r["mask"].sum()
-    assert float(loss) == pytest.approx(want, rel=1e-5)
+
+    def loop(r, logp, mask, eps_low, eps_high, beta):
+        return sum(surrogate(advantages[b, t], math.exp(logp[b, t] - r["old_logp"][b, t]), eps_low, eps_high)
+                   for b in range(B) for t in range(N) if mask[b, t]) / mask.sum()
+
+    def loss(logp):
+        return algorithm_loss(RLConfig(algorithm="reinforce_pp", clip_ratio_high=0.3), r, logp, r["mask"], advantages)
+
+    assert float(loss(f32(r["logp"]))) == pytest.approx(loop(r, r["logp"], r["mask"], 0.2, 0.3, 0.0), rel=1e-5)
+    grad = np.asarray(jax.grad(loss)(f32(r["logp"])))
+    for (b, t), want in numeric_gradient(loop, r, POINTS, r["mask"], eps_low=0.2, eps_high=0.3, beta=0.0).items():
+        assert grad[b, t] == pytest.approx(want, abs=1e-5), (b, t)
 
 
 def test_dynamic_sampling_gives_an_all_equal_group_no_gradient(rollout):
