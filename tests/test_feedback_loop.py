@@ -144,12 +144,13 @@ def test_grpo_on_the_arithmetic_task_end_to_end(tmp_path, tiny_policy):
     """No feedback, no reward model: generated problems for prompts, the grader for reward and gold; the
     evaluation's accuracy of both policies, with intervals, on the held-out problems; the sampler / trainer
     mismatch watched every iteration and plotted."""
+    held_out = [p.prompt for p in arithmetic.problems(10, "+-", "test")]
     cli("run", "--config", os.path.join(CONFIGS, "tiny_ppo.py"), "--workdir", str(tmp_path),
         f"--config.rl.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
         "--config.rl.reward=arithmetic", "--config.rl.algorithm=dapo", "--config.rl.kl_target=None",
         "--config.rl.samples_per_prompt=2", "--config.rl.rollout_prompts=8", "--config.rl.prompt_tokens=24",
         "--config.rl.arithmetic_max_operand=10", "--config.rl.iterations=2", "--config.rl.dynamic_sampling=True",
-        "--config.rl.eval_prompts=1000")
+        f"--config.rl.eval_prompts={2 * len(held_out)}")  # every held-out problem sampled twice
     assert not (tmp_path / "reward_model").exists() and not (tmp_path / "feedback").exists()
     train_rows = [r for r in read_metrics(str(tmp_path / "rl")) if r["split"] == "train"]
     assert all(0 <= r["score"] <= 1 for r in train_rows)  # the share of the rollout answered right
@@ -158,8 +159,8 @@ def test_grpo_on_the_arithmetic_task_end_to_end(tmp_path, tiny_policy):
     assert all(0 <= r["informative_fraction"] <= 1 for r in train_rows)
     evaluation = json.loads((tmp_path / "rl" / "evaluation.json").read_text())
     metrics = evaluation["metrics"]
-    held_out = [p.prompt for p in arithmetic.problems(10, "+-", "test")]
-    assert metrics["prompts"] == len(held_out) and {s["prompt"] for s in evaluation["samples"]} == set(held_out)
+    assert metrics["prompts"] == 2 * len(held_out) and metrics["distinct_prompts"] == len(held_out)
+    assert [s["prompt"] for s in evaluation["samples"]] == held_out * 2
     assert metrics["gold_score"] == metrics["rm_score"] and metrics["gold_score_ci95"] >= 0
     assert metrics["gold_gain"] == pytest.approx(metrics["gold_score"] - metrics["reference_gold_score"])
     assert "exact match" in (tmp_path / "report.md").read_text()
