@@ -108,19 +108,19 @@ def sample(model: Model, prompt_ids_BxP, prompt_mask_BxP, rng, config: SamplingC
         token_B = choose_tokens(next_logits_BxV, keys_B, config)
         live_B = ~done_B
         token_B = jnp.where(live_B, token_B, config.pad_token_id)
-        logp_B = jnp.zeros(token_B.shape, jnp.float32)
+        out = (token_B, live_B.astype(jnp.int32))
         if config.logprobs:
-            logp_B = jnp.where(live_B, maths.token_logprobs(maths.log_softmax(next_logits_BxV, config.temperature),
-                                                            token_B), 0.0)
+            out += (jnp.where(live_B, maths.token_logprobs(maths.log_softmax(next_logits_BxV, config.temperature),
+                                                           token_B), 0.0),)
         if config.eos_token_id is not None:
             done_B = done_B | (token_B == config.eos_token_id)
         logits_Bx1xV, cache = model.decode(token_B[:, None], live_B[:, None].astype(jnp.int32), cache)
-        return (cache, logits_Bx1xV[:, 0], done_B), (token_B, live_B.astype(jnp.int32), logp_B)
+        return (cache, logits_Bx1xV[:, 0], done_B), out
 
     init = (cache, next_logits_BxV, jnp.zeros((batch,), bool))
-    _, (tokens_NxB, live_NxB, logp_NxB) = jax.lax.scan(step, init, jnp.arange(config.max_new_tokens))
+    _, (tokens_NxB, live_NxB, *logp_NxB) = jax.lax.scan(step, init, jnp.arange(config.max_new_tokens))
     return Generation(tokens_BxN=tokens_NxB.T, response_mask_BxN=live_NxB.T,
-                      logp_BxN=logp_NxB.T if config.logprobs else None)
+                      logp_BxN=logp_NxB[0].T if logp_NxB else None)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config"))

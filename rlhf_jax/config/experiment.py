@@ -9,13 +9,14 @@ from typing import Any
 from rlhf_jax.config.core import field, require, require_positive_ints
 from rlhf_jax.config.lora import LoraConfig
 from rlhf_jax.config.model import HEADS, MeshConfig
+from rlhf_jax.losses import OFFLINE_LOSSES
 from rlhf_jax.rl.algorithms import ALGORITHMS
+from rlhf_jax.scoring import ENSEMBLE_COMBINES
 
 FEEDBACK_KINDS = ("preferences", "ratings", "language")
 TASK_HEADS = {"classification": "classification", "causal_lm": "causal_lm", "masked_lm": "masked_lm",
               "reward_pairwise": "scalar", "reward_grouped": "scalar", "reward_best_of_n": "scalar",
-              "reward_regression": "scalar", "dpo": "causal_lm", "ipo": "causal_lm",
-              "kto": "causal_lm", "simpo": "causal_lm", "orpo": "causal_lm"}
+              "reward_regression": "scalar", **dict.fromkeys(OFFLINE_LOSSES, "causal_lm")}
 """The supervised tasks and the head each trains: the names of ``rlhf_jax.tasks.TASKS``, which says how each
 task turns rows into arrays and what its loss is."""
 
@@ -259,8 +260,8 @@ class RLConfig:
         require(self.reward_models >= 1, "rl.reward_models", f"must be >= 1, got {self.reward_models}")
         require(self.reward_models == 1 or self.reward == "reward_model", "rl.reward_models",
                 f"an ensemble is of reward models: rl.reward is {self.reward!r}")
-        require(self.ensemble in ("mean", "pessimistic", "min"), "rl.ensemble",
-                f"{self.ensemble!r} is not 'mean', 'pessimistic' or 'min'")
+        require(self.ensemble in ENSEMBLE_COMBINES, "rl.ensemble",
+                f"{self.ensemble!r} is not one of {ENSEMBLE_COMBINES}")
         require(self.ensemble_lambda >= 0, "rl.ensemble_lambda", f"must be >= 0, got {self.ensemble_lambda}")
         require(self.arithmetic_max_operand >= 2, "rl.arithmetic_max_operand",
                 f"must be >= 2, got {self.arithmetic_max_operand}")

@@ -118,9 +118,13 @@ def policy_loss(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip: float, c
     return loss, ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip, clip_high)
 
 
+def clipped_ratio(ratio, clip: float, clip_high: float | None = None):
+    """clip(rho, 1 - eps_low, 1 + eps_high), eps_low = ``clip``, eps_high = ``clip_high`` (``clip`` when None)."""
+    return jnp.clip(ratio, 1.0 - clip, 1.0 + (clip if clip_high is None else clip_high))
+
+
 def _surrogate_terms(ratio, advantages, clip: float, clip_high: float | None = None):
-    high = clip if clip_high is None else clip_high
-    return -advantages * ratio, -advantages * jnp.clip(ratio, 1.0 - clip, 1.0 + high)
+    return -advantages * ratio, -advantages * clipped_ratio(ratio, clip, clip_high)
 
 
 def clipped_surrogate(ratio, advantages, clip: float, clip_high: float | None = None):
@@ -133,10 +137,11 @@ def ratio_diagnostics(logp_BxN, old_logp_BxN, advantages_BxN, mask_BxN, clip: fl
     """How far the policy moved from the one that sampled: approx_kl = mean 0.5 (log rho)^2, the share of
     tokens where the clipped term of the surrogate is the larger (clip_fraction), and the mean ratio rho."""
     log_ratio_BxN = logp_BxN - old_logp_BxN
-    unclipped_BxN, clipped_BxN = _surrogate_terms(jnp.exp(log_ratio_BxN), advantages_BxN, clip, clip_high)
+    ratio_BxN = jnp.exp(log_ratio_BxN)
+    unclipped_BxN, clipped_BxN = _surrogate_terms(ratio_BxN, advantages_BxN, clip, clip_high)
     return {"approx_kl": masked_mean(0.5 * log_ratio_BxN ** 2, mask_BxN),
             "clip_fraction": masked_mean((clipped_BxN > unclipped_BxN).astype(jnp.float32), mask_BxN),
-            "ratio": masked_mean(jnp.exp(log_ratio_BxN), mask_BxN)}
+            "ratio": masked_mean(ratio_BxN, mask_BxN)}
 
 
 def regularised_returns(score_B, kl_BxN, mask_BxN, kl_coef):
@@ -248,8 +253,7 @@ def cispo_loss_terms(logp_BxN, old_logp_BxN, ref_logp_BxN, advantages_B, mask_Bx
 
     so d l / d log pi_bt = -clip(rho_bt) A_b on every token: a clipped token still contributes, with a
     bounded weight, where PPO's clip gives it no gradient at all."""
-    high = clip if clip_high is None else clip_high
-    weight_BxN = jax.lax.stop_gradient(jnp.clip(jnp.exp(logp_BxN - old_logp_BxN), 1.0 - clip, 1.0 + high))
+    weight_BxN = jax.lax.stop_gradient(clipped_ratio(jnp.exp(logp_BxN - old_logp_BxN), clip, clip_high))
     return (-weight_BxN * advantages_B[:, None] * logp_BxN
             + kl_coef * masked_k3(logp_BxN, ref_logp_BxN, mask_BxN)) * mask_BxN
 

@@ -94,6 +94,7 @@ def run(exp: ExperimentConfig, workdir: str, ns: Sequence[int]) -> list[dict]:
     """Best-of-n with the reward model trained in ``workdir`` (its stages are run or reused first)."""
     rm_results = reward_training.run(exp, workdir)
     reward_model = pipeline.reward_scorer(exp, workdir, rm_results)  # an ensemble with rl.reward_models > 1
+    preemption.between_stages("the reward model")
     prompts = pipeline.held_out_prompts(exp)
     results = evaluate(exp, reward_model, pipeline.gold_of(exp), prompts, ns)
     if is_main_process():

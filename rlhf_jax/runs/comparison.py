@@ -37,14 +37,13 @@ from rlhf_jax.metrics import read_metrics
 from rlhf_jax.plots import plot_frontier
 from rlhf_jax.runs import best_of_n, parallel_seeds, pipeline, preference_training
 
-OFFLINE_TASKS = OFFLINE_LOSSES
 REPORTED = ("gold_win_rate", "gold_score", "rm_score", "kl", "gold_gain", "seconds")
 
 
 def arm_kind(name: str, arm: ExperimentConfig) -> str:
     if name == BEST_OF_N:
         return "best_of_n"
-    return "offline" if arm.train.task in OFFLINE_TASKS else "online"
+    return "offline" if arm.train.task in OFFLINE_LOSSES else "online"
 
 
 def arm_config(base: ExperimentConfig, name: str, changes: dict, seed: int) -> ExperimentConfig:
@@ -54,7 +53,7 @@ def arm_config(base: ExperimentConfig, name: str, changes: dict, seed: int) -> E
     for section, fields in renamed_sections(changes).items():
         values[section] = {**(values.get(section) or {}), **fields}
     values["rl"]["seed"] = seed
-    if values["train"]["task"] in OFFLINE_TASKS:
+    if values["train"]["task"] in OFFLINE_LOSSES:
         values["train"]["seed"] = seed
     try:
         return experiment_from_dict(values)

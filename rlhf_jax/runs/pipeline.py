@@ -84,7 +84,6 @@ def reward_scorer(exp: ExperimentConfig, workdir: str, rm_results: dict, progres
         results = rm_results if member == 0 else reward_training.reward_model_stage(
             config, member_dir(workdir, member), progress)
         members.append(load_reward_model(config, member_dir(workdir, member), results["normalization"]))
-        preemption.between_stages(f"reward model {member}")
     if len(members) == 1:
         return members[0]
     return EnsembleReward(members, exp.rl.ensemble, exp.rl.ensemble_lambda)
