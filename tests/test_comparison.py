@@ -91,6 +91,8 @@ def test_bad_comparisons_are_refused_by_name():
         load_run_config(os.path.join(CONFIGS, "compare_quick.py"), ["--config.compare.bogus=1"])
     with pytest.raises(ConfigError, match="is a comparison"):
         load_config(os.path.join(CONFIGS, "compare_quick.py"))
+    with pytest.raises(ConfigError, match="compare.only.*no arm named 'dapo_v2'"):
+        load_run_config(os.path.join(CONFIGS, "compare_quick.py"), ["--config.compare.only=('ppo', 'dapo_v2')"])
 
 
 def test_config_show_lists_the_compare_section():
@@ -125,6 +127,10 @@ def test_tiny_comparison_end_to_end(tmp_path, tiny_policy):
     assert json.loads((tmp_path / "compare.json").read_text())["arms"]["dpo"]["kind"] == "offline"
     again = comparison.run(exp, compare, str(tmp_path), progress=False)  # every arm reused: the same numbers
     assert again["arms"] == summary["arms"]
+    only = comparison.run(exp, dataclasses.replace(compare, only=("best_of_n", "grpo")), str(tmp_path), progress=False)
+    assert list(only["arms"]) == ["grpo", "best_of_n"] and only["complete"]  # the arms' order, not only's
+    assert only["arms"]["grpo"] == summary["arms"]["grpo"]
+    assert "Only the arms named in compare.only: best_of_n, grpo" in (tmp_path / "compare.md").read_text()
 
 
 def test_an_ensemble_arm_optimises_its_own_reward_and_the_rest_share_one():

@@ -28,6 +28,9 @@ class CompareConfig:
     confidence: float = field(0.95, "confidence of the interval over seeds (Student's t)")
     parallel_seeds: bool = field(False, "train an online arm's seeds as one vmapped program (runs.parallel_seeds; "
                                         "S copies of the parameters and Adam state); False: one after another")
+    only: tuple[str, ...] = field((), "run and report just these arms, by name, in the arms' order (e.g. the ones "
+                                      "added since the last run; finished arms in the workdir are reused); "
+                                      "empty: every arm")
 
     def __post_init__(self):
         require(len(self.arms) > 0, "compare.arms", "name at least one arm")
@@ -40,6 +43,8 @@ class CompareConfig:
         require(isinstance(self.seeds, int) and self.seeds >= 1, "compare.seeds", f"must be >= 1, got {self.seeds!r}")
         require(len(self.best_of_n) > 0 and min(self.best_of_n) >= 1, "compare.best_of_n",
                 f"every n must be >= 1, got {self.best_of_n}")
+        unknown = sorted(set(self.only) - set(names))
+        require(not unknown, "compare.only", f"no arm named {unknown[0]!r} (arms: {names})" if unknown else "")
         require(0 < self.confidence < 1, "compare.confidence", f"must be in (0, 1), got {self.confidence}")
 
 
@@ -53,6 +58,10 @@ def comparison_from_dict(values: dict) -> CompareConfig:
     arms = list(arms.items()) if hasattr(arms, "items") else list(arms)
     require(all(isinstance(a, (list, tuple)) and len(a) == 2 and isinstance(a[0], str) for a in arms), "compare.arms",
             "(arm name, {section: {field: value}}) pairs")
+    if isinstance(values.get("only"), str):  # --config.compare.only=dapo
+        values["only"] = (values["only"],)
+    if "only" in values:
+        values["only"] = tuple(values["only"])
     if "best_of_n" in values:
         values["best_of_n"] = tuple(sorted({int(n) for n in values["best_of_n"]}))
     return CompareConfig(arms=tuple((name, renamed_sections(_plain(changes))) for name, changes in arms), **values)

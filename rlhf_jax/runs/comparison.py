@@ -170,7 +170,7 @@ def run(exp: ExperimentConfig, compare: CompareConfig, workdir: str, progress: b
                           "reward model ('reward_model') for the online arms, best-of-n and the proxy score, or the "
                           "arithmetic grader ('arithmetic'), which is then both proxy and gold")
     arms = {name: [arm_config(exp, name, changes, seed) for seed in range(compare.seeds)]
-            for name, changes in compare.arms}  # every arm's config checked before any work
+            for name, changes in selected_arms(compare)}  # every arm's config checked before any work
     for name, configs in arms.items():
         if arm_kind(name, configs[0]) == "offline":
             if exp.rl.reward == "arithmetic":
@@ -206,11 +206,16 @@ def run(exp: ExperimentConfig, compare: CompareConfig, workdir: str, progress: b
     return summary
 
 
+def selected_arms(compare: CompareConfig) -> tuple[tuple[str, dict], ...]:
+    """The arms this invocation runs and reports: ``compare.only``'s, in the arms' order, or all of them."""
+    return tuple((name, changes) for name, changes in compare.arms if not compare.only or name in compare.only)
+
+
 def write_summary(exp: ExperimentConfig, compare: CompareConfig, workdir: str, rm_results: dict,
                   results: dict[str, list[dict]]) -> dict:
     """compare.json, frontier.png and compare.md of the arms in ``results``."""
     summary = {"config": to_dict(exp), "compare": to_dict(compare), "reward_model": rm_results.get("test", {}),
-               "arms": summarise(results, compare), "complete": list(results) == [name for name, _ in compare.arms]}
+               "arms": summarise(results, compare), "complete": list(results) == [name for name, _ in selected_arms(compare)]}
     write_json(os.path.join(workdir, "compare.json"), summary)
     plot_frontier(results, summary["arms"], os.path.join(workdir, "frontier.png"))
     write_atomic(os.path.join(workdir, "compare.md"), report(summary))
@@ -227,7 +232,10 @@ def report(summary: dict) -> str:
     compare, arms = summary["compare"], summary["arms"]
     level = f"{compare['confidence']:.0%}"
     lines = [
-        "# Comparison" + ("" if summary["complete"] else f" (so far: {len(arms)} of {len(compare['arms'])} arms)"), "",
+        "# Comparison" + ("" if summary["complete"] else
+                          f" (so far: {len(arms)} of {len(compare['only'] or compare['arms'])} arms)"), "",
+        *([f"Only the arms named in compare.only: {', '.join(compare['only'])} (of "
+           f"{', '.join(name for name, _ in compare['arms'])}).", ""] if compare["only"] else []),
         f"Every arm starts from `{summary['config']['rl']['policy']}`; the online arms and best-of-n use one reward "
         f"model, the offline arms the preferences it was trained on. {compare['seeds']} seed(s) per arm; mean ± the "
         f"half-width of the {level} Student-t interval over seeds. Evaluation: "
