@@ -6,6 +6,9 @@ import argparse
 import os
 import sys
 
+from rlhf_jax.data import formats
+from rlhf_jax.labeling import commands as labeling_commands
+
 
 def _assets_list(args) -> int:
     from rlhf_jax import assets
@@ -99,28 +102,6 @@ def _collect(args) -> int:
     summary = collect_preferences(fb, args.out)
     print(f"{summary['rows']} preference pairs in {args.out} (label disagrees with gold on "
           f"{summary['label_disagrees_with_gold']} of {summary['gold_differs']} pairs whose gold scores differ)")
-    return 0
-
-
-def _label_serve(args) -> int:
-    from rlhf_jax.labeling.server import serve
-
-    serve(args.db, args.queue, args.annotator, host=args.host, port=args.port, k=args.labels_per_item,
-          threads=args.threads, token_file=args.token_file, rotate_tokens=args.rotate_tokens)
-    return 0
-
-
-def _label_export(args) -> int:
-    from rlhf_jax.labeling.export import export
-    from rlhf_jax.labeling.store import LabelStore
-
-    if not os.path.isfile(args.db):
-        raise FileNotFoundError(f"--db {args.db}: no such file")
-    summary = export(LabelStore(args.db), args.out, votes=args.votes)
-    agreement = summary["agreement"]
-    print(f"{summary['answers']} answers on {summary['items_answered']} items -> {summary['rows']} rows in {args.out}; "
-          f"pairwise agreement {agreement['pairwise_agreement']} (Fleiss' kappa {agreement['fleiss_kappa']}) over "
-          f"{agreement['items']} items with 2+ votes")
     return 0
 
 
@@ -287,28 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--out", required=True, help="preference (or queue) JSONL to write")
     col.set_defaults(run=_collect)
 
-    label = commands.add_parser("label", help="the labeling web app for human feedback, and its export")
-    label_sub = label.add_subparsers(dest="label_command", required=True)
-    serve = label_sub.add_parser("serve", help="serve a labeling queue to named, token-authenticated annotators")
-    serve.add_argument("--db", required=True, help="SQLite file (created if missing; WAL)")
-    serve.add_argument("--queue", action="append", default=[], help="queue or preference JSONL to import (repeatable)")
-    serve.add_argument("--annotator", action="append", default=[], metavar="NAME[=TOKEN]",
-                       help="an annotator (repeatable); without =TOKEN an existing one keeps its token, a new one "
-                            "gets a random one")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--labels-per-item", type=int, default=1, help="k: annotators per item")
-    serve.add_argument("--threads", type=int, default=8)
-    serve.add_argument("--token-file", default=None,
-                       help="{name: token} JSON (mode 600): read for the links of existing annotators, then rewritten")
-    serve.add_argument("--rotate-tokens", action="store_true",
-                       help="new tokens for the named annotators (all, if none is named): old links stop working")
-    serve.set_defaults(run=_label_serve)
-    export = label_sub.add_parser("export", help="write preference / rating / language JSONL and an agreement summary")
-    export.add_argument("--db", required=True)
-    export.add_argument("--out", required=True, help="directory")
-    export.add_argument("--votes", default="majority", choices=["majority", "all"])
-    export.set_defaults(run=_label_export)
+    labeling_commands.add(commands)
+    data = commands.add_parser("data", help="feedback and prompt files in the ecosystem's formats (trl's forms)")
+    convert = data.add_subparsers(dest="data_command", required=True).add_parser(
+        "convert", help="read rows of any form and file (JSONL, Parquet, an Arrow directory) and write them in "
+                        "trl's standard form: OUT's suffix .jsonl, .parquet, or else an Arrow directory")
+    convert.add_argument("source", help="the file to read (the project's own rows, or trl's)")
+    convert.add_argument("out", help="the file or directory to write")
+    convert.add_argument("--kind", default="preference", choices=sorted(set(formats.RESPONSES)))
+    convert.set_defaults(run=lambda args: print(formats.convert(args.source, args.out, args.kind)) or 0)
 
     config = commands.add_parser("config", help="experiment configs")
     config_sub = config.add_subparsers(dest="config_command", required=True)

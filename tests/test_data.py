@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.config import DataConfig
-from rlhf_jax.data import builders, records
+from rlhf_jax.data import builders, formats, records
 from rlhf_jax.data.pipeline import Batches, Split, eval_rows
 from rlhf_jax.tasks import TASKS
 
@@ -26,7 +26,6 @@ def write_jsonl(path, rows):
     ({**GOOD, "chosen": 3}, "field 'chosen' must be str"),
     ({**GOOD, "rejected": "  "}, "field 'rejected' is empty"),
     ({**GOOD, "margin": "big"}, "field 'margin' must be int or float"),
-    ({**GOOD, "colour": "red"}, "unknown field"),
     (b"\xff\xfe not utf-8\n", "not valid UTF-8"),
     (b"{not json\n", "not valid JSON"),
     ({**GOOD, "id": "a0"}, "duplicate id 'a0'"),
@@ -35,7 +34,14 @@ def test_bad_preference_row_names_file_and_line(tmp_path, bad, message):
     rows = [{**GOOD, "id": "a0"}, {**GOOD, "id": "x"}, bad]
     path = write_jsonl(tmp_path / "prefs.jsonl", rows)
     with pytest.raises(records.DataError, match=f"prefs.jsonl:3: .*{message}"):
-        records.read_feedback(path, "preference")
+        formats.read_feedback(path, "preference")
+
+
+def test_columns_a_kind_does_not_use_are_left_out_with_a_warning(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD, {**GOOD, "id": "b", "colour": "red"}])
+    rows = formats.read_feedback(path, "preference")
+    assert [r["id"] for r in rows] == ["a1", "b"] and all("colour" not in r for r in rows)
+    assert "prefs.jsonl: columns ['colour'] are not used by preference rows" in caplog.text
 
 
 def test_bad_row_writes_nothing(tmp_path):
@@ -56,7 +62,7 @@ def test_feedback_builders_round_trip_without_tensorflow(tmp_path, kind, dataset
     source = builders.build(dataset, path, str(tmp_path / "data"))
     read = [builders.decode(source[split][i]) for split in source for i in range(len(source[split]))]
     assert sorted(r["id"] for r in read) == sorted(r["id"] for r in rows)
-    assert {r["split"] for r in records.read_feedback(path, kind)} == set(source)
+    assert {r["split"] for r in formats.read_feedback(path, kind)} == set(source)
     first = next(r for r in read if r["id"] == "r0")
     for key, value in row.items():
         assert first[key] == pytest.approx(value) if isinstance(value, (int, float)) else first[key] == value

@@ -150,13 +150,14 @@ def test_grpo_on_the_arithmetic_task_end_to_end(tmp_path, tiny_policy):
         "--config.rl.reward=arithmetic", "--config.rl.algorithm=dapo", "--config.rl.kl_target=None",
         "--config.rl.samples_per_prompt=2", "--config.rl.rollout_prompts=8", "--config.rl.prompt_tokens=24",
         "--config.rl.arithmetic_max_operand=10", "--config.rl.iterations=2", "--config.rl.dynamic_sampling=True",
+        "--config.rl.mask_truncated=True",
         f"--config.rl.eval_prompts={2 * len(held_out)}")  # every held-out problem sampled twice
     assert not (tmp_path / "reward_model").exists() and not (tmp_path / "feedback").exists()
     train_rows = [r for r in read_metrics(str(tmp_path / "rl")) if r["split"] == "train"]
     assert all(0 <= r["score"] <= 1 for r in train_rows)  # the share of the rollout answered right
     assert all(r["score"] == r["gold_score"] for r in train_rows)  # the grader is the reward and the gold
     assert all(0 <= r["mismatch_mean_abs_logp"] <= r["mismatch_max_abs_logp"] < 1e-3 for r in train_rows)
-    assert all(0 <= r["informative_fraction"] <= 1 for r in train_rows)
+    assert all(0 <= r["informative_fraction"] <= 1 and 0 <= r["truncated_fraction"] <= 1 for r in train_rows)
     evaluation = json.loads((tmp_path / "rl" / "evaluation.json").read_text())
     metrics = evaluation["metrics"]
     assert metrics["prompts"] == 2 * len(held_out) and metrics["distinct_prompts"] == len(held_out)
@@ -360,3 +361,44 @@ def test_best_of_n_end_to_end(tmp_path, tiny_policy):
     assert results[0]["gold_win_rate"] == 0.5 and results[0]["kl"] == 0.0  # n = 1 is the reference sample
     rm = [r["rm_score"] for r in results]
     assert rm[0] <= rm[1] <= rm[2]  # the best of more draws scores at least as high under the picking model
+
+
+EXAMPLE = os.path.join(CONFIGS, "..", "docs", "examples", "movie_chat_preferences.jsonl")
+
+
+def example_prompts(tokenizer_dir: str, split: str) -> set[str]:
+    from rlhf_jax.data import formats
+    from rlhf_jax.models import load_tokenizer
+
+    rows = formats.read_feedback(EXAMPLE, "prompt", formats.Renderer(load_tokenizer(tokenizer_dir)))
+    return {r["prompt"] for r in rows if r["split"] == split}
+
+
+@pytest.mark.parametrize("config", ["tiny_ppo.py", "tiny_dpo.py"])
+def test_the_worked_example_end_to_end(tmp_path, tiny_policy, config):
+    """docs/data.md's worked example on the tiny models: trl's conversational preference file, no ids, trains
+    the reward model (PPO) or the policy (DPO) with nothing collected; PPO's rollouts and both evaluations
+    take the file's prompts in SmolLM2's chat template, the evaluation its held-out ones."""
+    overrides = [f"--config.feedback.policy={tiny_policy}", f"--config.rl.policy={tiny_policy}",
+                 f"--config.feedback.source={EXAMPLE}", f"--config.rl.prompts={EXAMPLE}",
+                 "--config.rl.prompt_tokens=48", "--config.rl.eval_prompts=32"]
+    if config == "tiny_dpo.py":
+        overrides += [f"--config.model.source={tiny_policy}", "--config.data.max_length=112"]
+    cli("run", "--config", os.path.join(CONFIGS, config), "--workdir", str(tmp_path), *overrides)
+    assert not (tmp_path / "feedback").exists()  # nothing sampled or labelled
+    stage = tmp_path / ("rl" if config == "tiny_ppo.py" else "policy_training")
+    evaluation = json.loads((stage / "evaluation.json").read_text())
+    held_out = example_prompts(tiny_policy, "test")
+    assert len(held_out) == 24 and {s["prompt"] for s in evaluation["samples"]} == held_out  # all, cycled to 32
+    assert all(p.startswith("<|im_start|>system") and p.endswith("<|im_start|>assistant\n") for p in held_out)
+    assert evaluation["metrics"]["prompts"] == 32 and 0 <= evaluation["metrics"]["gold_win_rate"] <= 1
+    report = (tmp_path / "report.md").read_text()
+    assert "movie_chat_preferences.jsonl" in report
+    if config == "tiny_ppo.py":
+        test = json.loads((tmp_path / "reward_model" / "evaluation.json").read_text())["test"]
+        assert test["count"] == 24 and "gold_accuracy" not in test  # the file's 24 test pairs carry no gold
+        trained_on = {json.loads(line)["prompt"] for line in (stage / "samples.jsonl").read_text().splitlines()}
+        assert trained_on and trained_on <= example_prompts(tiny_policy, "train")
+    else:
+        start = next(r for r in read_metrics(str(stage)) if r["split"] == "validation" and r["step"] == 0)
+        assert start["loss"] == pytest.approx(np.log(2), rel=1e-6)  # the policy is its own reference at step 0

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from rlhf_jax.data import records
+from rlhf_jax.data import formats
 from rlhf_jax.labeling.app import create_app
 from rlhf_jax.labeling.export import export
 from rlhf_jax.labeling.load import ServerProcess
@@ -385,7 +385,7 @@ def test_9_export_of_every_vote_gives_unique_ids_the_reader_accepts(tmp_path):
         store.submit(name, f"{name}-{item}", item, "choice", 0, ratings=[3, 4], comment="ok")
     export(store, str(tmp_path / "out"), votes="all")
     for kind, name in (("preference", "preferences"), ("rating", "ratings"), ("language", "language")):
-        rows = records.read_feedback(str(tmp_path / "out" / f"{name}.jsonl"), kind)
+        rows = formats.read_feedback(str(tmp_path / "out" / f"{name}.jsonl"), kind)
         assert len({row["id"] for row in rows}) == len(rows) == {"preferences": 2, "ratings": 4, "language": 2}[name]
 
 

@@ -15,7 +15,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "rlhf_jax")
 # and those below it, never from one above.
 FLOORS = [
     ("maths and plumbing", "config.core losses rl.maths rl.algorithms optim frontier files allocator distributed "
-                           "launch preemption train_state metrics plots scoring data.records labeling"),
+                           "launch preemption train_state metrics plots scoring data.records data.formats labeling"),
     ("configuration", "config"),
     ("offline assets, the mesh, compile targets", "assets sharding targets"),
     ("models, data, sampling, checkpoints", "models data sampling feeding checkpoint"),

@@ -300,7 +300,18 @@ def test_the_mismatch_metrics_match_a_loop(rollout):
     (dict(algorithm="dapo", samples_per_prompt=1, kl_target=None), "rl.samples_per_prompt"),
     (dict(algorithm="gspo", samples_per_prompt=4), "rl.kl_target"),
     (dict(algorithm="cispo", samples_per_prompt=4, kl_target=None, clip_ratio_high=-0.1), "rl.clip_ratio_high"),
+    (dict(algorithm="dapo", samples_per_prompt=4, kl_target=None, loss_aggregation="constant"),
+     "rl.loss_aggregation"),
+    (dict(algorithm="gspo", samples_per_prompt=4, kl_target=None, loss_aggregation="token_mean"),
+     "rl.loss_aggregation"),
+    (dict(algorithm="ppo", loss_aggregation="constant"), "rl.loss_aggregation"),
 ])
 def test_options_that_do_not_suit_an_algorithm_are_refused(fields, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         RLConfig(**fields)
+
+
+def test_an_algorithms_own_aggregation_is_accepted_by_name():
+    assert RLConfig(algorithm="dapo", samples_per_prompt=4, kl_target=None, loss_aggregation="token_mean")
+    assert RLConfig(algorithm="dr_grpo", samples_per_prompt=4, kl_target=None, loss_aggregation="constant")
+    assert RLConfig(algorithm="grpo", samples_per_prompt=4, kl_target=None, loss_aggregation="constant")

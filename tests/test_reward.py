@@ -97,7 +97,7 @@ def test_collect_cli(tmp_path, tiny_policy):
     result = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", "collect", "--policy", tiny_policy, "--pairs", "40",
                              "--response-tokens", "6", "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    from rlhf_jax.data.records import read_feedback
+    from rlhf_jax.data.formats import read_feedback
 
     rows = read_feedback(str(out), "preference")
     assert 0 < len(rows) <= 40 and f"{len(rows)} preference pairs" in result.stdout

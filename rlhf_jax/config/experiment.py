@@ -53,9 +53,13 @@ class ModelSpec:
 class DataConfig:
     """The supervised data."""
 
-    dataset: str = field("rotten_tomatoes", "a builder of rlhf_jax.data.builders (rotten_tomatoes, text, "
-                                            "preferences, ratings, language)")
-    source: str | tuple[str, ...] = field("rotten-tomatoes", "asset name or local file(s)")
+    dataset: str = field("rotten_tomatoes", "a builder of rlhf_jax.data.builders (rotten_tomatoes, text_corpus, "
+                                            "preferences, unpaired_preferences, ratings, language_feedback, "
+                                            "prompts)")
+    source: str | tuple[str, ...] = field("rotten-tomatoes", "asset name or local file(s): JSONL, Parquet or an "
+                                                             "Arrow directory (rlhf_jax.data.formats)")
+    chat_template: bool | None = field(None, "conversational rows: rendered by the tokenizer's chat template "
+                                             "(None: when it has one; True: it must; False: plain text)")
     max_length: int = field(64, "tokens per example (padded and truncated to it)")
     text_field: str = field("text", "the example field holding the text")
     label_field: str = field("label", "the example field holding the class label")
@@ -148,9 +152,14 @@ class FeedbackConfig:
                                      "(1-7 per sample) or 'language' (a scored comment per sample)")
     comment_scorer: str = field("vader", "'vader' or 'classifier': what turns a comment into a number")
     labels_from: str = field("simulated", "who labels in rlhf-jax loop: 'simulated' or 'app' (people)")
+    source: str | None = field(None, "preferences from a file (JSONL, Parquet or an Arrow directory, any form of "
+                                     "rlhf_jax.data.formats) instead of collected ones: nothing is sampled or "
+                                     "labelled; the gold labeler still scores the evaluation")
 
     def __post_init__(self):
         require(self.kind in FEEDBACK_KINDS, "feedback.kind", f"{self.kind!r} is not one of {FEEDBACK_KINDS}")
+        require(self.source is None or self.kind == "preferences", "feedback.source",
+                f"a file of preferences is read with feedback.kind='preferences', got {self.kind!r}")
         require(self.comment_scorer in ("vader", "classifier"), "feedback.comment_scorer",
                 f"{self.comment_scorer!r} is not 'vader' or 'classifier'")
         require(self.labels_from in ("simulated", "app"), "feedback.labels_from",
@@ -224,6 +233,9 @@ class RLConfig:
     reward: str = field("reward_model", "'reward_model'; 'language': a simulated human's scored comment; "
                                          "'arithmetic': generated problems for prompts, an exact-match grader for "
                                          "reward and gold (rlhf_jax.feedback.arithmetic)")
+    prompts: str | None = field(None, "a file of prompts (JSONL, Parquet or an Arrow directory, any form of "
+                                      "rlhf_jax.data.formats: its train split for training, its test split held "
+                                      "out; conversations by the policy's chat template); None: the task's own")
     reward_models: int = field(1, "reward_model: K reward models, member j trained with model.seed + j and "
                                   "train.seed + j on the same feedback; K > 1 is an ensemble")
     ensemble: str = field("mean", "how an ensemble's K normalised scores become one: 'mean', 'pessimistic' "
@@ -232,7 +244,8 @@ class RLConfig:
     arithmetic_max_operand: int = field(20, "arithmetic: operands are drawn from [0, this)")
     arithmetic_operations: str = field("+-", "arithmetic: the operations asked, of '+-*'")
     loss_aggregation: str = field("sequence_mean", "how GRPO averages its per-token loss: 'sequence_mean' (GRPO), "
-                                                   "'token_mean' (DAPO) or 'constant' (Dr. GRPO)")
+                                                   "'token_mean' (as DAPO) or 'constant' (as Dr. GRPO); the other "
+                                                   "algorithms fix their own and refuse another value")
     model_config: tuple[tuple[str, Any], ...] = field((), "ModelConfig overrides of the policy, its reference and "
                                                           "value model: {'dtype': 'bfloat16', 'remat': 'full'}")
     lora: tuple[tuple[str, Any], ...] = field((), "LoRA adapters on the policy ({'rank': 8, 'alpha': 16}, "
@@ -258,6 +271,8 @@ class RLConfig:
         require(self.reward in ("reward_model", "language", "arithmetic"), "rl.reward",
                 f"{self.reward!r} is not 'reward_model', 'language' or 'arithmetic'")
         require(self.reward_models >= 1, "rl.reward_models", f"must be >= 1, got {self.reward_models}")
+        require(self.prompts is None or self.reward != "arithmetic", "rl.prompts",
+                "the arithmetic task makes its own prompts: set rl.prompts=None")
         require(self.reward_models == 1 or self.reward == "reward_model", "rl.reward_models",
                 f"an ensemble is of reward models: rl.reward is {self.reward!r}")
         require(self.ensemble in ENSEMBLE_COMBINES, "rl.ensemble",
@@ -276,6 +291,11 @@ class RLConfig:
         require(self.samples_per_prompt >= 1, "rl.samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
         require(self.loss_aggregation in ("token_mean", "sequence_mean", "constant"), "rl.loss_aggregation",
                 f"{self.loss_aggregation!r} is not 'token_mean', 'sequence_mean' or 'constant'")
+        own = ALGORITHMS[self.algorithm]  # the field is GRPO's choice; the others fix their own average
+        require(own.aggregation is None or self.loss_aggregation in ("sequence_mean", own.aggregation),  # or default
+                "rl.loss_aggregation",
+                f"{own.title} averages its loss as {own.aggregation!r}, not {self.loss_aggregation!r}: the field is "
+                "GRPO's option, leave it at its default")
         require(self.learning_rate >= 0, "rl.learning_rate", f"must be >= 0, got {self.learning_rate}")
         require(self.temperature > 0, "rl.temperature", f"must be > 0, got {self.temperature}")
         require(self.clip_ratio_high is None or self.clip_ratio_high > 0, "rl.clip_ratio_high",

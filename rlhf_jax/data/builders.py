@@ -15,7 +15,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rlhf_jax.data import records
+from rlhf_jax.data import formats, records
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +78,46 @@ class LanguageFeedback(_RowsBuilder):
                 "source": _text}
 
 
-# dataset kind -> (builder, reader of its source files)
+class UnpairedPreferences(_RowsBuilder):
+    """KTO's data: one response each, desirable (label True) or not."""
+
+    FEATURES = {"id": _text, "prompt": _text, "response": _text, "label": lambda: tfds.features.Scalar(dtype=np.bool_),
+                "annotator": _text, "source": _text}
+
+
+class Prompts(_RowsBuilder):
+    """Prompts alone, for online RL."""
+
+    FEATURES = {"id": _text, "prompt": _text, "source": _text}
+
+
+def _feedback(kind: str):
+    return lambda paths, renderer: formats.read_feedback(paths, kind, renderer)
+
+
+# dataset kind -> (builder, reader of its source files and a formats.Renderer for conversations)
 DATASETS = {
-    "rotten_tomatoes": (RottenTomatoes, records.read_rotten_tomatoes),
-    "text_corpus": (TextCorpus, records.read_text_corpus),
-    "preferences": (Preferences, lambda paths: records.read_feedback(paths, "preference")),
-    "ratings": (Ratings, lambda paths: records.read_feedback(paths, "rating")),
-    "language_feedback": (LanguageFeedback, lambda paths: records.read_feedback(paths, "language")),
+    "rotten_tomatoes": (RottenTomatoes, lambda paths, renderer: records.read_rotten_tomatoes(paths)),
+    "text_corpus": (TextCorpus, lambda paths, renderer: records.read_text_corpus(paths)),
+    "preferences": (Preferences, _feedback("preference")),
+    "unpaired_preferences": (UnpairedPreferences, _feedback("unpaired")),
+    "ratings": (Ratings, _feedback("rating")),
+    "language_feedback": (LanguageFeedback, _feedback("language")),
+    "prompts": (Prompts, _feedback("prompt")),
 }
 
 
-def build(kind: str, source: str | list[str], data_root: str):
-    """Validate the source, write the dataset if it is not there yet, return {split: data source}."""
+def build(kind: str, source: str | list[str], data_root: str, renderer: formats.Renderer | None = None):
+    """Validate the source, write the dataset if it is not there yet, return {split: data source}. A source
+    holding conversations is rendered by ``renderer`` (its chat template names the dataset too)."""
     if kind not in DATASETS:
         raise records.DataError(f"unknown dataset {kind!r} (datasets: {sorted(DATASETS)})")
     builder_class, read = DATASETS[kind]
-    rows = read(source)  # raises DataError naming file:line before anything is written
-    data_dir = os.path.join(data_root, f"{kind}-{records.file_digest(source)[:16]}")
+    renderer = renderer or formats.Renderer()
+    rows = read(source, renderer)  # raises DataError naming file:line before anything is written
+    rendering = f"-{renderer.identity}" if builder_class.FEATURES.get("prompt") and formats.is_conversational(
+        source) else ""
+    data_dir = os.path.join(data_root, f"{kind}-{records.file_digest(source)[:16]}{rendering}")
     tfds.disable_progress_bar()
     builder = builder_class(rows=rows, data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare()

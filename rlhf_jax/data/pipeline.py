@@ -52,8 +52,9 @@ def tokenize_masked_lm(examples: list[dict], tokenizer, max_length: int, data) -
 
 
 def tokenize_causal_lm(examples: list[dict], tokenizer, max_length: int, data) -> dict[str, np.ndarray]:
-    """input_ids, attention_mask, loss_mask (1 on the text tokens, and on the EOS closing them; 0 on the
-    prompt when ``data.prompt_field`` is given, and on padding)."""
+    """input_ids, attention_mask, loss_mask (1 on the text tokens, and on the EOS closing them, appended
+    unless the text holds it already, as a response rendered by a chat template does; 0 on the prompt when
+    ``data.prompt_field`` is given, and on padding)."""
     texts = _texts(examples, data.text_field)
     prompts = [example[data.prompt_field] for example in examples] if data.prompt_field else None
     return _tokenize_causal(tokenizer, texts, max_length, prompts)
@@ -69,7 +70,8 @@ def _tokenize_causal(tokenizer, texts, max_length, prompts):
     text_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else [[] for _ in texts]
     for row, (prompt, text) in enumerate(zip(prompt_ids, text_ids)):
-        target = text + ([eos] if eos is not None else [])
+        closed = eos is None or eos in text  # a chat template's response closes its own turn
+        target = text + ([] if closed else [eos])
         sequence = (prompt + target)[:max_length]
         ids[row, :len(sequence)] = sequence
         mask[row, :len(sequence)] = 1

@@ -1,6 +1,6 @@
 """Raw records from local files, validated row by row before anything is written.
 
-Feedback rows are JSONL, one object per line:
+The project's rows (what its collectors and labeling app write, and what its datasets hold):
 
 =================  ======================================================================
 kind               fields (``id`` unique; texts are non-empty strings unless noted)
@@ -8,15 +8,20 @@ kind               fields (``id`` unique; texts are non-empty strings unless not
 preference         id, prompt (string, may be empty), chosen, rejected; margin (number),
                    annotator, source, gold_chosen / gold_rejected (numbers, simulated
                    labels only) (optional)
+unpaired           id, prompt (may be empty), response, label (bool: desirable); annotator,
+                   source (optional)
 rating             id, prompt, response, score (number); annotator, source (optional)
 language           id, prompt, response, feedback; annotator, source (optional)
+prompt             id, prompt; source (optional): prompts for online RL
 queue              id, prompt, responses (a list of >= 2 non-empty strings); source (optional):
                    unlabelled items for the labeling app
 =================  ======================================================================
 
-A bad row (not JSON, missing field, wrong type, empty text, undecodable bytes, duplicate id) raises
-``DataError`` naming the file and the line. Splits are deterministic: a row's optional ``split``
-field, or else a hash of its id (text for corpora), so they never change across machines.
+Every kind but the queue is read through ``rlhf_jax.data.formats``: JSONL, Parquet or an Arrow directory,
+in trl's standard or conversational forms, an id from the content where a row has none. A bad row (not
+JSON, missing field, wrong type, empty text, undecodable bytes, duplicate id) raises ``DataError`` naming
+the file and the line (or row). Splits are deterministic: a row's optional ``split`` field, or else a hash
+of its id (text for corpora), so they never change across machines.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import bz2
 import csv
 import hashlib
 import io
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -61,6 +65,11 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool, bool]]] = {
     "language": {"id": ((str,), True, True), "prompt": ((str,), True, False), "response": ((str,), True, True),
                  "feedback": ((str,), True, True), "annotator": ((str,), False, False),
                  "source": ((str,), False, False), "split": ((str,), False, True)},
+    "unpaired": {"id": ((str,), True, True), "prompt": ((str,), True, False), "response": ((str,), True, True),
+                 "label": ((bool,), True, False), "annotator": ((str,), False, False),
+                 "source": ((str,), False, False), "split": ((str,), False, True)},
+    "prompt": {"id": ((str,), True, True), "prompt": ((str,), True, True), "source": ((str,), False, False),
+               "split": ((str,), False, True)},
     "queue": {"id": ((str,), True, True), "prompt": ((str,), True, False), "responses": ((list,), True, False),
               "source": ((str,), False, False), "split": ((str,), False, True)},
 }
@@ -77,13 +86,16 @@ def read_lines(path: str) -> Iterable[tuple[int, str]]:
                 raise DataError(f"{path}:{number}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
 
 
-def validate_row(row: Any, kind: str, where: str) -> dict:
+def validate_row(row: Any, kind: str, where: str, extra_columns: bool = False) -> dict:
+    """A row of ``kind`` checked against ``SCHEMAS``, optional fields at their defaults, its split set.
+    Fields the schema does not know raise DataError, or with ``extra_columns`` are left out."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     schema = SCHEMAS[kind]
     unknown = sorted(set(row) - set(schema))
-    if unknown:
+    if unknown and not extra_columns:
         raise DataError(f"{where}: unknown field(s) {unknown} for a {kind} row (fields: {sorted(schema)})")
+    row = {k: v for k, v in row.items() if k in schema}
     clean = {}
     for field, (types, required, non_empty) in schema.items():
         if field not in row:
@@ -93,7 +105,7 @@ def validate_row(row: Any, kind: str, where: str) -> dict:
                 clean[field] = DEFAULTS[field]
             continue
         value = row[field]
-        if not isinstance(value, types) or isinstance(value, bool):
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             names = " or ".join(t.__name__ for t in types)
             raise DataError(f"{where}: field '{field}' must be {names}, got {type(value).__name__} {value!r:.40}")
         if non_empty and isinstance(value, str) and not value.strip():
@@ -107,32 +119,6 @@ def validate_row(row: Any, kind: str, where: str) -> dict:
         raise DataError(f"{where}: field 'split' must be one of {SPLITS}, got {clean['split']!r}")
     clean.setdefault("split", hash_split(clean["id"]))
     return clean
-
-
-def read_feedback(paths: str | list[str], kind: str) -> list[dict]:
-    """Every row of the JSONL file(s), validated; raises DataError at the first bad line."""
-    if kind not in SCHEMAS:
-        raise DataError(f"unknown feedback kind {kind!r} (kinds: {sorted(SCHEMAS)})")
-    rows, seen = [], {}
-    for path in [paths] if isinstance(paths, str) else paths:
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: no such file")
-        for number, line in read_lines(path):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON ({error.msg})") from None
-            row = validate_row(row, kind, where)
-            if row["id"] in seen:
-                raise DataError(f"{where}: duplicate id {row['id']!r} (first at {seen[row['id']]})")
-            seen[row["id"]] = where
-            rows.append(row)
-    if not rows:
-        raise DataError(f"{paths}: no rows")
-    return rows
 
 
 def read_text_corpus(paths: str | list[str]) -> list[dict]:
@@ -172,10 +158,16 @@ def read_rotten_tomatoes(path: str) -> list[dict]:
 
 
 def file_digest(paths: str | list[str]) -> str:
-    """sha256 over the contents of the files: names a dataset built from exactly these bytes."""
+    """sha256 over the contents of the files (a directory: its files, by sorted relative path): names a
+    dataset built from exactly these bytes."""
     digest = hashlib.sha256()
     for path in [paths] if isinstance(paths, str) else paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        files = [path] if not os.path.isdir(path) else sorted(
+            os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        for file in files:
+            if os.path.isdir(path):
+                digest.update(os.path.relpath(file, path).encode("utf-8"))
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
     return digest.hexdigest()

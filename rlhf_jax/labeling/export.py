@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import os
 
-from rlhf_jax.data import records
+from rlhf_jax.data import formats, records
 from rlhf_jax.files import write_json, write_jsonl
 from rlhf_jax.labeling.store import LabelStore
 from rlhf_jax.labeling.validation import LabelError
@@ -64,8 +64,12 @@ def agreement(votes_by_item: dict[str, list]) -> dict:
             "mean_item_agreement": observed, "chance_agreement": chance, "fleiss_kappa": kappa}
 
 
-def export(store: LabelStore, out_dir: str, votes: str = "majority") -> dict:
-    """Write preferences.jsonl, ratings.jsonl, language.jsonl and summary.json into ``out_dir``."""
+def export(store: LabelStore, out_dir: str, votes: str = "majority", file_format: str = "jsonl") -> dict:
+    """Write preferences, ratings and language rows and summary.json into ``out_dir``: as the project's JSONL
+    (``file_format='jsonl'``), or in trl's standard form as ``.parquet`` files or Arrow directories (``formats.write``;
+    a kind with no rows is then not written)."""
+    if file_format not in ("jsonl", "parquet", "arrow"):
+        raise LabelError(f"--format: {file_format!r} is not 'jsonl', 'parquet' or 'arrow'")
     if votes not in ("majority", "all"):
         raise LabelError(f"votes: {votes!r} is not 'majority' or 'all'")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -110,8 +114,13 @@ def export(store: LabelStore, out_dir: str, votes: str = "majority") -> dict:
                               "source": "label-app"} for j in targets]
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
-    for name, rows in (("preferences", preferences), ("ratings", ratings), ("language", language)):
-        paths[name] = write_jsonl(rows, os.path.join(out_dir, f"{name}.jsonl"))
+    for name, kind, rows in (("preferences", "preference", preferences), ("ratings", "rating", ratings),
+                             ("language", "language", language)):
+        path = os.path.join(out_dir, name + {"jsonl": ".jsonl", "parquet": ".parquet", "arrow": ""}[file_format])
+        if file_format == "jsonl":
+            paths[name] = write_jsonl(rows, path)
+        elif rows:
+            paths[name] = formats.write(rows, kind, path)
     summary = {
         "votes": votes,
         "answers": len(answers),

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 
-from rlhf_jax.data import records
+from rlhf_jax.data import formats, records
 
 
 def _first_row_kind(path: str) -> str:
@@ -31,7 +31,7 @@ def _first_row_kind(path: str) -> str:
 def read_queue(path: str) -> list[dict]:
     """Items (id, prompt, responses, source) of a queue or preference file; DataError names a bad line."""
     kind = _first_row_kind(path)
-    rows = records.read_feedback(path, kind)
+    rows = formats.read_feedback(path, kind)
     if kind == "queue":
         return [{"id": r["id"], "prompt": r["prompt"], "responses": list(r["responses"]), "source": r.get("source", "")}
                 for r in rows]

@@ -241,6 +241,15 @@ class Algorithm:
     loss: Callable
     uses_critic: bool
     check: Callable = lambda cfg: None
+    aggregation: str | None = "token_mean"  # how its loss averages tokens (maths.aggregate); None: rl.loss_aggregation
+
+
+def _grpo_family(name: str, title: str, aggregation: str | None, terms: str = "grpo",
+                 advantages: Callable = grpo_advantages) -> Algorithm:
+    """A group-baseline algorithm whose loss is ``grpo_loss`` with per-token ``terms``, averaged as
+    ``aggregation`` says (None: as rl.loss_aggregation says)."""
+    return Algorithm(name, title, advantages, _grpo_minibatch_loss(aggregation, terms), uses_critic=False,
+                     check=_group_check(title, on_policy=False), aggregation=aggregation)
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -250,19 +259,12 @@ ALGORITHMS: dict[str, Algorithm] = {
                            _reinforce_minibatch_loss, uses_critic=False, check=_reinforce_check),
     "rloo": Algorithm("rloo", "RLOO", rloo_advantages, _reinforce_minibatch_loss, uses_critic=False,
                       check=_group_check("RLOO", on_policy=True, clipped=False)),
-    "grpo": Algorithm("grpo", "GRPO", grpo_advantages, _grpo_minibatch_loss(None), uses_critic=False,
-                      check=_group_check("GRPO", on_policy=False)),
-    "dr_grpo": Algorithm("dr_grpo", "Dr. GRPO", dr_grpo_advantages, _grpo_minibatch_loss("constant"),
-                         uses_critic=False, check=_group_check("Dr. GRPO", on_policy=False)),
-    "dapo": Algorithm("dapo", "DAPO", grpo_advantages, _grpo_minibatch_loss("token_mean"), uses_critic=False,
-                      check=_group_check("DAPO", on_policy=False)),
-    "gspo": Algorithm("gspo", "GSPO", grpo_advantages, _grpo_minibatch_loss("sequence_mean", "gspo"),
-                      uses_critic=False, check=_group_check("GSPO", on_policy=False)),
-    "gspo_token": Algorithm("gspo_token", "GSPO-token", grpo_advantages,
-                            _grpo_minibatch_loss("sequence_mean", "gspo_token"), uses_critic=False,
-                            check=_group_check("GSPO-token", on_policy=False)),
-    "cispo": Algorithm("cispo", "CISPO", grpo_advantages, _grpo_minibatch_loss("token_mean", "cispo"),
-                       uses_critic=False, check=_group_check("CISPO", on_policy=False)),
+    "grpo": _grpo_family("grpo", "GRPO", None),
+    "dr_grpo": _grpo_family("dr_grpo", "Dr. GRPO", "constant", advantages=dr_grpo_advantages),
+    "dapo": _grpo_family("dapo", "DAPO", "token_mean"),
+    "gspo": _grpo_family("gspo", "GSPO", "sequence_mean", "gspo"),
+    "gspo_token": _grpo_family("gspo_token", "GSPO-token", "sequence_mean", "gspo_token"),
+    "cispo": _grpo_family("cispo", "CISPO", "token_mean", "cispo"),
     "reinforce_pp": Algorithm("reinforce_pp", "REINFORCE++", reinforce_pp_advantages, _reinforce_pp_minibatch_loss,
                               uses_critic=False, check=_ungrouped_check("REINFORCE++")),
 }

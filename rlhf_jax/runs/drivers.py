@@ -49,14 +49,16 @@ def _reward_model(exp, compare, workdir) -> list[str]:
 DRIVERS = {d.name: d for d in [
     Driver("comparison", "comparison", lambda exp, compare: compare is not None,
            "a compare section: each arm is the config with its changes; model / data / train are the shared "
-           "reward model, rl the online arms' policy", _comparison),
+           "reward model (unused when rl.reward is 'arithmetic': the grader scores), rl the online arms' policy",
+           _comparison),
     Driver("preference", "preference_training", lambda exp, compare: exp.train.task in OFFLINE_LOSSES,
            "train.task dpo / ipo / kto / simpo / orpo: model / data / train are the policy and its preference "
            "training on the "
            "feedback; rl gives the reference and the evaluation", _preference),
     Driver("rlhf", "pipeline", lambda exp, compare: exp.rl is not None,
            "an rl section: model / data / train are the reward model, trained on the feedback; rl is the policy "
-           "trained against it", _rlhf),
+           "trained against it (rl.reward 'arithmetic' or 'language': no reward model, model / data / train unused)",
+           _rlhf),
     Driver("reward_model", "reward_training", lambda exp, compare: True,
            "no rl section: model / data / train are the reward model, trained on the feedback", _reward_model),
 ]}

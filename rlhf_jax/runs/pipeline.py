@@ -18,9 +18,12 @@ import logging
 import os
 import time
 
+import numpy as np
+
 from rlhf_jax import assets, preemption
 from rlhf_jax.rl.algorithms import ALGORITHMS
 from rlhf_jax.config import ConfigError, ExperimentConfig, same_config, to_dict
+from rlhf_jax.data import formats, records
 from rlhf_jax.distributed import is_main_process
 from rlhf_jax.feedback import arithmetic, language
 from rlhf_jax.feedback.collect import sentiment_prompts
@@ -94,6 +97,22 @@ def gold_of(exp: ExperimentConfig):
     return arithmetic.Grader() if exp.rl.reward == "arithmetic" else gold_scorer(exp.feedback)
 
 
+def file_prompts(path: str, count: int | None, prompt_tokens: int, tokenizer, split: str, seed: int) -> list[str]:
+    """The prompts of one split of a file (``rl.prompts``), in an order of ``seed``, cycled to ``count`` when
+    there are fewer; conversations rendered by the policy tokenizer's chat template."""
+    rows = [r for r in formats.read_feedback(path, "prompt", formats.Renderer(tokenizer)) if r["split"] == split]
+    if not rows:
+        raise ConfigError(f"config field 'rl.prompts': {path} has no {split}-split prompts (a row's 'split' field, "
+                          "or the hash of its id, puts it in train / validation / test)")
+    prompts = [rows[i]["prompt"] for i in np.random.default_rng(seed).permutation(len(rows))]
+    longest = max(prompts, key=lambda p: len(tokenizer(p, add_special_tokens=False)["input_ids"]))
+    length = len(tokenizer(longest, add_special_tokens=False)["input_ids"])
+    if length > prompt_tokens:
+        raise ConfigError(f"config field 'rl.prompt_tokens': {path}'s prompts take up to {length} tokens, got "
+                          f"{prompt_tokens} (the longest: {longest!r:.80})")
+    return prompts if count is None else [prompts[i % len(prompts)] for i in range(count)]
+
+
 def training_prompts(exp: ExperimentConfig) -> list[str]:
     """RL's training prompts: the train split (review openings, or arithmetic problems), in an order of
     ``rl.seed``."""
@@ -109,6 +128,8 @@ def held_out_prompts(exp: ExperimentConfig) -> list[str]:
 def _prompts(exp: ExperimentConfig, count: int | None, split: str) -> list[str]:
     cfg = exp.rl
     tokenizer = load_tokenizer(cfg.policy)
+    if cfg.prompts is not None:
+        return file_prompts(cfg.prompts, count, cfg.prompt_tokens, tokenizer, split, cfg.seed)
     if cfg.reward != "arithmetic":
         return sentiment_prompts(count, cfg.prompt_tokens, tokenizer, split=split, seed=cfg.seed)
     prompts = [p.prompt for p in arithmetic.problems(cfg.arithmetic_max_operand, cfg.arithmetic_operations, split,
@@ -219,8 +240,8 @@ def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluati
                     ("precision / recall / F1", f"{fmt(test.get('precision'))} / {fmt(test.get('recall'))} / "
                                                 f"{fmt(test.get('f1'))}"),
                     ("test pairs", fmt(test.get("count"), 0))]), ""]
-    gold_line = ("" if cfg.reward == "arithmetic" else
-                 f"; gold labeler `{fb.labeler}` behind a simulated human at temperature {fb.temperature}")
+    gold_line = ("" if cfg.reward == "arithmetic" else f"; preferences from `{fb.source}`, gold labeler `{fb.labeler}`"
+                 if fb.source else f"; gold labeler `{fb.labeler}` behind a simulated human at temperature {fb.temperature}")
     lines = [
         "# RLHF run report", "",
         f"Policy `{cfg.policy}`, trained by {algorithm}; {reward_line}{gold_line}.", "",

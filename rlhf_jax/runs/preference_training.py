@@ -28,7 +28,7 @@ from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.files import write_atomic, write_json
 from rlhf_jax.metrics import MetricsWriter, read_metrics
 from rlhf_jax.models import load_tokenizer
-from rlhf_jax.runs import policy_training, reward_training, supervised
+from rlhf_jax.runs import pipeline, policy_training, reward_training, supervised
 from rlhf_jax.trained import export, restore
 
 
@@ -76,8 +76,7 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str, directory: str, rewa
     policy = save_policy(directory, policy_exp)
     cfg = dataclasses.replace(exp.rl, policy=policy, reference=exp.model.source)
     setup = policy_training.prepare(dataclasses.replace(exp, rl=cfg), None)
-    held_out = sentiment_prompts(cfg.eval_prompts, cfg.prompt_tokens, load_tokenizer(policy), split="test",
-                                 seed=cfg.seed)
+    held_out = pipeline.held_out_prompts(dataclasses.replace(exp, rl=cfg))  # the test split of rl.prompts too
     evaluation = policy_training.evaluate(setup, setup.state, reward_model, gold_scorer(exp.feedback), held_out)
     evaluation.update(config=to_dict(exp), step=exp.train.steps)
     writer = MetricsWriter(directory)
@@ -88,6 +87,11 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str, directory: str, rewa
     return evaluation
 
 
+def preferences_of(fb) -> str:
+    """Where the preferences came from, for a report."""
+    return f"the preferences in `{fb.source}`" if fb.source else "the simulated human's preferences"
+
+
 def write_report(exp: ExperimentConfig, workdir: str, evaluation: dict, samples: int = 8) -> str:
     m, t = evaluation["metrics"], exp.train
     test = next((r for r in reversed(read_metrics(os.path.join(workdir, "policy_training"))) if r["split"] == "test"),
@@ -95,7 +99,7 @@ def write_report(exp: ExperimentConfig, workdir: str, evaluation: dict, samples:
     smoothing = f", label smoothing {t.label_smoothing}" if t.task == "dpo" and t.label_smoothing else ""
     lines = [f"# {t.task.upper()} run report", "",
              f"Policy `{exp.model.source}` trained by {t.task.upper()} (beta {t.beta}{smoothing}) for {t.steps} steps of "
-             f"{t.batch_size} pairs on the simulated human's preferences (gold labeler `{exp.feedback.labeler}`).", "",
+             f"{t.batch_size} pairs on {preferences_of(exp.feedback)} (gold labeler `{exp.feedback.labeler}`).", "",
              "| | |", "|---|---|",
              f"| held-out pairs ordered as labelled (implicit reward) | {test.get('accuracy', float('nan')):.3f} |",
              f"| gold win rate vs the reference ({int(m['prompts'])} held-out openings) | {m['gold_win_rate']:.3f} |",

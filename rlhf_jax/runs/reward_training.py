@@ -21,7 +21,7 @@ import numpy as np
 from rlhf_jax import preemption
 from rlhf_jax.rl import reward
 from rlhf_jax.config import ConfigError, ExperimentConfig, FeedbackConfig
-from rlhf_jax.data import records
+from rlhf_jax.data import formats, records
 from rlhf_jax.distributed import is_main_process, main_process_first
 from rlhf_jax.feedback import collect
 from rlhf_jax.feeding import gather_blocks, process_block
@@ -38,7 +38,12 @@ NORMALIZATION_PAIRS = 4096
 
 def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) -> str:
     """Sample continuations of each prompt from the policy, label their pairs with the simulated human:
-    on process 0 alone (on its own devices), the others then find the stage complete."""
+    on process 0 alone (on its own devices), the others then find the stage complete. With
+    ``feedback.source`` the preferences are that file's, read (so a bad row stops here) but not copied."""
+    if exp.feedback.source is not None:
+        rows = formats.read_feedback(exp.feedback.source, "preference")
+        log.info("stage collect: %d preference rows from %s", len(rows), exp.feedback.source)
+        return exp.feedback.source
     return main_process_first(lambda: _collect(exp, directory, progress), "collect feedback")
 
 
@@ -49,9 +54,9 @@ def _collect(exp: ExperimentConfig, directory: str, progress: bool) -> str:
         with open(summary_path) as f:
             summary = json.load(f)
         try:
-            complete = len(records.read_feedback(path, "preference")) == summary["rows"]
+            complete = len(formats.read_feedback(path, "preference")) == summary["rows"]
             if fb.kind != "preferences":
-                ratings = records.read_feedback(*collect.training_feedback(fb, directory))
+                ratings = formats.read_feedback(*collect.training_feedback(fb, directory))
                 complete = complete and len(ratings) == summary.get("rating_rows")
             if complete and _same_feedback(summary["feedback"], fb):
                 log.info("stage collect: reusing %s", path)
@@ -81,7 +86,7 @@ def evaluate_stage(exp: ExperimentConfig, rm_dir: str, pairs: str | None = None)
     trained = restore(rm_dir, exp, local=True)  # each process scores its block of the rows, below
     step = trained.step
     data = exp.data if pairs is None else dataclasses.replace(exp.data, dataset="preferences", source=pairs)
-    examples = load_examples(data)
+    examples = load_examples(data, trained.tokenizer)
     length = exp.data.max_length
 
     def scores(split, limit=None):
@@ -124,7 +129,8 @@ def with_feedback_data(exp: ExperimentConfig, workdir: str, path: str | None = N
     ``feedback.kind`` (or ``path``): preference pairs, or rating rows (ratings, scored comments)."""
     default, kind = collect.training_feedback(exp.feedback, os.path.join(workdir, "feedback"))
     dataset = "preferences" if kind == "preference" else "ratings"
-    return dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset=dataset, source=path or default))
+    source = path or exp.feedback.source or default
+    return dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset=dataset, source=source))
 
 
 def reward_model_stage(exp: ExperimentConfig, rm_dir: str, progress: bool = True, pairs: str | None = None) -> dict:

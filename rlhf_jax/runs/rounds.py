@@ -22,7 +22,7 @@ import os
 
 from rlhf_jax import preemption
 from rlhf_jax.config import ConfigError, ExperimentConfig
-from rlhf_jax.data import records
+from rlhf_jax.data import formats, records
 from rlhf_jax.feedback import collect
 from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.files import write_json, write_jsonl
@@ -74,7 +74,7 @@ def feedback_stage(exp_r: ExperimentConfig, directory: str, db: str, progress: b
 
 def combine(paths: list[str], out: str, kind: str) -> int:
     """All rounds' rows in one validated file (a duplicate id across rounds is an error); returns the count."""
-    rows = records.read_feedback(paths, kind)
+    rows = formats.read_feedback(paths, kind)
     write_jsonl(rows, out)
     return len(rows)
 

@@ -23,7 +23,7 @@ from rlhf_jax.rl import preference
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.models.convert import CheckpointError
 from rlhf_jax.config import ConfigError, DataConfig, ExperimentConfig, to_dict
-from rlhf_jax.data import builders
+from rlhf_jax.data import builders, formats
 from rlhf_jax.data.pipeline import Batches, Split, eval_rows
 from rlhf_jax.distributed import is_main_process, main_process_first
 from rlhf_jax.feeding import Feed
@@ -40,8 +40,9 @@ def data_root(data: DataConfig) -> str:
     return data.root or os.path.join(os.path.dirname(assets.cache_dir()), "datasets")
 
 
-def load_examples(data: DataConfig) -> dict[str, list[dict]]:
-    """Build (or reuse) the tfds dataset and read every split as decoded examples."""
+def load_examples(data: DataConfig, tokenizer=None) -> dict[str, list[dict]]:
+    """Build (or reuse) the tfds dataset and read every split as decoded examples; conversations rendered
+    for ``tokenizer`` (``formats.Renderer``, as ``data.chat_template`` says)."""
     source = data.source
     if isinstance(source, str) and source in assets.ASSETS:
         source = str(assets.asset_path(source))
@@ -52,7 +53,8 @@ def load_examples(data: DataConfig) -> dict[str, list[dict]]:
             raise ConfigError(f"config field 'data.source': {missing[0]!r} is neither an asset name "
                               f"({', '.join(sorted(assets.ASSETS))}) nor an existing file")
         source = paths[0] if isinstance(source, str) else paths
-    sources = main_process_first(lambda: builders.build(data.dataset, source, data_root(data)), "dataset")
+    renderer = formats.Renderer(tokenizer, data.chat_template)
+    sources = main_process_first(lambda: builders.build(data.dataset, source, data_root(data), renderer), "dataset")
     splits = {}
     for split, rows in sources.items():
         examples = [builders.decode(rows[i]) for i in range(len(rows))]
@@ -68,7 +70,7 @@ def tokenized_splits(exp: ExperimentConfig, tokenizer) -> dict[str, Split]:
     task = TASKS[exp.train.task]
     return {split: Split(task.prepare(examples) if task.prepare else examples, task.tokenize, tokenizer,
                          exp.data.max_length, exp.data)
-            for split, examples in load_examples(exp.data).items()}
+            for split, examples in load_examples(exp.data, tokenizer).items()}
 
 
 def evaluate(eval_step, params, split: Split, feed: Feed, seed: int, perplexity: bool = True) -> dict:
