@@ -149,6 +149,13 @@ def test_export_majority_and_all_votes(store, tmp_path):
     assert majority["rows"] == {"preferences": 1, "ratings": 2, "language": 1}
     everything = export(store, str(tmp_path / "all"), votes="all")
     assert everything["rows"] == {"preferences": 4, "ratings": 6, "language": 1}
+    from rlhf_jax.data import formats
+
+    for file_format, suffix in (("parquet", ".parquet"), ("arrow", "")):  # trl's forms: the same rows read back
+        export(store, str(tmp_path / file_format), votes="all", file_format=file_format)
+        for name, kind in (("preferences", "preference"), ("ratings", "rating"), ("language", "language")):
+            assert (formats.read_feedback(str(tmp_path / file_format / f"{name}{suffix}"), kind)
+                    == formats.read_feedback(str(tmp_path / "all" / f"{name}.jsonl"), kind)), (file_format, name)
     # Agreement: i0 votes (1, 1, 0) -> 1 of 3 pairs agree; i1 (tie, 0) -> 0 of 1: pairwise 1/4.
     # Per item: P_i0 = (2*1) / (3*2) = 1/3, P_i1 = 0, so P_a = 1/6. Shares per item averaged over the two
     # items: 1 -> (2/3 + 0) / 2 = 1/3, 0 -> (1/3 + 1/2) / 2 = 5/12, tie -> (0 + 1/2) / 2 = 1/4, so
