@@ -29,7 +29,7 @@ from rlhf_jax.feedback import arithmetic, language
 from rlhf_jax.feedback.collect import sentiment_prompts
 from rlhf_jax.feedback.labelers import gold_scorer
 from rlhf_jax.files import write_atomic, write_json
-from rlhf_jax.metrics import MetricsWriter, read_metrics
+from rlhf_jax.metrics import MetricsWriter, attach, read_metrics
 from rlhf_jax.models import load_tokenizer
 from rlhf_jax.models.pretrained import resolve_source
 from rlhf_jax.runs import policy_training, reward_training
@@ -200,6 +200,7 @@ def run(exp: ExperimentConfig, workdir: str, progress: bool = True) -> dict:
     log.info("stage report")
     report = (write_report(exp, workdir, rm_results, evaluation, {**timings, **policy_timings})
               if is_main_process() else os.path.join(workdir, "report.md"))
+    attach(policy_training.stage_dir(workdir), report)  # to the W&B run, when there is one
     return {"reward_model": rm_results, "rl": evaluation["metrics"], "report": report}
 
 
