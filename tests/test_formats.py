@@ -56,6 +56,13 @@ FORMS = {
     ], [
         {"prompt": [user("The plot?")], "response": [assistant("Gripping.")], "feedback": "more detail"},
     ]),
+    "completion": ("completion", [
+        {"prompt": "The plot", "completion": "is gripping."},
+        {"completion": "A film with no prompt."},
+    ], [
+        {"messages": [SYSTEM, user("The plot?"), assistant("Gripping.")]},
+        {"prompt": [user("The acting?")], "completion": [assistant("Wooden.")]},
+    ]),
     "prompt": ("prompt", [{"prompt": "The plot"}, {"prompt": "The acting"}],
                [{"prompt": [SYSTEM, user("The plot?")]}, {"prompt": [user("The acting?")]}]),
 }
@@ -96,7 +103,8 @@ def test_every_file_kind_reads_to_the_same_records(tmp_path, form, style):
         for record, row in zip(got, rows):
             for column, value in row.items():
                 if column not in ("id", "split"):
-                    assert record["response" if column == "completion" else column] == value
+                    renamed = "response" if column == "completion" and kind != "completion" else column
+                    assert record[renamed] == value
     if form == "unpaired":
         assert [r["label"] for r in got] == [True, False]
 
@@ -144,6 +152,8 @@ BAD = [  # (kind, rows (the last is bad), the message, whether Arrow can hold th
      "both 'completion' and 'response'", True),
     ("language", [{"prompt": "p", "response": "a", "feedback": "f"}, {"prompt": "p", "response": "a", "feedback": " "}],
      "field 'feedback' is empty", True),
+    ("completion", [{"messages": [user("p"), assistant("a")]}, {"messages": [user("p"), user("q")]}],
+     "field 'messages' must end with the assistant's turn", True),
     ("prompt", [{"prompt": "p"}, {"prompt": ""}], "field 'prompt' is empty", True),
     ("prompt", [{"prompt": [user("p")]}, {"prompt": [user("")]}], "field 'prompt' is empty", True),
 ]
@@ -222,6 +232,26 @@ def test_chat_templated_tokens_equal_transformers_apply_chat_template(tmp_path, 
     assert got[0]["prompt"].endswith("<|im_start|>assistant\n") and got[0]["chosen"].endswith("<|im_end|>\n")
 
 
+def test_supervised_messages_tokenise_as_apply_chat_template_with_the_loss_on_the_last_turn(tmp_path,
+                                                                                           smollm2_tokenizer):
+    from rlhf_jax.config import DataConfig
+    from rlhf_jax.data.pipeline import tokenize_causal_lm
+
+    tok = smollm2_tokenizer
+    rows = [{"messages": [user("Plot?"), assistant("Which part?"), user("The ending."), assistant("It lands.")]},
+            {"messages": [SYSTEM, user("One word?"), assistant("Superb.")]}]
+    got = formats.read_feedback(write_as(rows, "jsonl", tmp_path / "sft.jsonl"), "completion", formats.Renderer(tok))
+    data = DataConfig(dataset="completions", text_field="completion", prompt_field="prompt", max_length=96)
+    arrays = tokenize_causal_lm(got, tok, 96, data)
+    for i, row in enumerate(rows):
+        expected = list(tok.apply_chat_template(row["messages"], tokenize=True, return_dict=False))
+        prompt = len(tok.apply_chat_template(row["messages"][:-1], tokenize=True, add_generation_prompt=True,
+                                             return_dict=False))
+        length = int(arrays["attention_mask"][i].sum())
+        assert arrays["input_ids"][i, :length].tolist() == expected
+        assert arrays["loss_mask"][i, :prompt].sum() == 0 and arrays["loss_mask"][i, prompt:length].all()
+
+
 def test_a_required_template_the_tokenizer_lacks_is_refused(minilm_dir):
     import transformers
 
@@ -254,3 +284,29 @@ def test_data_convert_on_the_command_line(tmp_path):
     rows = formats.read_feedback(str(out), "preference")
     assert len(rows) == 240 and rows == formats.read_feedback(os.path.join(EXAMPLES, "movie_chat_preferences.jsonl"),
                                                               "preference")
+
+
+def test_supervised_fine_tuning_on_a_messages_file_end_to_end(tmp_path):
+    """trl's conversational language-modelling rows (the worked example's prompt and chosen answer as one
+    `messages` list) fine-tune the tiny Llama with SmolLM2's tokenizer: the dataset is built from the
+    template-rendered rows and named by the template, and the loss falls."""
+    import subprocess
+    import sys
+
+    from conftest import CONFIGS
+
+    from rlhf_jax.metrics import read_metrics
+
+    rows = [json.loads(line) for line in open(os.path.join(EXAMPLES, "movie_chat_preferences.jsonl"))]
+    path = write_as([{"messages": r["prompt"] + r["chosen"]} for r in rows], "parquet", tmp_path / "sft.parquet")
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhf_jax.cli", "train", "--config", os.path.join(CONFIGS, "tiny_sft.py"),
+         "--workdir", str(tmp_path / "run"), "--config.data.dataset=completions", f"--config.data.source={path}",
+         "--config.data.text_field=completion", "--config.data.prompt_field=prompt", "--config.data.labels=None",
+         "--config.data.max_length=64", f"--config.data.root={tmp_path / 'datasets'}", "--config.train.steps=12"],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    built = os.listdir(tmp_path / "datasets")
+    assert len(built) == 1 and built[0].startswith("completions-") and len(built[0].split("-")) == 3  # + template
+    validation = [r for r in read_metrics(str(tmp_path / "run")) if r["split"] == "validation"]
+    assert validation[-1]["loss"] < validation[0]["loss"]

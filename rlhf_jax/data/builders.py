@@ -85,6 +85,12 @@ class UnpairedPreferences(_RowsBuilder):
                 "annotator": _text, "source": _text}
 
 
+class Completions(_RowsBuilder):
+    """Supervised fine-tuning rows: a prompt (may be empty) and the completion to learn."""
+
+    FEATURES = {"id": _text, "prompt": _text, "completion": _text, "source": _text}
+
+
 class Prompts(_RowsBuilder):
     """Prompts alone, for online RL."""
 
@@ -103,6 +109,7 @@ DATASETS = {
     "unpaired_preferences": (UnpairedPreferences, _feedback("unpaired")),
     "ratings": (Ratings, _feedback("rating")),
     "language_feedback": (LanguageFeedback, _feedback("language")),
+    "completions": (Completions, _feedback("completion")),
     "prompts": (Prompts, _feedback("prompt")),
 }
 

@@ -10,10 +10,13 @@ A row's columns say its form; each column holds text (the standard form) or a co
     unpaired    prompt, completion, label (bool)             unpaired (KTO's desirable / undesirable)
     rating      prompt, completion or response, score        rating
     language    prompt, completion or response, feedback     language
+    completion  prompt (optional), completion; or messages   completion (supervised fine-tuning)
     prompt      prompt                                       prompt (online RL's prompts)
 
 A conversational preference row without a prompt column has trl's implicit prompt: the messages that chosen
-and rejected share. The project's own columns (id, split, margin, annotator, source, gold_*) pass through.
+and rejected share. A ``messages`` row (trl's conversational language modelling) is its last turn, the
+assistant's, after the rest as the prompt. The project's own columns (id, split, margin, annotator, source,
+gold_*) pass through.
 
 **Ids.** A row's ``id`` if it has one, else ``sha256`` of its content (its columns as canonical JSON), so the
 hash split of a row is the same whatever file format or row order it arrives in.
@@ -40,11 +43,12 @@ from typing import Any
 from rlhf_jax.data.records import SCHEMAS, DataError, read_lines, validate_row
 
 log = logging.getLogger(__name__)
-FORMS = ("preference", "unpaired", "rating", "language", "prompt")
+FORMS = ("preference", "unpaired", "rating", "language", "completion", "prompt")
 # per form: the project's response columns and the names each is read from (trl's first)
-RESPONSES = {"preference": {"chosen": ("chosen",), "rejected": ("rejected",)},
-             "unpaired": {"response": ("completion", "response")}, "rating": {"response": ("completion", "response")},
-             "language": {"response": ("completion", "response")}, "prompt": {}}
+ANSWER = ("completion", "response")
+RESPONSES = {"preference": {"chosen": ("chosen",), "rejected": ("rejected",)}, "unpaired": {"response": ANSWER},
+             "rating": {"response": ANSWER}, "language": {"response": ANSWER}, "completion": {"completion": ANSWER},
+             "prompt": {}}
 FILE_KINDS = ("jsonl", "parquet", "arrow")
 
 
@@ -100,11 +104,14 @@ def detect_form(row: dict) -> str:
     for form, column in (("unpaired", "label"), ("rating", "score"), ("language", "feedback")):
         if answered and column in row:
             return form
+    if answered or "messages" in row:
+        return "completion"
     if "prompt" in row:
         return "prompt"
     raise DataError(f"columns {sorted(row)} are none of the forms: prompt / chosen / rejected (preference), "
                     "prompt / completion / label (unpaired), prompt / completion / score (rating), prompt / "
-                    "completion / feedback (language), prompt (prompt-only)")
+                    "completion / feedback (language), prompt / completion or messages (completion), prompt "
+                    "(prompt-only)")
 
 
 def _canonical(value: Any) -> Any:
@@ -172,6 +179,20 @@ class Renderer:
         return whole[len(start):]
 
 
+def _split_messages(row: dict, where: str) -> dict:
+    """A ``messages`` row as prompt (every message before the last) and completion (the last, the
+    assistant's)."""
+    messages = row["messages"]
+    if not _is_conversation(messages) or set(row) & {"prompt", "completion", "response"}:
+        raise DataError(f"{where}: field 'messages' must be a non-empty conversation, alone (no prompt / completion)")
+    messages = _check_conversation(messages, "messages", where)
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"{where}: field 'messages' must end with the assistant's turn, the completion to learn; "
+                        f"it ends with {messages[-1]['role']!r}")
+    rest = {k: v for k, v in row.items() if k != "messages"}
+    return {**rest, "prompt": messages[:-1], "completion": messages[-1:]}
+
+
 def _split_implicit_prompt(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
     """trl's implicit prompt: the messages chosen and rejected share, then what each says after them."""
     shared = 0
@@ -188,11 +209,14 @@ def to_record(row: Any, kind: str, where: str, renderer: Renderer) -> dict:
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object (a row of columns), got {type(row).__name__}")
     row = {k: v for k, v in row.items() if v is not None}  # a column this row lacks (Arrow fills it with None)
+    identity = content_id(row)
     form = detect_form(row) if kind == "prompt" else kind
+    if form == "completion" and "messages" in row:  # trl's conversational language modelling: the last turn
+        row = _split_messages(row, where)
     read_from = {name for names in RESPONSES[form].values() for name in names} | {"prompt"}
     keep = ("id", "split", "source") if kind == "prompt" else tuple(k for k in row if k not in read_from)
     out = {k: row[k] for k in keep if k in row}
-    out.setdefault("id", content_id(row))
+    out.setdefault("id", identity)
     values = {"prompt": row.get("prompt")}
     for column, names in RESPONSES[form].items():
         present = [name for name in names if name in row]
@@ -202,7 +226,7 @@ def to_record(row: Any, kind: str, where: str, renderer: Renderer) -> dict:
     conversational = [c for c, v in values.items() if _is_conversation(v)]
     if not conversational:  # the standard form: the text as it is (validate_row checks types and emptiness)
         out.update({c: v for c, v in values.items() if c in ("prompt", *RESPONSES[kind]) and v is not None})
-        if kind == "preference":
+        if kind in ("preference", "completion"):  # a prompt may be absent: the text is all response
             out.setdefault("prompt", "")
         return out
     texts = [c for c, v in values.items() if isinstance(v, str)]

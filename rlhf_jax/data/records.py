@@ -12,6 +12,7 @@ unpaired           id, prompt (may be empty), response, label (bool: desirable);
                    source (optional)
 rating             id, prompt, response, score (number); annotator, source (optional)
 language           id, prompt, response, feedback; annotator, source (optional)
+completion         id, prompt (may be empty), completion; source (optional): supervised fine-tuning
 prompt             id, prompt; source (optional): prompts for online RL
 queue              id, prompt, responses (a list of >= 2 non-empty strings); source (optional):
                    unlabelled items for the labeling app
@@ -68,6 +69,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool, bool]]] = {
     "unpaired": {"id": ((str,), True, True), "prompt": ((str,), True, False), "response": ((str,), True, True),
                  "label": ((bool,), True, False), "annotator": ((str,), False, False),
                  "source": ((str,), False, False), "split": ((str,), False, True)},
+    "completion": {"id": ((str,), True, True), "prompt": ((str,), True, False), "completion": ((str,), True, True),
+                   "source": ((str,), False, False), "split": ((str,), False, True)},
     "prompt": {"id": ((str,), True, True), "prompt": ((str,), True, True), "source": ((str,), False, False),
                "split": ((str,), False, True)},
     "queue": {"id": ((str,), True, True), "prompt": ((str,), True, False), "responses": ((list,), True, False),
