@@ -166,7 +166,8 @@ def regression_loss(predictions_B: jax.Array, targets_B: jax.Array, weights_B: j
 
 PREFERENCE_LOSSES = ("dpo", "ipo")  # on the policy's and the reference's log-probs (preference_loss)
 REFERENCE_FREE_LOSSES = ("simpo", "orpo")  # on the policy's alone, length-normalised (reference_free_loss)
-OFFLINE_LOSSES = PREFERENCE_LOSSES + ("kto",) + REFERENCE_FREE_LOSSES  # the tasks that learn from pairs offline
+# the tasks that learn offline: from pairs, and KTO from unpaired examples (each desirable or not)
+OFFLINE_LOSSES = PREFERENCE_LOSSES + ("kto",) + REFERENCE_FREE_LOSSES + ("kto_unpaired",)
 
 
 def sequence_logprob(logits_BxTxV: jax.Array, input_ids_BxT: jax.Array, loss_mask_BxT: jax.Array) -> jax.Array:
@@ -260,4 +261,27 @@ def kto_loss(pi_chosen_B, pi_rejected_B, ref_chosen_B, ref_rejected_B, beta: flo
                 + undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z - r_rejected_B)))) / 2.0
     metrics = _pair_metrics((losses_B * weights_B).sum(), r_chosen_B - r_rejected_B,
                             beta * (r_chosen_B - r_rejected_B), weights_B)
+    return metrics["loss"], metrics
+
+
+def kto_unpaired_loss(pi_B, ref_B, desirable_B, beta: float, desirable_weight: float = 1.0,
+                      undesirable_weight: float = 1.0, weights_B=None):
+    """KTO (Ethayarajh et al. 2024) on unpaired examples, each response desirable (d = 1) or undesirable
+    (d = 0), with the log-ratio r = log pi - log pi_ref:
+
+        L = (1 / sum_i w_i) sum_i w_i [ d_i w_D (1 - sigmoid(beta (r_i - z)))
+                                        + (1 - d_i) w_U (1 - sigmoid(beta (z - r_i))) ],
+        z = max(0, sg[sum_i w_i r_i / sum_i w_i])
+
+    z is ``kto_loss``'s reference point, the batch's own mean log-ratio cut from the gradient; ``kto_loss``
+    is this loss on a batch of pairs (every chosen response desirable, every rejected one not). Correct: r on
+    the labelled side of z; margin: beta (r - z), signed by the label."""
+    weights_B = jnp.ones_like(pi_B) if weights_B is None else weights_B.astype(jnp.float32)
+    r_B = (pi_B - ref_B).astype(jnp.float32)
+    d_B = desirable_B.astype(jnp.float32)
+    z = jax.lax.stop_gradient(jnp.maximum((r_B * weights_B).sum() / jnp.maximum(weights_B.sum(), 1.0), 0.0))
+    losses_B = (d_B * desirable_weight * (1.0 - jax.nn.sigmoid(beta * (r_B - z)))
+                + (1.0 - d_B) * undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z - r_B))))
+    signed_B = (2.0 * d_B - 1.0) * (r_B - z)
+    metrics = _pair_metrics((losses_B * weights_B).sum(), signed_B, beta * signed_B, weights_B)
     return metrics["loss"], metrics

@@ -94,8 +94,8 @@ class Task:
     perplexity: its evaluation reports exp(loss).
     baseline(train_arrays, held_out_arrays, train_config, tokenizer, vocab_size) -> extra evaluation
     metrics, or None.
-    feedback: the human-feedback rows a reward-model task trains on, 'pairs' (preferences) or 'scores'
-    (ratings, scored comments); None for the other tasks."""
+    feedback: the human-feedback rows a task trains on, 'pairs' (preferences), 'scores' (ratings, scored
+    comments) or 'unpaired' (KTO's desirable / undesirable examples); None for the other tasks."""
 
     name: str
     tokenize: Callable
@@ -130,7 +130,10 @@ TASKS: dict[str, Task] = {
         "reward_regression", reward.tokenize_ratings, _fixed(reward.regression), feedback="scores"
     ),
     **{kind: Task(kind, preference.tokenize_preference_sequences, preference.make_loss(kind), feedback="pairs",
-                  reference=kind not in losses.REFERENCE_FREE_LOSSES) for kind in losses.OFFLINE_LOSSES},
+                  reference=kind not in losses.REFERENCE_FREE_LOSSES) for kind in losses.OFFLINE_LOSSES
+       if kind != "kto_unpaired"},
+    "kto_unpaired": Task("kto_unpaired", preference.tokenize_unpaired, preference.make_loss("kto_unpaired"),
+                         feedback="unpaired", reference=True),
 }
 
 

@@ -402,3 +402,33 @@ def test_the_worked_example_end_to_end(tmp_path, tiny_policy, config):
     else:
         start = next(r for r in read_metrics(str(stage)) if r["split"] == "validation" and r["step"] == 0)
         assert start["loss"] == pytest.approx(np.log(2), rel=1e-6)  # the policy is its own reference at step 0
+
+
+def test_kto_on_an_unpaired_file_end_to_end(tmp_path, tiny_policy):
+    """trl's unpaired form (prompt, completion, label), conversational, imbalanced: KTO reads it with no
+    pairs. At step 0 the policy is its own reference, every log-ratio 0, so the loss is exactly 1/2."""
+    rows = [json.loads(line) for line in open(EXAMPLE)]
+    unpaired = [{"prompt": r["prompt"], "completion": r["chosen"], "label": True} for r in rows]
+    unpaired += [{"prompt": r["prompt"], "completion": r["rejected"], "label": False} for r in rows[::3]]
+    path = tmp_path / "unpaired.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in unpaired))
+    cli("run", "--config", os.path.join(CONFIGS, "tiny_dpo.py"), "--workdir", str(tmp_path / "run"),
+        f"--config.model.source={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
+        f"--config.rl.policy={tiny_policy}", "--config.train.task=kto_unpaired", f"--config.feedback.source={path}",
+        "--config.data.max_length=112", f"--config.rl.prompts={EXAMPLE}", "--config.rl.prompt_tokens=48",
+        "--config.rl.eval_prompts=24")
+    metrics = read_metrics(str(tmp_path / "run" / "policy_training"))
+    start = next(r for r in metrics if r["split"] == "validation" and r["step"] == 0)
+    assert start["loss"] == pytest.approx(0.5, rel=1e-6)
+    assert [r for r in metrics if r["split"] == "train"][-1]["loss"] < 0.5
+    evaluation = json.loads((tmp_path / "run" / "policy_training" / "evaluation.json").read_text())
+    assert evaluation["metrics"]["prompts"] == 24 and not (tmp_path / "run" / "feedback").exists()
+
+
+def test_kto_on_unpaired_rows_needs_a_file(tmp_path, tiny_policy):
+    result = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", "run", "--config",
+                             os.path.join(CONFIGS, "tiny_dpo.py"), "--workdir", str(tmp_path),
+                             f"--config.model.source={tiny_policy}", f"--config.rl.policy={tiny_policy}",
+                             "--config.train.task=kto_unpaired"], capture_output=True, text=True)
+    assert result.returncode == 2 and "config field 'feedback.source': kto_unpaired learns" in result.stderr
+    assert not os.listdir(tmp_path)

@@ -126,6 +126,61 @@ def test_kto_matches_a_loop(pairs, beta, w_d, w_u):
     check_gradient(loss, p, numeric(lambda q: kto_loop(q, q["pi_c"], q["pi_r"], beta, w_d, w_u, z=z)[0], p))
 
 
+def kto_unpaired_loop(pi, ref, desirable, weights, beta, w_d, w_u, z=None):
+    """KTO on unpaired examples, a plain float64 loop; z None: from the batch, else held fixed."""
+    r = [pi[i] - ref[i] for i in range(len(pi))]
+    if z is None:
+        z = max(0.0, sum(weights[i] * r[i] for i in range(len(r))) / weights.sum())
+    total = 0.0
+    for i in range(len(r)):
+        if desirable[i]:
+            total += weights[i] * w_d * (1 - 1 / (1 + math.exp(-beta * (r[i] - z))))
+        else:
+            total += weights[i] * w_u * (1 - 1 / (1 + math.exp(-beta * (z - r[i]))))
+    return total / weights.sum(), z
+
+
+@pytest.mark.parametrize("beta,w_d,w_u", [(0.1, 1.0, 1.0), (0.5, 1.33, 1.0)])
+def test_kto_on_unpaired_examples_matches_a_loop(beta, w_d, w_u):
+    """Imbalanced labels (5 desirable, 2 not), weights with a zero: value and gradient."""
+    rng = np.random.default_rng(5)
+    pi, ref = -rng.uniform(1, 20, 7), -rng.uniform(1, 20, 7)
+    desirable = np.array([1, 1, 0, 1, 1, 0, 1], float)
+    weights = np.array([1.0, 0.5, 1.0, 1.0, 0.0, 1.0, 1.0])
+
+    def loss(pi):
+        return losses.kto_unpaired_loss(pi, f32(ref), f32(desirable), beta, w_d, w_u, f32(weights))[0]
+
+    want, z = kto_unpaired_loop(pi, ref, desirable, weights, beta, w_d, w_u)
+    assert float(loss(f32(pi))) == pytest.approx(want, rel=1e-5)
+    numeric_grad = np.zeros(7)
+    for i in range(7):
+        up, down = pi.copy(), pi.copy()
+        up[i] += 1e-6
+        down[i] -= 1e-6
+        numeric_grad[i] = (kto_unpaired_loop(up, ref, desirable, weights, beta, w_d, w_u, z)[0]
+                           - kto_unpaired_loop(down, ref, desirable, weights, beta, w_d, w_u, z)[0]) / 2e-6
+    np.testing.assert_allclose(jax.grad(loss)(f32(pi)), numeric_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_kto_on_pairs_is_kto_on_their_responses_unpaired(pairs):
+    """Every chosen response desirable, every rejected one not: the unpaired loss of the 2B responses is the
+    paired loss, value and gradient."""
+    p = pairs
+    paired = losses.kto_loss(f32(p["pi_c"]), f32(p["pi_r"]), f32(p["ref_c"]), f32(p["ref_r"]), 0.3, 1.2, 0.8,
+                             f32(p["weights"]))[0]
+
+    def unpaired(pi_c, pi_r):
+        return losses.kto_unpaired_loss(jnp.concatenate([pi_c, pi_r]), f32(np.concatenate([p["ref_c"], p["ref_r"]])),
+                                        f32([1.0] * B + [0.0] * B), 0.3, 1.2, 0.8,
+                                        f32(np.concatenate([p["weights"], p["weights"]])))[0]
+
+    assert float(unpaired(f32(p["pi_c"]), f32(p["pi_r"]))) == pytest.approx(float(paired), rel=1e-6)
+    check_gradient(unpaired, p, numeric(lambda q: kto_loop(q, q["pi_c"], q["pi_r"], 0.3, 1.2, 0.8,
+                                                           z=kto_loop(p, p["pi_c"], p["pi_r"], 0.3, 1.2, 0.8)[1])[0],
+                                        p))
+
+
 def test_kto_reference_point_is_positive_and_moves_the_loss(pairs):
     """With every log-ratio raised by 1 the reference point z rises to meet it (the loss barely moves); at
     ratios below 0 it is clipped to 0."""

@@ -248,13 +248,6 @@ def to_record(row: Any, kind: str, where: str, renderer: Renderer) -> dict:
     return out
 
 
-def read(paths: str | Iterable[str], kind: str, renderer: Renderer | None = None) -> list[tuple[str, dict]]:
-    """(where, unvalidated project row) of every row of the files, any format and form."""
-    renderer = renderer or Renderer()
-    return [(where, to_record(row, kind, where, renderer))
-            for path in ([paths] if isinstance(paths, str) else paths) for where, row in read_rows(path)]
-
-
 def read_feedback(paths: str | list[str], kind: str, renderer=None) -> list[dict]:
     """Every row of the file(s), validated; raises DataError at the first bad row. Preference, unpaired,
     rating, language and prompt rows come in any of this module's forms and files (JSONL, Parquet, an

@@ -1,6 +1,7 @@
 """Offline preference optimisation of a causal LM on preference pairs: DPO, conservative DPO, IPO and KTO
 (``losses.preference_loss``, ``losses.kto_loss``), and the reference-free SimPO and ORPO
-(``losses.reference_free_loss``), as supervised tasks (``rlhf_jax.tasks``), trained by the supervised trainer.
+(``losses.reference_free_loss``), as supervised tasks (``rlhf_jax.tasks``), trained by the supervised trainer;
+and KTO on unpaired examples, each response desirable or not (``kto_unpaired``, ``losses.kto_unpaired_loss``).
 
 Each pair (prompt, chosen, rejected) becomes two causal sequences, prompt + response + EOS, with a loss
 mask on the response. The frozen reference's log-probabilities of both responses are computed once,
@@ -44,6 +45,25 @@ def tokenize_preference_sequences(examples: list[dict], tokenizer, max_length: i
     return arrays
 
 
+def tokenize_unpaired(examples: list[dict], tokenizer, max_length: int, data=None) -> dict[str, np.ndarray]:
+    """Unpaired examples (prompt, response, label) -> response_{ids,mask,loss_mask} ([B, L] int32), desirable
+    (1.0 for label True) and weights."""
+    if not examples:
+        raise DataError("no unpaired examples to tokenize")
+    encoded = _tokenize_causal(tokenizer, [e["response"] for e in examples], max_length,
+                               [e["prompt"] for e in examples])
+    return {"response_ids": encoded["input_ids"], "response_mask": encoded["attention_mask"],
+            "response_loss_mask": encoded["loss_mask"],
+            "desirable": np.asarray([float(e["label"]) for e in examples], np.float32),
+            "weights": np.ones(len(examples), np.float32)}
+
+
+def response_logprobs(model, batch):
+    """log pi(response | prompt) of unpaired examples ([B])."""
+    return losses.sequence_logprob(model(batch["response_ids"], batch["response_mask"]), batch["response_ids"],
+                                   batch["response_loss_mask"])
+
+
 def pair_logprobs(model, batch):
     """(log pi(chosen | prompt), log pi(rejected | prompt)), [B] each, in one forward of 2B sequences."""
     ids, mask, loss_mask = (jnp.concatenate([batch[f"chosen_{part}"], batch[f"rejected_{part}"]])
@@ -63,6 +83,10 @@ def make_loss(kind: str):
     log-probs, SimPO and ORPO on the policy's alone (``losses``)."""
     def make(tokenizer, vocab_size: int, train):
         def loss_fn(model, batch, rng):
+            if kind == "kto_unpaired":
+                return losses.kto_unpaired_loss(response_logprobs(model, batch), batch["ref_response"],
+                                                batch["desirable"], train.beta, train.kto_desirable_weight,
+                                                train.kto_undesirable_weight, batch["weights"])
             chosen, rejected = pair_logprobs(model, batch)
             if kind in losses.REFERENCE_FREE_LOSSES:
                 return losses.reference_free_loss(chosen, rejected, response_lengths(batch, "chosen"),
@@ -97,8 +121,9 @@ def _cache_key(split: Split, params, layout: sharding.Layout, batch_size: int) -
 def add_reference_logprobs(split: Split, graphdef, params, layout: sharding.Layout, batch_size: int,
                            cache_dir: str | None = None) -> None:
     """Store the reference's log-probs of every pair's two responses with the split (columns ``ref_chosen``
-    and ``ref_rejected``): one jitted pass, each process feeding its block of every batch. With ``cache_dir``
-    (one process), a pass on the same inputs (``_cache_key``) is read back instead: the same numbers."""
+    and ``ref_rejected``; of unpaired examples, ``ref_response``): one jitted pass, each process feeding its
+    block of every batch. With ``cache_dir`` (one process), a pass on the same inputs (``_cache_key``) is read
+    back instead: the same numbers."""
     path = None
     if cache_dir is not None and jax.process_count() == 1:
         path = os.path.join(cache_dir, _cache_key(split, params, layout, batch_size) + ".npz")
@@ -107,19 +132,20 @@ def add_reference_logprobs(split: Split, graphdef, params, layout: sharding.Layo
                 split.add_columns({name: stored[name] for name in stored.files})
             return
     feed = Feed.of(layout, batch_size)
+    sides = SIDES if "chosen" in split.examples[0] else ("response",)  # pairs, or unpaired examples
 
     def reference(params, batch):
-        return pair_logprobs(nnx.merge(graphdef, params), batch)
+        model = nnx.merge(graphdef, params)
+        return pair_logprobs(model, batch) if sides == SIDES else (response_logprobs(model, batch),)
 
     forward = jax.jit(layout.traced(reference))
-    local = {side: [] for side in SIDES}
+    local = {side: [] for side in sides}
     batches = tqdm(list(eval_rows(len(split), batch_size)), desc="reference log-probs", disable=not is_main_process(),
                    dynamic_ncols=True)
     for rows in batches:
-        chosen, rejected = feed.take(forward(params, feed.put(split.arrays(rows[feed.local]))))
-        local["chosen"].append(chosen)
-        local["rejected"].append(rejected)
-    columns = {f"ref_{side}": feed.gather(np.concatenate(local[side]))[:len(split)] for side in SIDES}
+        for side, logp in zip(sides, feed.take(forward(params, feed.put(split.arrays(rows[feed.local]))))):
+            local[side].append(logp)
+    columns = {f"ref_{side}": feed.gather(np.concatenate(local[side]))[:len(split)] for side in sides}
     split.add_columns(columns)
     if path is not None:
         os.makedirs(cache_dir, exist_ok=True)

@@ -37,6 +37,9 @@ def check_config(exp: ExperimentConfig) -> None:
         raise ConfigError("config field 'feedback.kind': preference optimisation trains on preference pairs")
     if exp.rl is None:
         raise ConfigError("config field 'rl': its policy, reference and evaluation settings are needed")
+    if exp.train.task == "kto_unpaired" and exp.feedback.source is None:
+        raise ConfigError("config field 'feedback.source': kto_unpaired learns from a file of unpaired rows "
+                          "(prompt, completion, label); collected feedback is pairs (train.task='kto' reads them)")
     if exp.model.head != "causal_lm":
         raise ConfigError(f"config field 'model.head': {exp.train.task} trains a causal LM, got {exp.model.head!r}")
 

@@ -41,8 +41,9 @@ def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) 
     on process 0 alone (on its own devices), the others then find the stage complete. With
     ``feedback.source`` the preferences are that file's, read (so a bad row stops here) but not copied."""
     if exp.feedback.source is not None:
-        rows = formats.read_feedback(exp.feedback.source, "preference")
-        log.info("stage collect: %d preference rows from %s", len(rows), exp.feedback.source)
+        kind = "unpaired" if TASKS[exp.train.task].feedback == "unpaired" else "preference"
+        rows = formats.read_feedback(exp.feedback.source, kind)
+        log.info("stage collect: %d %s rows from %s", len(rows), kind, exp.feedback.source)
         return exp.feedback.source
     return main_process_first(lambda: _collect(exp, directory, progress), "collect feedback")
 
@@ -129,6 +130,8 @@ def with_feedback_data(exp: ExperimentConfig, workdir: str, path: str | None = N
     ``feedback.kind`` (or ``path``): preference pairs, or rating rows (ratings, scored comments)."""
     default, kind = collect.training_feedback(exp.feedback, os.path.join(workdir, "feedback"))
     dataset = "preferences" if kind == "preference" else "ratings"
+    if TASKS[exp.train.task].feedback == "unpaired":  # KTO on unpaired examples: feedback.source's rows
+        dataset = "unpaired_preferences"
     source = path or exp.feedback.source or default
     return dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset=dataset, source=source))
 
