@@ -52,9 +52,8 @@ DRIVERS = {d.name: d for d in [
            "reward model (unused when rl.reward is 'arithmetic': the grader scores), rl the online arms' policy",
            _comparison),
     Driver("preference", "preference_training", lambda exp, compare: exp.train.task in OFFLINE_LOSSES,
-           "train.task dpo / ipo / kto / simpo / orpo: model / data / train are the policy and its preference "
-           "training on the "
-           "feedback; rl gives the reference and the evaluation", _preference),
+           "train.task dpo / ipo / kto / simpo / orpo / kto_unpaired: model / data / train are the policy and its "
+           "preference training on the feedback; rl gives the reference and the evaluation", _preference),
     Driver("rlhf", "pipeline", lambda exp, compare: exp.rl is not None,
            "an rl section: model / data / train are the reward model, trained on the feedback; rl is the policy "
            "trained against it (rl.reward 'arithmetic' or 'language': no reward model, model / data / train unused)",
