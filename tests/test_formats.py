@@ -310,3 +310,16 @@ def test_supervised_fine_tuning_on_a_messages_file_end_to_end(tmp_path):
     assert len(built) == 1 and built[0].startswith("completions-") and len(built[0].split("-")) == 3  # + template
     validation = [r for r in read_metrics(str(tmp_path / "run")) if r["split"] == "validation"]
     assert validation[-1]["loss"] < validation[0]["loss"]
+
+
+def test_rl_prompts_from_a_file_are_split_ordered_cycled_and_checked_for_length(smollm2_tokenizer):
+    from rlhf_jax.config import ConfigError
+    from rlhf_jax.runs.pipeline import file_prompts
+
+    path = os.path.join(EXAMPLES, "movie_chat_preferences.jsonl")
+    held_out = file_prompts(path, 30, 48, smollm2_tokenizer, "test", seed=0)
+    assert len(held_out) == 30 and len(set(held_out)) == 24 and held_out[24:] == held_out[:6]  # 24, cycled
+    assert held_out != file_prompts(path, 30, 48, smollm2_tokenizer, "test", seed=1)  # another order
+    lengths = [len(ids) for ids in smollm2_tokenizer(held_out, add_special_tokens=False)["input_ids"]]
+    with pytest.raises(ConfigError, match=f"rl.prompt_tokens.*take up to {max(lengths)} tokens, got 20"):
+        file_prompts(path, None, 20, smollm2_tokenizer, "test", seed=0)

@@ -122,8 +122,7 @@ def build(kind: str, source: str | list[str], data_root: str, renderer: formats.
     builder_class, read = DATASETS[kind]
     renderer = renderer or formats.Renderer()
     rows = read(source, renderer)  # raises DataError naming file:line before anything is written
-    rendering = f"-{renderer.identity}" if builder_class.FEATURES.get("prompt") and formats.is_conversational(
-        source) else ""
+    rendering = f"-{renderer.identity}" if renderer.used else ""  # conversations: named by their rendering
     data_dir = os.path.join(data_root, f"{kind}-{records.file_digest(source)[:16]}{rendering}")
     tfds.disable_progress_bar()
     builder = builder_class(rows=rows, data_dir=data_dir, file_format="array_record")

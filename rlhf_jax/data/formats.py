@@ -37,7 +37,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from rlhf_jax.data.records import SCHEMAS, DataError, read_lines, validate_row
@@ -155,6 +155,7 @@ class Renderer:
         if use_template and not has:
             raise DataError("config field 'data.chat_template': True, but the tokenizer has no chat template")
         self.tokenizer = tokenizer if (has and use_template is not False) else None
+        self.used = False  # whether it has rendered a conversation (then its identity names the dataset)
 
     @property
     def identity(self) -> str:
@@ -164,12 +165,14 @@ class Renderer:
         return hashlib.sha256(self.tokenizer.chat_template.encode("utf-8")).hexdigest()[:12]
 
     def prompt(self, messages: list[dict]) -> str:
+        self.used = True
         if self.tokenizer is None:
             return "\n\n".join(m["content"] for m in messages)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def response(self, prompt: list[dict], messages: list[dict]) -> str:
         """The response's text after the rendered prompt: its turn(s), closed as the template closes them."""
+        self.used = True
         if self.tokenizer is None:
             return "\n\n".join(m["content"] for m in messages)
         start = self.prompt(prompt)
@@ -256,11 +259,12 @@ def read_feedback(paths: str | list[str], kind: str, renderer=None) -> list[dict
     if kind not in SCHEMAS:
         raise DataError(f"unknown feedback kind {kind!r} (kinds: {sorted(SCHEMAS)})")
     paths = [paths] if isinstance(paths, str) else list(paths)
+    renderer = renderer or Renderer()
     rows, seen, ignored = [], {}, {}
     for path in paths:
         raw = read_rows(path)
         if kind != "queue":  # the labeling app's queue is the project's own form
-            raw = ((where, to_record(row, kind, where, renderer or Renderer())) for where, row in raw)
+            raw = ((where, to_record(row, kind, where, renderer)) for where, row in raw)
         for where, row in raw:
             if kind != "queue" and isinstance(row, dict):
                 ignored.setdefault(path, set()).update(set(row) - set(SCHEMAS[kind]))
@@ -275,12 +279,6 @@ def read_feedback(paths: str | list[str], kind: str, renderer=None) -> list[dict
     if not rows:
         raise DataError(f"{paths[0] if len(paths) == 1 else paths}: no rows")
     return rows
-
-
-def is_conversational(paths: str | Iterable[str]) -> bool:
-    """Whether any row of the files holds a conversation (then the rendering names the dataset)."""
-    return any(any(_is_conversation(v) for v in row.values()) for path in ([paths] if isinstance(paths, str) else paths)
-               for _, row in read_rows(path) if isinstance(row, dict))
 
 
 # ---- out: the project's rows in the same forms ----

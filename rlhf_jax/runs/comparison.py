@@ -214,8 +214,9 @@ def selected_arms(compare: CompareConfig) -> tuple[tuple[str, dict], ...]:
 def write_summary(exp: ExperimentConfig, compare: CompareConfig, workdir: str, rm_results: dict,
                   results: dict[str, list[dict]]) -> dict:
     """compare.json, frontier.png and compare.md of the arms in ``results``."""
+    complete = list(results) == [name for name, _ in selected_arms(compare)]
     summary = {"config": to_dict(exp), "compare": to_dict(compare), "reward_model": rm_results.get("test", {}),
-               "arms": summarise(results, compare), "complete": list(results) == [name for name, _ in selected_arms(compare)]}
+               "arms": summarise(results, compare), "complete": complete}
     write_json(os.path.join(workdir, "compare.json"), summary)
     plot_frontier(results, summary["arms"], os.path.join(workdir, "frontier.png"))
     write_atomic(os.path.join(workdir, "compare.md"), report(summary))

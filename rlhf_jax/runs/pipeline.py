@@ -105,11 +105,11 @@ def file_prompts(path: str, count: int | None, prompt_tokens: int, tokenizer, sp
         raise ConfigError(f"config field 'rl.prompts': {path} has no {split}-split prompts (a row's 'split' field, "
                           "or the hash of its id, puts it in train / validation / test)")
     prompts = [rows[i]["prompt"] for i in np.random.default_rng(seed).permutation(len(rows))]
-    longest = max(prompts, key=lambda p: len(tokenizer(p, add_special_tokens=False)["input_ids"]))
-    length = len(tokenizer(longest, add_special_tokens=False)["input_ids"])
-    if length > prompt_tokens:
-        raise ConfigError(f"config field 'rl.prompt_tokens': {path}'s prompts take up to {length} tokens, got "
-                          f"{prompt_tokens} (the longest: {longest!r:.80})")
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    longest = int(np.argmax(lengths))
+    if lengths[longest] > prompt_tokens:
+        raise ConfigError(f"config field 'rl.prompt_tokens': {path}'s prompts take up to {lengths[longest]} tokens, "
+                          f"got {prompt_tokens} (the longest: {prompts[longest]!r:.80})")
     return prompts if count is None else [prompts[i % len(prompts)] for i in range(count)]
 
 
@@ -241,8 +241,12 @@ def write_report(exp: ExperimentConfig, workdir: str, rm_results: dict, evaluati
                     ("precision / recall / F1", f"{fmt(test.get('precision'))} / {fmt(test.get('recall'))} / "
                                                 f"{fmt(test.get('f1'))}"),
                     ("test pairs", fmt(test.get("count"), 0))]), ""]
-    gold_line = ("" if cfg.reward == "arithmetic" else f"; preferences from `{fb.source}`, gold labeler `{fb.labeler}`"
-                 if fb.source else f"; gold labeler `{fb.labeler}` behind a simulated human at temperature {fb.temperature}")
+    if cfg.reward == "arithmetic":
+        gold_line = ""
+    elif fb.source:
+        gold_line = f"; preferences from `{fb.source}`, gold labeler `{fb.labeler}`"
+    else:
+        gold_line = f"; gold labeler `{fb.labeler}` behind a simulated human at temperature {fb.temperature}"
     lines = [
         "# RLHF run report", "",
         f"Policy `{cfg.policy}`, trained by {algorithm}; {reward_line}{gold_line}.", "",

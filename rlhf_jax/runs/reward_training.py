@@ -39,11 +39,10 @@ NORMALIZATION_PAIRS = 4096
 def collect_stage(exp: ExperimentConfig, directory: str, progress: bool = True) -> str:
     """Sample continuations of each prompt from the policy, label their pairs with the simulated human:
     on process 0 alone (on its own devices), the others then find the stage complete. With
-    ``feedback.source`` the preferences are that file's, read (so a bad row stops here) but not copied."""
+    ``feedback.source`` the preferences are that file's, not copied: building the dataset from it reads and
+    validates every row before anything is written."""
     if exp.feedback.source is not None:
-        kind = "unpaired" if TASKS[exp.train.task].feedback == "unpaired" else "preference"
-        rows = formats.read_feedback(exp.feedback.source, kind)
-        log.info("stage collect: %d %s rows from %s", len(rows), kind, exp.feedback.source)
+        log.info("stage collect: nothing to collect, the preferences are %s", exp.feedback.source)
         return exp.feedback.source
     return main_process_first(lambda: _collect(exp, directory, progress), "collect feedback")
 
