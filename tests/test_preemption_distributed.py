@@ -27,12 +27,16 @@ RNG = random.Random(28)
 
 def overrides(policy, *extra):
     return [MESH, f"--config.feedback.policy={policy}", f"--config.rl.policy={policy}", "--config.train.steps=12",
-            "--config.rl.iterations=4", *extra]
+            "--config.rl.iterations=8", *extra]
 
 
 def rlhf_run(workdir, policy, *extra, preempt=None):
     """``rlhf-jax run`` of tiny_ppo.py on 2 processes; ``preempt`` = (process, ready): SIGTERM to that
-    process, a random fraction of a second after ``ready(stderr so far)`` holds. Returns (status, stderr)."""
+    process, a random fraction of a second after ``ready(stderr so far)`` holds. Returns (status, stderr).
+
+    JAX's notifier passes a SIGTERM on within about a second, and a tiny iteration takes one or two, so
+    the runs have 8 iterations: a notice sent after the first is logged lands well before the last, and
+    the run stops (a notice after the last step boundary lets the run finish, with status 0)."""
     port = free_port()
     process = launch("run", "--config", os.path.join(CONFIGS, "tiny_ppo.py"), "--workdir", str(workdir),
                      *overrides(policy, *extra), port=port)
@@ -74,7 +78,7 @@ def test_sigterm_to_one_of_two_processes_in_reward_model_ppo_and_grpo_resumes_ex
     code, err = rlhf_run(tmp_path / "stopped", tiny_policy, preempt=(0, rows_in(tmp_path / "stopped" / "rl" /
                                                                                 "metrics.jsonl")))
     assert code == preemption.EXIT_STATUS, err[-3000:]
-    assert "rlhf-jax: preempted: ppo: stopped at iteration" in err and "of 4" in err
+    assert "rlhf-jax: preempted: ppo: stopped at iteration" in err and "of 8" in err
     code, err = rlhf_run(tmp_path / "stopped", tiny_policy)
     assert code == 0, err[-3000:]
     assert outputs(tmp_path / "stopped") == outputs(tmp_path / "straight")
