@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest or (args.overrides and args.command not in ("config", "train", "eval", "export", "run", "loop", "plan",
                                                                       "best-of-n")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
-    from rlhf_jax import distributed, preemption
+    from rlhf_jax import compile_cache, distributed, preemption
     from rlhf_jax.allocator import keep_freed_memory
     from rlhf_jax.assets import AssetError
     from rlhf_jax.config import ConfigError
@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                     distributed.DistributedError)
     keep_freed_memory()
     log_to_stderr()
+    compile_cache.enable()
     try:
         setup = distributed.ProcessSetup.from_flags(args.coordinator, args.num_processes, args.process_id,
                                                     args.auto_distributed)

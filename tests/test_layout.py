@@ -17,7 +17,7 @@ FLOORS = [
     ("maths and plumbing", "config.core losses rl.maths rl.algorithms optim frontier files allocator distributed "
                            "launch preemption train_state metrics plots scoring data.records data.formats labeling"),
     ("configuration", "config"),
-    ("offline assets, the mesh, compile targets", "assets sharding targets"),
+    ("offline assets, the mesh, compile targets", "assets compile_cache sharding targets"),
     ("models, data, sampling, checkpoints", "models data sampling feeding checkpoint"),
     ("jitted steps and programs, tasks, scorers", "steps tasks rl trained plan feedback"),
     ("drivers", "runs"),

@@ -1,0 +1,44 @@
+"""The persistent compilation cache: where it lives, that a second process loads what the first compiled
+instead of compiling, with the same result to the bit, and that it can be turned off."""
+
+import json
+import subprocess
+import sys
+
+from rlhf_jax import compile_cache
+
+PROGRAM = """
+import json, sys
+import jax, jax.numpy as jnp
+from rlhf_jax import compile_cache
+hits = []
+jax.monitoring.register_event_listener(lambda name, **_: hits.append(name) if name.endswith("cache_hits") else None)
+where = compile_cache.enable(sys.argv[1], min_compile_seconds=0.0)
+x = jnp.linspace(-3.0, 3.0, 4096).reshape(64, 64)
+y = jax.jit(lambda a: jnp.tanh(a @ a.T) @ a + jnp.sin(a).sum())(x)
+print(json.dumps({"where": str(where), "hits": len(hits), "sum": float(y.sum()), "bits": y.tobytes().hex()}))
+"""
+
+
+def run(path):
+    out = subprocess.run([sys.executable, "-c", PROGRAM, str(path)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_process_loads_the_first_ones_program_with_the_same_result(tmp_path):
+    first = run(tmp_path / "xla")
+    assert first["hits"] == 0 and first["where"] == str(tmp_path / "xla")
+    assert any(p.is_file() and not p.name.startswith(".") for p in (tmp_path / "xla").iterdir())
+    second = run(tmp_path / "xla")
+    assert second["hits"] >= 1
+    assert second["bits"] == first["bits"]
+
+
+def test_where_it_lives(monkeypatch, tmp_path):
+    monkeypatch.delenv(compile_cache.ENV, raising=False)
+    monkeypatch.setenv("RLHF_JAX_CACHE", str(tmp_path / "cache"))
+    assert compile_cache.directory() == tmp_path / "cache" / "xla"
+    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "elsewhere"))
+    assert compile_cache.directory() == tmp_path / "elsewhere"
+    monkeypatch.setenv(compile_cache.ENV, "off")
+    assert compile_cache.directory() is None and compile_cache.enable() is None
