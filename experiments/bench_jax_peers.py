@@ -1,0 +1,200 @@
+"""Beside the JAX peers: rlhf_jax's sampler and DPO step against google-tunix's, same run, alternating.
+
+SmolLM2-135M-Instruct, float32, batches of 16-token Rotten Tomatoes openings, exactly 24 sampled tokens
+(temperature 1, the full distribution, no early stop): experiments/bench_generate.py's work. The peer runs
+in a venv of its own (experiments/jax_peers/setup.sh) as a process that stays up between passes, so its
+compiled sampler stays warm as ours does. Before any timing, both sides' logits on the same openings are
+compared (max |diff| under 1e-3, the SmolLM2 parity tests' bound). Per batch size: one call each that
+compiles (reported apart), then --passes rounds alternating ours and the peer, each side's figure the
+median of --repeats calls. The peer gets rlhf_jax's allocator settings (rlhf_jax/allocator.py) through
+GLIBC_TUNABLES; --peer-allocator default leaves glibc's.
+
+DPO (--work dpo): configs/dpo_quick.py's shape, 16 pairs of 40-token sequences (8 prompt tokens, 32
+response tokens, no padding), beta 0.05, clip 1.0 + AdamW 5e-5; ours is the jitted step a run trains with
+(bench_lib.compiled_train_step), tunix's its DPOTrainer.train over --steps copies of the batch. tunix
+computes the frozen reference's log-probs inside every step; a run of ours computes them once, before
+training, so ours is given both ways: the step alone, and the step plus one reference forward of the
+batch (the peer's per-step work). Prints one JSON line.
+
+    python experiments/bench_jax_peers.py [--work sampling dpo] [--peer-python /tmp/venv_tunix/bin/python]
+        [--batches 16 64] [--passes 3]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+from bench_generate import sampling_call, timed
+from bench_lib import HERE, alternate, compiled_train_step, emit, model_dir, summary, time_steps
+from flax import nnx
+from rt_prompts import fixed_length_prompts
+
+from rlhf_jax.models import from_pretrained, load_tokenizer
+
+# glibc tunables equal to rlhf_jax.allocator.SETTINGS: no mmap for large blocks, the heap never trimmed,
+# one arena.
+SAME_ALLOCATOR = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615:glibc.malloc.arena_max=1"
+PARITY_BOUND = 1e-3
+
+
+class PeerProcess:
+    """A peer script in its own venv, one JSON request and one JSON answer per line."""
+
+    def __init__(self, python: str, script: str, model: str, allocator: str):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        env.pop("XLA_FLAGS", None)
+        if allocator == "same":
+            env["GLIBC_TUNABLES"] = SAME_ALLOCATOR
+        self.process = subprocess.Popen([python, script, model], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, env=env)
+        self.answer()
+
+    def answer(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                answer = json.loads(line)
+                if "error" in answer:
+                    raise RuntimeError(f"peer: {answer['error']}")
+                return answer
+        raise RuntimeError(f"the peer exited with status {self.process.wait()}")
+
+    def __call__(self, op: str, **fields) -> dict:
+        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        return self.answer()
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def logits_gap(model, peer: PeerProcess, prompts, out_path: str) -> float:
+    """max |our logits - the peer's| on ``prompts`` (no padding: every opening has the same length)."""
+    ids = np.asarray(prompts, np.int32)
+    ours = np.asarray(model(ids, np.ones_like(ids)), np.float32)
+    peer("logits", ids=ids.tolist(), out=out_path)
+    return float(np.max(np.abs(ours - np.load(out_path))))
+
+
+def dpo_batch(tokenizer, pairs: int, prompt_len: int = 8, response_len: int = 32):
+    """(ours, the peer's) one DPO batch of review tokens: the first ``prompt_len`` + ``response_len`` tokens
+    of 2 x ``pairs`` snippets; pair i shares snippet i's opening, chosen continues it, rejected is pairs + i's
+    continuation."""
+    rows = np.asarray(fixed_length_prompts(tokenizer, 2 * pairs, prompt_len + response_len), np.int32)
+    prompt, chosen, rejected = rows[:pairs, :prompt_len], rows[:pairs, prompt_len:], rows[pairs:, prompt_len:]
+    full = {"chosen": np.concatenate([prompt, chosen], 1), "rejected": np.concatenate([prompt, rejected], 1)}
+    loss_mask = np.concatenate([np.zeros_like(prompt), np.ones_like(chosen)], 1)
+    ours = {"weights": np.ones(pairs, np.float32)}
+    for side, ids in full.items():
+        ours.update({f"{side}_ids": ids, f"{side}_mask": np.ones_like(ids), f"{side}_loss_mask": loss_mask})
+    peer = {"prompt_ids": prompt.tolist(), "chosen_ids": chosen.tolist(), "rejected_ids": rejected.tolist()}
+    return ours, peer
+
+
+def dpo_bench(peer: PeerProcess, args) -> dict:
+    from rlhf_jax.rl.preference import pair_logprobs
+
+    tokenizer, state, train_step = compiled_train_step(args.model, "causal_lm", "dpo", 5e-5, 10**6)
+    batch, peer_batch = dpo_batch(tokenizer, 16)
+    graphdef, params = nnx.split(from_pretrained(model_dir(args.model), dtype="float32"))
+    forward = jax.jit(lambda params, pairs: pair_logprobs(nnx.merge(graphdef, params), pairs))
+
+    def reference(pairs):
+        return forward(params, pairs)
+
+    ref_chosen, ref_rejected = reference(batch)
+    batch = {**batch, "ref_chosen": np.asarray(ref_chosen), "ref_rejected": np.asarray(ref_rejected)}
+    first_reference = timed(lambda: jax.block_until_ready(reference(batch)))
+    start = time.perf_counter()
+    state, _ = time_steps(train_step, state, [batch], 0)
+    first = time.perf_counter() - start
+    peer_first = peer("dpo_trainer", **peer_batch, beta=0.05, learning_rate=5e-5)["first_step_seconds_incl_compile"]
+    step_seconds, reference_seconds = [], []
+
+    def ours():
+        nonlocal state
+        state, seconds = time_steps(train_step, state, [batch] * args.steps, 0)
+        step_seconds.append(sum(seconds) / len(seconds))
+        reference_seconds.append(statistics.median(timed(lambda: jax.block_until_ready(reference(batch)))
+                                                   for _ in range(3)))
+        return step_seconds[-1] + reference_seconds[-1]
+
+    def theirs():
+        return peer("dpo", steps=args.steps)["seconds"] / args.steps
+
+    rounds = alternate(args.passes, ours, theirs, lower_is_better=True)
+    alone = [round(r["peer"] / s, 3) for r, s in zip(rounds, step_seconds, strict=True)]
+    return {**summary(rounds), "metric": "seconds per step; ratio = peer / ours, with our reference forward",
+            "rlhf_jax_step_seconds": [round(s, 3) for s in step_seconds],
+            "rlhf_jax_reference_forward_seconds": [round(s, 3) for s in reference_seconds],
+            "ratio_without_our_reference_forward": alone,
+            "rlhf_jax_first_step_seconds_incl_compile": round(first + first_reference, 2),
+            "peer_first_step_seconds_incl_compile": round(peer_first, 2)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer-python", default="/tmp/venv_tunix/bin/python")
+    parser.add_argument("--peer-script", default=os.path.join(HERE, "jax_peers", "tunix_peer.py"))
+    parser.add_argument("--peer-allocator", choices=("same", "default"), default="same")
+    parser.add_argument("--work", nargs="+", choices=("sampling", "dpo"), default=["sampling", "dpo"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--steps", type=int, default=4, help="DPO steps per side per pass")
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    args = parser.parse_args()
+
+    source = model_dir(args.model)  # a transformers directory: float32 safetensors, which the peer reads too
+    model = from_pretrained(source, dtype="float32")
+    tokenizer = load_tokenizer(source)
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    peer = PeerProcess(args.peer_python, args.peer_script, source, args.peer_allocator)
+    versions = {"peer": peer("versions")}
+    gap = logits_gap(model, peer, fixed_length_prompts(tokenizer, 4, args.prompt_len), "/tmp/bench_peer_logits.npy")
+    if not gap < PARITY_BOUND:
+        sys.exit(f"logits differ from the peer's by {gap:.3g} (bound {PARITY_BOUND}): no timing")
+    results = {}
+    for batch in args.batches if "sampling" in args.work else []:
+        prompts = fixed_length_prompts(tokenizer, batch, args.prompt_len)
+        generated = batch * args.new_tokens
+        ours = sampling_call(model, prompts, args.new_tokens)
+        first = timed(ours)
+        peer_first = peer("sampler", prompts=prompts, new_tokens=args.new_tokens)["first_call_seconds_incl_compile"]
+        our_seconds = []
+
+        def our_rate():
+            our_seconds.append(statistics.median(timed(ours) for _ in range(args.repeats)))
+            return generated / our_seconds[-1]
+
+        def peer_rate():
+            return generated / statistics.median(peer("sample", repeats=args.repeats)["seconds"])
+
+        rounds = alternate(args.passes, our_rate, peer_rate)
+        results[f"batch_{batch}"] = {
+            **summary(rounds), "rlhf_jax_first_call_seconds_incl_compile": round(first, 2),
+            "peer_first_call_seconds_incl_compile": round(peer_first, 2),
+            "rlhf_jax_weight_gb_read_per_s": round(weight_bytes * args.new_tokens / statistics.median(our_seconds)
+                                                   / 1e9, 1)}
+    if "dpo" in args.work:
+        results["dpo"] = dpo_bench(peer, args)
+    peer.close()
+    emit({"workload": "jax_peer", "metric": "sampling: generated tokens per second",
+          "config": {"model": args.model, "dtype": "float32", "prompt_len": args.prompt_len,
+                     "new_tokens": args.new_tokens, "passes": args.passes, "repeats": args.repeats,
+                     "sampling": "temperature 1, no top-k/top-p, no early stop",
+                     "peer": "google-tunix Sampler and DPOTrainer (llama3 model, rope_theta bound)",
+                     "peer_allocator": args.peer_allocator},
+          "logits_max_abs_diff": gap, "results": results, "versions": versions})
+
+
+if __name__ == "__main__":
+    main()
