@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 MULTI_PROCESS_COMMANDS = ("train", "eval", "run", "devices", "best-of-n")
 # Those that stop at a step or stage boundary on SIGTERM / SIGINT; the rest (the labeling server...) just end.
 PREEMPTIBLE_COMMANDS = ("train", "eval", "run", "loop", "best-of-n")
+# Those that compile programs, and keep them in the persistent compilation cache; the rest never import jax.
+COMPILING_COMMANDS = (*MULTI_PROCESS_COMMANDS, "loop", "generate", "collect")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                     distributed.DistributedError)
     keep_freed_memory()
     log_to_stderr()
-    compile_cache.enable()
+    if args.command in COMPILING_COMMANDS:
+        compile_cache.enable()
     try:
         setup = distributed.ProcessSetup.from_flags(args.coordinator, args.num_processes, args.process_id,
                                                     args.auto_distributed)

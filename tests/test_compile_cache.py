@@ -2,6 +2,7 @@
 instead of compiling, with the same result to the bit, and that it can be turned off."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -42,3 +43,14 @@ def test_where_it_lives(monkeypatch, tmp_path):
     assert compile_cache.directory() == tmp_path / "elsewhere"
     monkeypatch.setenv(compile_cache.ENV, "off")
     assert compile_cache.directory() is None and compile_cache.enable() is None
+
+
+def test_the_cli_turns_it_on_for_commands_that_compile_and_only_those(tmp_path):
+    env = {**os.environ, compile_cache.ENV: str(tmp_path / "xla"), "JAX_PLATFORMS": "cpu"}
+    listing = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", "assets", "list"], env=env, capture_output=True,
+                            text=True)
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert not (tmp_path / "xla").exists()  # a command that compiles nothing leaves no cache (nor imports jax)
+    devices = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", "devices"], env=env, capture_output=True, text=True)
+    assert devices.returncode == 0, devices.stderr[-2000:]
+    assert (tmp_path / "xla").is_dir()
