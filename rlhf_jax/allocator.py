@@ -36,6 +36,9 @@ M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 NEVER_TRIM = -1  # mallopt takes an int and glibc stores it as a size_t: -1 becomes SIZE_MAX, no top ever trimmed
 SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM), (M_ARENA_MAX, 1))
+# The same settings as glibc tunables, for a process that cannot call mallopt first (``GLIBC_TUNABLES``,
+# read at its start: a bench's peer in a venv of its own).
+TUNABLES = f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={2**64 - 1}:glibc.malloc.arena_max=1"
 
 
 def keep_freed_memory() -> bool:

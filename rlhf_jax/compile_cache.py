@@ -7,9 +7,9 @@ only the time to the first step. Programs that compile in under a second are not
 threshold), and the least recently used entries are deleted above ``MAX_BYTES``.
 
 Where: ``$RLHF_JAX_COMPILE_CACHE``, else ``$RLHF_JAX_CACHE/xla`` (default ``~/.cache/rlhf_jax/xla``);
-``RLHF_JAX_COMPILE_CACHE=off`` turns it off. The CLI turns it on for every command. XLA:CPU compiles
-for the host's instruction set: give machines with different CPUs different directories, not one
-shared over the network.
+``RLHF_JAX_COMPILE_CACHE=off`` turns it off. The CLI turns it on for the commands that compile.
+XLA:CPU compiles for the host's instruction set: give machines with different CPUs different
+directories, not one shared over the network.
 """
 
 from __future__ import annotations

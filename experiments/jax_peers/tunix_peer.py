@@ -22,7 +22,6 @@ Run by experiments/bench_jax_peers.py, not by hand.
 
 import functools
 import json
-import os
 import sys
 import time
 
@@ -166,5 +165,4 @@ def main():
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     main()
