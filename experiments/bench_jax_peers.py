@@ -1,4 +1,5 @@
-"""Beside the JAX peers: rlhf_jax's sampler and DPO step against google-tunix's, same run, alternating.
+"""Beside the JAX peers, same run, alternating: rlhf_jax's sampler, DPO step and GRPO iteration against
+google-tunix's (--peer tunix), its sampler against EasyDeL's generate (--peer easydel).
 
 SmolLM2-135M-Instruct, float32, batches of 16-token Rotten Tomatoes openings, exactly 24 sampled tokens
 (temperature 1, the full distribution, no early stop): experiments/bench_generate.py's work. The peer runs
@@ -14,10 +15,19 @@ response tokens, no padding), beta 0.05, clip 1.0 + AdamW 5e-5; ours is the jitt
 (bench_lib.compiled_train_step), tunix's its DPOTrainer.train over --steps copies of the batch. tunix
 computes the frozen reference's log-probs inside every step; a run of ours computes them once, before
 training, so ours is given both ways: the step alone, and the step plus one reference forward of the
-batch (the peer's per-step work). Prints one JSON line.
+batch (the peer's per-step work).
 
-    python experiments/bench_jax_peers.py [--work sampling dpo] [--peer-python /tmp/venv_tunix/bin/python]
-        [--batches 16 64] [--passes 3]
+GRPO (--work grpo): an iteration of configs/grpo_quick.py's shape, 8 openings of 8 tokens x 4 samples of
+exactly 24 tokens, beta 0.03 times the k3 KL estimate, each sequence's tokens averaged then the sequences,
+2 epochs x M minibatches of Adam (5e-5, clip 1.0), scored by a MiniLM-L6 reward model with a fresh scalar
+head (the main job's kind), rlhf_jax's RewardModel on both sides; ours is bench_ppo.online_iteration (the
+run's jitted rollout and update), tunix's its GRPOLearner.train over --iterations copies of the batch.
+--grpo-minibatches 1 (default): the work matched exactly, one rollout of 32 and 2 Adam steps of 32 each side;
+2: grpo_quick's own 4 Adam steps of 16, where ours rolls out the 32 at once and tunix, which rolls out each
+mini-batch on its own, twice 16. Prints one JSON line.
+
+    python experiments/bench_jax_peers.py [--peer tunix|easydel] [--work sampling dpo grpo] [--peer-python PY]
+        [--batches 16 64] [--passes 3] [--grpo-minibatches 1|2]
 """
 
 import argparse
@@ -31,6 +41,7 @@ import jax
 import numpy as np
 from bench_generate import sampling_call, timed
 from bench_lib import HERE, alternate, compiled_train_step, emit, model_dir, summary, time_steps
+from bench_ppo import RESPONSE_TOKENS, online_iteration, scalar_reward_model
 from flax import nnx
 from rt_prompts import fixed_length_prompts
 
@@ -38,13 +49,17 @@ from rlhf_jax.allocator import TUNABLES
 from rlhf_jax.models import from_pretrained, load_tokenizer
 
 PARITY_BOUND = 1e-3
+PEERS = {  # name: (its script in experiments/jax_peers/, its venv's python as setup.sh makes it, its work)
+    "tunix": ("tunix_peer.py", "/tmp/venv_tunix/bin/python", ("sampling", "dpo", "grpo")),
+    "easydel": ("easydel_peer.py", "/tmp/venv_easydel/bin/python", ("sampling",)),
+}
 
 
 class PeerProcess:
     """A peer script in its own venv, one JSON request and one JSON answer per line."""
 
     def __init__(self, python: str, script: str, model: str, allocator: str):
-        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.path.dirname(HERE)}  # rlhf_jax's scorer
         env.pop("XLA_FLAGS", None)
         if allocator == "same":
             env["GLIBC_TUNABLES"] = TUNABLES
@@ -133,26 +148,64 @@ def dpo_bench(peer: PeerProcess, args) -> dict:
             "peer_first_step_seconds_incl_compile": round(peer_first, 2)}
 
 
+PEER_TITLES = {"tunix": "google-tunix Sampler, DPOTrainer and GRPOLearner (llama3 model, rope_theta bound)",
+               "easydel": "EasyDeL generate under one jit (float32 load; rope_theta, attention / KV / rope dtypes "
+                          "fixed)"}
+GRPO_QUICK = {"algorithm": "grpo", "samples_per_prompt": 4, "kl_target": None, "kl_coef": 0.03, "epochs": 2,
+              "minibatches": 2, "learning_rate": 5e-5}
+GRPO_OPENINGS, GRPO_PROMPT_LEN, REWARD_MAX_LENGTH = 8, 8, 48  # configs/grpo_quick.py; its reward model's data
+
+
+def grpo_bench(peer: PeerProcess, tokenizer, args) -> dict:
+    shape = {**GRPO_QUICK, "minibatches": args.grpo_minibatches}
+    reward_source = model_dir("minilm-l6")
+    reward_model = scalar_reward_model(reward_source, REWARD_MAX_LENGTH, pooling="cls")
+    iteration, _ = online_iteration(model_dir(args.model), shape, reward_model, GRPO_OPENINGS, GRPO_PROMPT_LEN)
+    first = iteration()
+    openings = fixed_length_prompts(tokenizer, GRPO_OPENINGS, GRPO_PROMPT_LEN)
+    peer_first = peer("grpo_learner", prompts=openings, prompt_texts=[tokenizer.decode(o) for o in openings],
+                      reward_model=reward_source, reward_max_length=REWARD_MAX_LENGTH,
+                      samples=shape["samples_per_prompt"], new_tokens=RESPONSE_TOKENS, beta=shape["kl_coef"],
+                      epsilon=0.2, learning_rate=shape["learning_rate"], epochs=shape["epochs"],
+                      minibatches=shape["minibatches"])["first_iteration_seconds_incl_compile"]
+    rounds = alternate(args.passes, lambda: statistics.median(iteration() for _ in range(args.iterations)),
+                       lambda: peer("grpo", iterations=args.iterations)["seconds"], lower_is_better=True)
+    return {**summary(rounds), "metric": "seconds per GRPO iteration (ours: median of --iterations; tunix: mean of "
+                                         "one train() call's); ratio = peer / ours",
+            "shape": {"openings": GRPO_OPENINGS, "prompt_tokens": GRPO_PROMPT_LEN, "response_tokens": RESPONSE_TOKENS,
+                      **shape}, "peer_rollouts_per_iteration": shape["minibatches"],
+            "rlhf_jax_first_iteration_seconds_incl_compile": round(first, 2),
+            "peer_first_iteration_seconds_incl_compile": round(peer_first, 2)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--peer-python", default="/tmp/venv_tunix/bin/python")
-    parser.add_argument("--peer-script", default=os.path.join(HERE, "jax_peers", "tunix_peer.py"))
+    parser.add_argument("--peer", choices=tuple(PEERS), default="tunix")
+    parser.add_argument("--peer-python", help="the peer's venv's python (default: experiments/jax_peers/setup.sh's)")
     parser.add_argument("--peer-allocator", choices=("same", "default"), default="same")
-    parser.add_argument("--work", nargs="+", choices=("sampling", "dpo"), default=["sampling", "dpo"])
+    parser.add_argument("--work", nargs="+", choices=("sampling", "dpo", "grpo"),
+                        help="default: all the peer has")
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--steps", type=int, default=4, help="DPO steps per side per pass")
+    parser.add_argument("--iterations", type=int, default=3, help="GRPO iterations per side per pass")
+    parser.add_argument("--grpo-minibatches", type=int, choices=(1, 2), default=1)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
+    script, default_python, peer_work = PEERS[args.peer]
+    args.work = args.work or list(peer_work)
+    if not set(args.work) <= set(peer_work):
+        parser.error(f"--peer {args.peer} has no {sorted(set(args.work) - set(peer_work))} (it has {peer_work})")
 
     source = model_dir(args.model)  # a transformers directory: float32 safetensors, which the peer reads too
     model = from_pretrained(source, dtype="float32")
     tokenizer = load_tokenizer(source)
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    peer = PeerProcess(args.peer_python, args.peer_script, source, args.peer_allocator)
+    peer = PeerProcess(args.peer_python or default_python, os.path.join(HERE, "jax_peers", script), source,
+                       args.peer_allocator)
     versions = {"peer": peer("versions")}
     gap = logits_gap(model, peer, fixed_length_prompts(tokenizer, 4, args.prompt_len), "/tmp/bench_peer_logits.npy")
     if not gap < PARITY_BOUND:
@@ -181,12 +234,14 @@ def main():
                                                    / 1e9, 1)}
     if "dpo" in args.work:
         results["dpo"] = dpo_bench(peer, args)
+    if "grpo" in args.work:
+        results["grpo"] = grpo_bench(peer, tokenizer, args)
     peer.close()
     emit({"workload": "jax_peer", "metric": "sampling: generated tokens per second",
           "config": {"model": args.model, "dtype": "float32", "prompt_len": args.prompt_len,
                      "new_tokens": args.new_tokens, "passes": args.passes, "repeats": args.repeats,
                      "sampling": "temperature 1, no top-k/top-p, no early stop",
-                     "peer": "google-tunix Sampler and DPOTrainer (llama3 model, rope_theta bound)",
+                     "peer": PEER_TITLES[args.peer],
                      "peer_allocator": args.peer_allocator},
           "logits_max_abs_diff": gap, "results": results, "versions": versions})
 

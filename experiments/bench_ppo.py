@@ -59,27 +59,25 @@ def iteration_flops(policy_params, value_params, reward_params, rows: int, token
     return rollout + epochs * 3 * (policy + value)
 
 
-def prepare(args):
-    """Our PPO iteration on the peer's workload: () -> seconds of one iteration, and its model FLOPs."""
-    policy = model_dir(args.policy)
+def online_iteration(policy: str, rl: dict, reward_model: RewardModel, prompts: int, prompt_len: int):
+    """Our online RL iteration (jitted rollout, host decode + score, jitted update) on ``prompts`` fixed openings
+    of ``prompt_len`` tokens (each repeated rl["samples_per_prompt"] times), sampling exactly the response
+    tokens: (() -> seconds of one iteration, the run's initial state)."""
     exp = experiment_from_dict({
         "model": {"source": policy, "head": "scalar"}, "train": {"task": "reward_pairwise"},
         "mesh": {"shape": {"data": 1, "fsdp": 1, "tensor": 1}},
-        "rl": {"policy": policy, "value": args.value, "iterations": 1, "rollout_prompts": args.prompts,
-                "epochs": 4, "minibatches": 4, "prompt_tokens": args.prompt_len, "response_tokens": RESPONSE_TOKENS,
-                "kl_target": 6.0, "fused_optimizer": args.fused_optimizer}})
+        "rl": {"policy": policy, "iterations": 1, "rollout_prompts": prompts, "prompt_tokens": prompt_len,
+                "response_tokens": RESPONSE_TOKENS, **rl}})
     run = policy_training.prepare(exp, None)
-    run.sampling = online.sampling_config(exp.rl, None, 0)  # no EOS stop, like the peer
+    run.sampling = online.sampling_config(exp.rl, None, 0)  # no EOS stop, like the peers
     run.functions = online.jit_functions(
         online.Programs(run.graphdef, run.ref_graphdef, exp.rl, run.sampling),
         run.state_sharding,
         jax.tree.map(lambda x: x.sharding, run.ref_params),
         run.layout,
     )
-    scorer = model_dir(args.reward or args.policy)
-    rm_graphdef, rm_params = nnx.split(from_pretrained(scorer, head="scalar"))
-    reward_model = RewardModel(rm_graphdef, rm_params, load_tokenizer(scorer), args.prompt_len + RESPONSE_TOKENS)
-    ids = np.asarray(fixed_length_prompts(run.tokenizer, args.prompts, args.prompt_len), np.int32)
+    ids = np.repeat(np.asarray(fixed_length_prompts(run.tokenizer, prompts, prompt_len), np.int32),
+                    exp.rl.samples_per_prompt, axis=0)
     texts = [run.tokenizer.decode(row) for row in ids]
     state = run.state
 
@@ -92,7 +90,7 @@ def prepare(args):
                                                online.rollout_key(state.rng))
             jax.block_until_ready(experience)
         with TraceAnnotation("decode + score"):
-            responses = decode_responses(run.tokenizer, experience.ids_BxT[:, args.prompt_len:],
+            responses = decode_responses(run.tokenizer, experience.ids_BxT[:, prompt_len:],
                                          experience.response_mask_BxN)
             scores = reward_model.score(texts, responses)
         with TraceAnnotation("update"):
@@ -100,9 +98,25 @@ def prepare(args):
             jax.block_until_ready(metrics)
         return time.perf_counter() - start
 
+    return iteration, state
+
+
+def scalar_reward_model(source: str, max_length: int, **overrides) -> RewardModel:
+    """A reward model of ``source``'s trunk with a freshly initialised scalar head (seed 0)."""
+    graphdef, params = nnx.split(from_pretrained(source, head="scalar", **overrides))
+    return RewardModel(graphdef, params, load_tokenizer(source), max_length)
+
+
+def prepare(args):
+    """Our PPO iteration on the peer's workload: () -> seconds of one iteration, and its model FLOPs."""
+    reward_model = scalar_reward_model(model_dir(args.reward or args.policy), args.prompt_len + RESPONSE_TOKENS)
+    iteration, state = online_iteration(
+        model_dir(args.policy), {"value": args.value, "epochs": 4, "minibatches": 4, "kl_target": 6.0,
+                                 "fused_optimizer": args.fused_optimizer},
+        reward_model, args.prompts, args.prompt_len)
     value_params = state.params["value_model"] if args.value == "separate" else None
     policy_params = state.params["policy"]
-    flops = iteration_flops(policy_params, value_params, rm_params, args.prompts,
+    flops = iteration_flops(policy_params, value_params, reward_model.params, args.prompts,
                             args.prompt_len + RESPONSE_TOKENS, epochs=4)
     return iteration, flops
 

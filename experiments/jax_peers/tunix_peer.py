@@ -12,22 +12,37 @@ default, 1e6, replaces SmolLM2's 1e5); it is bound here. Requests:
   {"op": "dpo_trainer", "prompt_ids": [[...]], "chosen_ids": [[...]], "rejected_ids": [[...]], "beta": b,
    "learning_rate": lr}                                 a DPOTrainer (policy + frozen reference), one step
   {"op": "dpo", "steps": S}                             S steps on that batch in one train() call; seconds
+  {"op": "grpo_learner", "prompts": [[...]], "prompt_texts": [...], "reward_model": DIR, "samples": G,
+   "new_tokens": N, "beta": b, "epsilon": e, "learning_rate": lr, "epochs": mu, "minibatches": M}
+                                                        a GRPOLearner (actor, frozen reference, rlhf_jax's
+                                                        reward model on DIR as its reward), one iteration
+  {"op": "grpo", "iterations": I}                       I iterations in one train() call; seconds of each
 
 Sampling as experiments/bench_generate.py does it: the prompts' ids as they are (tunix's sampler would
 prepend a BOS; it is given none), temperature 1, the full distribution, exactly N new tokens (the EOS id
 lies outside the vocabulary). tunix samples only in its "top_p" mode (without top_p it is greedy); at
 top_p 1.0 and no top_k that mode draws from the whole softmax with ``jax.random.categorical``, as ours does.
+
+GRPO as configs/grpo_quick.py's iteration: all prompts x G samples, ``epochs`` passes (tunix's
+``num_iterations``) of M Adam steps (``mini_batch_size``); tunix rolls out each mini-batch on its own (a
+global step of its is one mini-batch: M rollouts of 1/M of the batch, each followed by its ``epochs`` Adam
+steps), so rollout granularity matches ours only at M = 1. The loss: a mean over each sequence's tokens,
+then over sequences, plus beta times the mean k3 ("low_var_kl") estimate of KL to the reference. The
+reward function scores with rlhf_jax's own RewardModel (the repository on PYTHONPATH), so the scorer's
+work and code are the same on both sides. ``grpo`` times one train() call over I copies of the batch and
+checks that it ran I x M rollouts (reward calls) and I x epochs x M Adam steps.
+
 Run by experiments/bench_jax_peers.py, not by hand.
 """
 
 import functools
-import json
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from serve import serve
 from tunix.generate import sampler as sampler_lib
 from tunix.models.llama3 import model as llama_lib
 from tunix.models.llama3 import params as llama_params
@@ -39,16 +54,17 @@ llama_lib.apply_rope = functools.partial(llama_lib.apply_rope, rope_theta=SMOLLM
 
 
 class Ids:
-    """A tokenizer for tunix's sampler over prompts given as ids: key 'pI' is prompt I, no BOS is added."""
+    """A tokenizer for tunix over prompts given as ids: key 'pI' is prompt I, no BOS is added; decoding by
+    ``hf`` (a transformers tokenizer) where given."""
 
-    def __init__(self, prompts):
-        self.prompts = {f"p{i}": list(p) for i, p in enumerate(prompts)}
+    def __init__(self, prompts, hf=None):
+        self.prompts, self.hf = {f"p{i}": list(p) for i, p in enumerate(prompts)}, hf
 
     def encode(self, text, **kwargs):
-        return self.prompts[str(text)]
+        return self.prompts[str(text)]  # GRPO passes numpy strings
 
     def decode(self, ids, **kwargs):
-        return " ".join(map(str, ids))
+        return self.hf.decode(ids, **kwargs) if self.hf else " ".join(map(str, ids))
 
     def bos_id(self):
         return None
@@ -143,6 +159,75 @@ class Peer:
             raise RuntimeError(f"tunix trained {trained} steps, not {request['steps']}")
         return {"seconds": seconds}
 
+    def grpo_learner(self, request):
+        import optax
+        import transformers
+        from flax import nnx
+        from tunix.rl import rl_cluster as rl_cluster_lib
+        from tunix.rl.grpo import grpo_learner as grpo_lib
+        from tunix.rl.rollout import base_rollout
+
+        from rlhf_jax.models import from_pretrained, load_tokenizer
+        from rlhf_jax.scoring import RewardModel
+
+        prompts, texts, samples = request["prompts"], request["prompt_texts"], request["samples"]
+        with self.mesh:
+            reference = llama_params.create_model_from_safe_tensors(self.model_dir, SMOLLM2_135M, self.mesh,
+                                                                    dtype=jnp.float32)
+        scorer = from_pretrained(request["reward_model"], head="scalar", pooling="cls")
+        graphdef, params = nnx.split(scorer)
+        reward_model = RewardModel(graphdef, params, load_tokenizer(request["reward_model"]),
+                                   request["reward_max_length"])
+        text_of = {f"p{i}": text for i, text in enumerate(texts)}
+        self.reward_calls = 0
+
+        def reward(prompts, completions, **kwargs):
+            self.reward_calls += 1
+            return [float(s) for s in reward_model.score([text_of[str(p)] for p in prompts], list(completions))]
+
+        rows = len(prompts)
+        mini = rows // request["minibatches"]
+        cluster_config = rl_cluster_lib.ClusterConfig(
+            role_to_mesh=dict.fromkeys((rl_cluster_lib.Role.ACTOR, rl_cluster_lib.Role.REFERENCE,
+                                        rl_cluster_lib.Role.ROLLOUT), self.mesh),
+            rollout_engine="vanilla",
+            offload_to_cpu=False,
+            training_config=rl_cluster_lib.RLTrainingConfig(
+                actor_optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adam(request["learning_rate"])),
+                eval_every_n_steps=10**9, max_steps=10**9, mini_batch_size=mini, train_micro_batch_size=mini,
+                rollout_micro_batch_size=mini, compute_logps_micro_batch_size=mini),
+            rollout_config=base_rollout.RolloutConfig(
+                max_tokens_to_generate=request["new_tokens"], max_prompt_length=len(prompts[0]),
+                kv_cache_size=len(prompts[0]) + request["new_tokens"], temperature=1.0, top_p=1.0,
+                eos_tokens=[SMOLLM2_135M.vocab_size]),
+        )
+        hf = transformers.AutoTokenizer.from_pretrained(self.model_dir)
+        self.cluster = rl_cluster_lib.RLCluster(actor=self.model, reference=reference, tokenizer=Ids(prompts, hf),
+                                                cluster_config=cluster_config)
+        self.learner = grpo_lib.GRPOLearner(
+            rl_cluster=self.cluster, reward_fns=[reward],
+            algo_config=grpo_lib.GRPOConfig(num_generations=samples, num_iterations=request["epochs"],
+                                            beta=request["beta"], epsilon=request["epsilon"],
+                                            loss_agg_mode="sequence-mean-token-mean", kl_loss_mode="low_var_kl"))
+        self.grpo_batch = {"prompts": np.array([f"p{i}" for i in range(rows)])}
+        self.adam_steps, self.minibatches = request["epochs"] * request["minibatches"], request["minibatches"]
+        return {"first_iteration_seconds_incl_compile": self.grpo({"iterations": 1})["seconds"]}
+
+    def grpo(self, request):
+        from flax import nnx
+
+        iterations = request["iterations"]
+        done, calls = self.cluster.actor_trainer.train_steps, self.reward_calls
+        start = time.perf_counter()
+        self.learner.train([self.grpo_batch] * iterations)
+        jax.block_until_ready(nnx.state(self.model))
+        seconds = time.perf_counter() - start
+        trained, rollouts = self.cluster.actor_trainer.train_steps - done, self.reward_calls - calls
+        if (trained, rollouts) != (self.adam_steps * iterations, self.minibatches * iterations):
+            raise RuntimeError(f"tunix ran {rollouts} rollouts and {trained} Adam steps, not "
+                               f"{self.minibatches * iterations} and {self.adam_steps * iterations}")
+        return {"seconds": seconds / iterations}
+
     def sample(self, request):
         seconds = []
         for _ in range(request["repeats"]):
@@ -153,15 +238,7 @@ class Peer:
 
 
 def main():
-    peer = Peer(sys.argv[1])
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            answer = getattr(peer, request["op"])(request)
-        except Exception as error:  # the bench reports it
-            answer = {"error": f"{type(error).__name__}: {error}"}
-        print(json.dumps(answer), flush=True)
+    serve(Peer(sys.argv[1]))
 
 
 if __name__ == "__main__":
