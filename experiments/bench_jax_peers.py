@@ -237,7 +237,7 @@ def main():
     if "grpo" in args.work:
         results["grpo"] = grpo_bench(peer, tokenizer, args)
     peer.close()
-    emit({"workload": "jax_peer", "metric": "sampling: generated tokens per second",
+    emit({"workload": "jax_peer", "metric": "sampling: generated tokens per second; dpo, grpo: their own 'metric'",
           "config": {"model": args.model, "dtype": "float32", "prompt_len": args.prompt_len,
                      "new_tokens": args.new_tokens, "passes": args.passes, "repeats": args.repeats,
                      "sampling": "temperature 1, no top-k/top-p, no early stop",
