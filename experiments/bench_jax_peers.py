@@ -1,5 +1,6 @@
 """Beside the JAX peers, same run, alternating: rlhf_jax's sampler, DPO step and GRPO iteration against
-google-tunix's (--peer tunix), its sampler against EasyDeL's generate (--peer easydel).
+google-tunix's (--peer tunix); its sampler and GRPO iteration against EasyDeL's generate and GRPOTrainer
+(--peer easydel).
 
 SmolLM2-135M-Instruct, float32, batches of 16-token Rotten Tomatoes openings, exactly 24 sampled tokens
 (temperature 1, the full distribution, no early stop): experiments/bench_generate.py's work. The peer runs
@@ -24,7 +25,9 @@ head (the main job's kind), rlhf_jax's RewardModel on both sides; ours is bench_
 run's jitted rollout and update), tunix's its GRPOLearner.train over --iterations copies of the batch.
 --grpo-minibatches 1 (default): the work matched exactly, one rollout of 32 and 2 Adam steps of 32 each side;
 2: grpo_quick's own 4 Adam steps of 16, where ours rolls out the 32 at once and tunix, which rolls out each
-mini-batch on its own, twice 16. Prints one JSON line.
+mini-batch on its own, twice 16. EasyDeL's GRPOTrainer takes one optimizer step per rollout, so against it
+both sides run one epoch of one minibatch; its trainer runs in a thread of the peer, held at each reward
+call until the bench releases it (experiments/jax_peers/easydel_peer.py). Prints one JSON line.
 
     python experiments/bench_jax_peers.py [--peer tunix|easydel] [--work sampling dpo grpo] [--peer-python PY]
         [--batches 16 64] [--passes 3] [--grpo-minibatches 1|2]
@@ -51,7 +54,7 @@ from rlhf_jax.models import from_pretrained, load_tokenizer
 PARITY_BOUND = 1e-3
 PEERS = {  # name: (its script in experiments/jax_peers/, its venv's python as setup.sh makes it, its work)
     "tunix": ("tunix_peer.py", "/tmp/venv_tunix/bin/python", ("sampling", "dpo", "grpo")),
-    "easydel": ("easydel_peer.py", "/tmp/venv_easydel/bin/python", ("sampling",)),
+    "easydel": ("easydel_peer.py", "/tmp/venv_easydel/bin/python", ("sampling", "dpo", "grpo")),
 }
 
 
@@ -124,7 +127,8 @@ def dpo_bench(peer: PeerProcess, args) -> dict:
     batch = {**batch, "ref_chosen": np.asarray(ref_chosen), "ref_rejected": np.asarray(ref_rejected)}
     first_reference = timed(lambda: jax.block_until_ready(reference(batch)))
     state, (first,) = time_steps(train_step, state, [batch], 0)
-    peer_first = peer("dpo_trainer", **peer_batch, beta=0.05, learning_rate=5e-5)["first_step_seconds_incl_compile"]
+    peer_first = peer("dpo_trainer", **peer_batch, beta=0.05, learning_rate=5e-5,
+                      total_steps=1 + args.passes * args.steps + 1)["first_step_seconds_incl_compile"]
     step_seconds, reference_seconds = [], []
 
     def ours():
@@ -157,7 +161,8 @@ GRPO_OPENINGS, GRPO_PROMPT_LEN, REWARD_MAX_LENGTH = 8, 8, 48  # configs/grpo_qui
 
 
 def grpo_bench(peer: PeerProcess, tokenizer, args) -> dict:
-    shape = {**GRPO_QUICK, "minibatches": args.grpo_minibatches}
+    one_step = args.peer == "easydel"  # its GRPOTrainer takes one optimizer step per rollout
+    shape = {**GRPO_QUICK, "minibatches": 1 if one_step else args.grpo_minibatches, "epochs": 1 if one_step else 2}
     reward_source = model_dir("minilm-l6")
     reward_model = scalar_reward_model(reward_source, REWARD_MAX_LENGTH, pooling="cls")
     iteration, _ = online_iteration(model_dir(args.model), shape, reward_model, GRPO_OPENINGS, GRPO_PROMPT_LEN)
@@ -165,17 +170,18 @@ def grpo_bench(peer: PeerProcess, tokenizer, args) -> dict:
     openings = fixed_length_prompts(tokenizer, GRPO_OPENINGS, GRPO_PROMPT_LEN)
     peer_first = peer("grpo_learner", prompts=openings, prompt_texts=[tokenizer.decode(o) for o in openings],
                       reward_model=reward_source, reward_max_length=REWARD_MAX_LENGTH,
-                      samples=shape["samples_per_prompt"], new_tokens=RESPONSE_TOKENS, beta=shape["kl_coef"],
-                      epsilon=0.2, learning_rate=shape["learning_rate"], epochs=shape["epochs"],
-                      minibatches=shape["minibatches"])["first_iteration_seconds_incl_compile"]
+                      samples=shape["samples_per_prompt"], new_tokens=RESPONSE_TOKENS, prompt_tokens=GRPO_PROMPT_LEN,
+                      beta=shape["kl_coef"], epsilon=0.2, learning_rate=shape["learning_rate"],
+                      epochs=shape["epochs"], minibatches=shape["minibatches"],
+                      steps=2 + args.passes * args.iterations + 1)
     rounds = alternate(args.passes, lambda: statistics.median(iteration() for _ in range(args.iterations)),
                        lambda: peer("grpo", iterations=args.iterations)["seconds"], lower_is_better=True)
-    return {**summary(rounds), "metric": "seconds per GRPO iteration (ours: median of --iterations; tunix: mean of "
-                                         "one train() call's); ratio = peer / ours",
+    return {**summary(rounds), "metric": "seconds per GRPO iteration (ours: median of --iterations; the peer: mean "
+                                         "over --iterations); ratio = peer / ours",
             "shape": {"openings": GRPO_OPENINGS, "prompt_tokens": GRPO_PROMPT_LEN, "response_tokens": RESPONSE_TOKENS,
                       **shape}, "peer_rollouts_per_iteration": shape["minibatches"],
             "rlhf_jax_first_iteration_seconds_incl_compile": round(first, 2),
-            "peer_first_iteration_seconds_incl_compile": round(peer_first, 2)}
+            "peer_first_iteration": {k: round(v, 2) if isinstance(v, float) else v for k, v in peer_first.items()}}
 
 
 def main():

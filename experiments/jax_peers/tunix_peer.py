@@ -42,7 +42,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from serve import serve
+from serve import TimedSampler, serve, versions
 from tunix.generate import sampler as sampler_lib
 from tunix.models.llama3 import model as llama_lib
 from tunix.models.llama3 import params as llama_params
@@ -76,20 +76,16 @@ class Ids:
         return 0
 
 
-class Peer:
+class Peer(TimedSampler):
     def __init__(self, model_dir):
         self.model_dir = model_dir
         self.mesh = jax.make_mesh((1, 1), ("fsdp", "tp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
         with self.mesh:
             self.model = llama_params.create_model_from_safe_tensors(model_dir, SMOLLM2_135M, self.mesh,
                                                                      dtype=jnp.float32)
-        self.call = None
 
     def versions(self, request):
-        import importlib.metadata as md
-
-        return {"jax": jax.__version__, "jaxlib": md.version("jaxlib"), "flax": md.version("flax"),
-                "google-tunix": md.version("google-tunix")}
+        return versions("google-tunix")
 
     def logits(self, request):
         ids = np.asarray(request["ids"], np.int32)
@@ -227,14 +223,6 @@ class Peer:
             raise RuntimeError(f"tunix ran {rollouts} rollouts and {trained} Adam steps, not "
                                f"{self.minibatches * iterations} and {self.adam_steps * iterations}")
         return {"seconds": seconds / iterations}
-
-    def sample(self, request):
-        seconds = []
-        for _ in range(request["repeats"]):
-            start = time.perf_counter()
-            self.call()
-            seconds.append(time.perf_counter() - start)
-        return {"seconds": seconds}
 
 
 def main():
