@@ -1,8 +1,9 @@
 """Where the time of a bench's step goes: a ``jax.profiler`` trace of a few steps, summed by kind of work.
 
 Workloads are the benches' own (same models, shapes and steps): ``reward`` (bench_reward's pairwise MiniLM
-step), ``sft`` (bench_sft's SmolLM2 step), ``generate`` (bench_generate's sampler, --batch prompts) and
-``ppo`` (bench_ppo's whole iteration: rollout, host decode and scoring, update). XLA:CPU records one trace
+step), ``sft`` (bench_sft's SmolLM2 step), ``dpo`` (bench_jax_peers' DPO step: 16 pairs of 40 tokens, the
+reference's log-probs given), ``generate`` (bench_generate's sampler, --batch prompts) and ``ppo``
+(bench_ppo's whole iteration: rollout, host decode and scoring, update). XLA:CPU records one trace
 event per executed HLO op (thunk), tagged with its module; the optimised HLO, dumped with ``--xla_dump_to``,
 names the JAX operation each op came from (``op_name``), so each op's time is put under one heading:
 
@@ -19,7 +20,7 @@ names the JAX operation each op came from (``op_name``), so each op's time is pu
 Host phases (PPO: rollout, decode + score, update) come from ``jax.profiler.TraceAnnotation``s. Prints a
 table and one JSON line; the raw trace (Perfetto JSON, open at ui.perfetto.dev) stays in --out.
 
-    python experiments/profile_step.py reward|sft|ppo|generate [--steps 3] [--batch 64] [--top 12]
+    python experiments/profile_step.py reward|sft|dpo|ppo|generate [--steps 3] [--batch 64] [--top 12]
         [--out /tmp/profile_<workload>]
 """
 
@@ -42,7 +43,7 @@ PERFETTO_EVENT_CAP = 1_000_000  # jax's Perfetto trace keeps at most this many e
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workload", choices=["reward", "sft", "ppo", "generate"])
+    parser.add_argument("workload", choices=["reward", "sft", "dpo", "ppo", "generate"])
     parser.add_argument("--batch", type=int, default=64, help="generate: prompts per call")
     parser.add_argument("--steps", type=int, default=3, help="traced steps (PPO: iterations), after warm-up")
     parser.add_argument("--out", default=None, help="trace and HLO folder (default /tmp/profile_<workload>)")
@@ -71,6 +72,13 @@ def workload(name: str, batch: int):
 
         tokenizer, state, step = compiled_train_step(model_dir("minilm-l6"), "scalar", "reward_pairwise", 5e-5, 8)
         batches = pair_batches(tokenizer, 8, 16, 64)
+    elif name == "dpo":
+        import numpy as np
+        from bench_jax_peers import dpo_batch
+
+        tokenizer, state, step = compiled_train_step(model_dir("smollm2-135m-instruct"), "causal_lm", "dpo", 5e-5, 8)
+        batch, _ = dpo_batch(tokenizer, 16)
+        batches = [{**batch, "ref_chosen": np.zeros(16, np.float32), "ref_rejected": np.zeros(16, np.float32)}]
     else:
         from bench_sft import sft_batches
 
