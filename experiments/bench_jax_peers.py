@@ -1,6 +1,6 @@
 """Beside the JAX peers, same run, alternating: rlhf_jax's sampler, DPO step and GRPO iteration against
-google-tunix's (--peer tunix); its sampler and GRPO iteration against EasyDeL's generate and GRPOTrainer
-(--peer easydel).
+google-tunix's Sampler, DPOTrainer and GRPOLearner (--peer tunix), and against EasyDeL's generate,
+DPOTrainer and GRPOTrainer (--peer easydel).
 
 SmolLM2-135M-Instruct, float32, batches of 16-token Rotten Tomatoes openings, exactly 24 sampled tokens
 (temperature 1, the full distribution, no early stop): experiments/bench_generate.py's work. The peer runs
@@ -49,6 +49,7 @@ from flax import nnx
 from rt_prompts import fixed_length_prompts
 
 from rlhf_jax.allocator import TUNABLES
+from rlhf_jax.config import load_config
 from rlhf_jax.models import from_pretrained, load_tokenizer
 
 PARITY_BOUND = 1e-3
@@ -153,32 +154,33 @@ def dpo_bench(peer: PeerProcess, args) -> dict:
 
 
 PEER_TITLES = {"tunix": "google-tunix Sampler, DPOTrainer and GRPOLearner (llama3 model, rope_theta bound)",
-               "easydel": "EasyDeL generate under one jit (float32 load; rope_theta, attention / KV / rope dtypes "
-                          "fixed)"}
-GRPO_QUICK = {"algorithm": "grpo", "samples_per_prompt": 4, "kl_target": None, "kl_coef": 0.03, "epochs": 2,
-              "minibatches": 2, "learning_rate": 5e-5}
-GRPO_OPENINGS, GRPO_PROMPT_LEN, REWARD_MAX_LENGTH = 8, 8, 48  # configs/grpo_quick.py; its reward model's data
+               "easydel": "EasyDeL generate under one jit, DPOTrainer and GRPOTrainer (float32 load; rope_theta, "
+                          "attention / KV / rope dtypes fixed)"}
+GRPO_FIELDS = ("algorithm", "samples_per_prompt", "kl_target", "kl_coef", "epochs", "learning_rate")
 
 
 def grpo_bench(peer: PeerProcess, tokenizer, args) -> dict:
+    quick = load_config(os.path.join(os.path.dirname(HERE), "configs", "grpo_quick.py"))  # the shape timed
+    openings_n, prompt_len, max_length = quick.rl.rollout_prompts, quick.rl.prompt_tokens, quick.data.max_length
     one_step = args.peer == "easydel"  # its GRPOTrainer takes one optimizer step per rollout
-    shape = {**GRPO_QUICK, "minibatches": 1 if one_step else args.grpo_minibatches, "epochs": 1 if one_step else 2}
-    reward_source = model_dir("minilm-l6")
-    reward_model = scalar_reward_model(reward_source, REWARD_MAX_LENGTH, pooling="cls")
-    iteration, _ = online_iteration(model_dir(args.model), shape, reward_model, GRPO_OPENINGS, GRPO_PROMPT_LEN)
+    shape = {**{name: getattr(quick.rl, name) for name in GRPO_FIELDS},
+             "minibatches": 1 if one_step else args.grpo_minibatches, **({"epochs": 1} if one_step else {})}
+    reward_source = model_dir(quick.model.source)
+    reward_model = scalar_reward_model(reward_source, max_length, **dict(quick.model.config))
+    iteration, _ = online_iteration(model_dir(args.model), shape, reward_model, openings_n, prompt_len)
     first = iteration()
-    openings = fixed_length_prompts(tokenizer, GRPO_OPENINGS, GRPO_PROMPT_LEN)
+    openings = fixed_length_prompts(tokenizer, openings_n, prompt_len)
     peer_first = peer("grpo_learner", prompts=openings, prompt_texts=[tokenizer.decode(o) for o in openings],
-                      reward_model=reward_source, reward_max_length=REWARD_MAX_LENGTH,
-                      samples=shape["samples_per_prompt"], new_tokens=RESPONSE_TOKENS, prompt_tokens=GRPO_PROMPT_LEN,
-                      beta=shape["kl_coef"], epsilon=0.2, learning_rate=shape["learning_rate"],
+                      reward_model=reward_source, reward_max_length=max_length,
+                      samples=shape["samples_per_prompt"], new_tokens=RESPONSE_TOKENS, prompt_tokens=prompt_len,
+                      beta=shape["kl_coef"], epsilon=quick.rl.clip_ratio, learning_rate=shape["learning_rate"],
                       epochs=shape["epochs"], minibatches=shape["minibatches"],
                       steps=2 + args.passes * args.iterations + 1)
     rounds = alternate(args.passes, lambda: statistics.median(iteration() for _ in range(args.iterations)),
                        lambda: peer("grpo", iterations=args.iterations)["seconds"], lower_is_better=True)
     return {**summary(rounds), "metric": "seconds per GRPO iteration (ours: median of --iterations; the peer: mean "
                                          "over --iterations); ratio = peer / ours",
-            "shape": {"openings": GRPO_OPENINGS, "prompt_tokens": GRPO_PROMPT_LEN, "response_tokens": RESPONSE_TOKENS,
+            "shape": {"openings": openings_n, "prompt_tokens": prompt_len, "response_tokens": RESPONSE_TOKENS,
                       **shape}, "peer_rollouts_per_iteration": shape["minibatches"],
             "rlhf_jax_first_iteration_seconds_incl_compile": round(first, 2),
             "peer_first_iteration": {k: round(v, 2) if isinstance(v, float) else v for k, v in peer_first.items()}}

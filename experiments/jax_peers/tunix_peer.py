@@ -16,7 +16,7 @@ default, 1e6, replaces SmolLM2's 1e5); it is bound here. Requests:
    "new_tokens": N, "beta": b, "epsilon": e, "learning_rate": lr, "epochs": mu, "minibatches": M}
                                                         a GRPOLearner (actor, frozen reference, rlhf_jax's
                                                         reward model on DIR as its reward), one iteration
-  {"op": "grpo", "iterations": I}                       I iterations in one train() call; seconds of each
+  {"op": "grpo", "iterations": I}                       I iterations in one train() call; seconds per one
 
 Sampling as experiments/bench_generate.py does it: the prompts' ids as they are (tunix's sampler would
 prepend a BOS; it is given none), temperature 1, the full distribution, exactly N new tokens (the EOS id
