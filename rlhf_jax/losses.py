@@ -171,10 +171,19 @@ OFFLINE_LOSSES = PREFERENCE_LOSSES + ("kto",) + REFERENCE_FREE_LOSSES + ("kto_un
 
 
 def sequence_logprob(logits_BxTxV: jax.Array, input_ids_BxT: jax.Array, loss_mask_BxT: jax.Array) -> jax.Array:
-    """log pi(response | prompt) = sum_t m_t log p(x_t | x_<t): the logits at t - 1 predict token t, and
-    ``loss_mask`` marks the response's tokens. Returns [B] in float32."""
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
-    token_logp_BxT = jnp.take_along_axis(logp_BxTxV, input_ids_BxT[:, 1:, None], axis=-1)[..., 0]
+    """log pi(response | prompt) = sum_t m_t log p(x_t | x_<t): the logits z at t - 1 predict token t, and
+    ``loss_mask`` marks the response's tokens. Returns [B] in float32.
+
+    With M = max_v z_v (held constant under differentiation), log p(x) = (z_x - M) - log sum_v exp(z_v - M):
+    jax.nn.log_softmax's own operations, to the bit, but on the one entry read per position rather than on
+    all V. No [B, T, V] log-softmax is written, nor a copy of the logits without the last position, and
+    the backward adds the one-hot to the softmax where read-after-log_softmax scatters into zeros first.
+    """
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    max_BxTx1 = jax.lax.stop_gradient(jnp.max(logits_BxTxV, axis=-1, keepdims=True))
+    log_sum_BxT = jnp.log(jnp.sum(jnp.exp(logits_BxTxV - max_BxTx1), axis=-1))
+    next_logit_BxT = jnp.take_along_axis(logits_BxTxV[:, :-1], input_ids_BxT[:, 1:, None], axis=-1)[..., 0]
+    token_logp_BxT = (next_logit_BxT - max_BxTx1[:, :-1, 0]) - log_sum_BxT[:, :-1]
     return jnp.sum(token_logp_BxT * loss_mask_BxT[:, 1:], axis=1)
 
 

@@ -155,7 +155,13 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """GELU MLP (gpt2, bert): down(act(up x)); SwiGLU (llama): down(silu(gate x) * up x)."""
+    """GELU MLP (gpt2, bert): down(act(up x)); SwiGLU (llama): down(silu(gate x) * up x).
+
+    SwiGLU runs on the N = B * T rows as one [N, D] matrix: the products are the same as on [B, T, D], but
+    over (B, T) XLA:CPU writes each kernel's gradient, x^T dy, after a transposed copy of dy (a strided
+    pass over every [N, F] gradient), and on rows it does not (docs/performance.md). The GELU MLP stays on
+    [B, T, D]: there rows were no faster and moved the rounding of BERT's gradients.
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, f, bias = cfg.hidden_size, cfg.intermediate_size, not cfg.gated_mlp
@@ -165,11 +171,11 @@ class MLP(nnx.Module):
         self.down_proj = dense(f, d, ("mlp", "embed"), cfg, rngs=rngs, use_bias=bias)
 
     def __call__(self, x_BxTxD):
-        if self.gate_proj is not None:
-            h_BxTxF = self.act(self.gate_proj(x_BxTxD)) * self.up_proj(x_BxTxD)
-        else:
-            h_BxTxF = self.act(self.up_proj(x_BxTxD))
-        return self.down_proj(h_BxTxF)
+        if self.gate_proj is None:
+            return self.down_proj(self.act(self.up_proj(x_BxTxD)))
+        x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
+        h_NxF = self.act(self.gate_proj(x_NxD)) * self.up_proj(x_NxD)
+        return self.down_proj(h_NxF).reshape(x_BxTxD.shape)
 
 
 class Block(nnx.Module):
