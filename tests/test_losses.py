@@ -230,3 +230,24 @@ def test_sequence_logprob_matches_a_loop(rng):
         expected.append(total)
     got = losses.sequence_logprob(jnp.asarray(logits, jnp.float32), jnp.asarray(ids), jnp.asarray(mask))
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
+
+
+def test_sequence_logprob_equals_reading_a_log_softmax_to_the_bit(rng):
+    """Read from the logits, log p is jax.nn.log_softmax's own arithmetic: the same value and gradient, bit for
+    bit, as the [B, T, V] log-softmax it no longer writes (a vocabulary wide enough for XLA's vector code)."""
+    logits = jnp.asarray(5 * rng.normal(size=(3, 9, 515)), jnp.float32)
+    ids = jnp.asarray(rng.integers(0, 515, size=(3, 9)))
+    mask = jnp.asarray(rng.integers(0, 2, size=(3, 9)))
+    weights = jnp.asarray(rng.normal(size=3), jnp.float32)
+
+    def read_from_log_softmax(logits_BxTxV):
+        logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1], axis=-1)
+        token_logp_BxT = jnp.take_along_axis(logp_BxTxV, ids[:, 1:, None], axis=-1)[..., 0]
+        return jnp.sum(token_logp_BxT * mask[:, 1:], axis=1)
+
+    def value_and_grad(fn):  # the [B] log-probs, and the gradient of a weighted sum of them
+        return jax.jit(lambda z: (fn(z), jax.grad(lambda z: jnp.sum(fn(z) * weights))(z)))(logits)
+
+    ours = value_and_grad(lambda z: losses.sequence_logprob(z, ids, mask))
+    for got, expected in zip(ours, value_and_grad(read_from_log_softmax), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
