@@ -8,8 +8,9 @@ in a venv of its own (experiments/jax_peers/setup.sh) as a process that stays up
 compiled sampler stays warm as ours does. Before any timing, both sides' logits on the same openings are
 compared (max |diff| under 1e-3, the SmolLM2 parity tests' bound). Per batch size: one call each that
 compiles (reported apart), then --passes rounds alternating ours and the peer, each side's figure the
-median of --repeats calls. The peer gets rlhf_jax's allocator settings (rlhf_jax/allocator.py) through
-GLIBC_TUNABLES; --peer-allocator default leaves glibc's.
+median of --repeats calls (after --pass-warmup untimed calls of its own in that pass; default none). The
+peer gets rlhf_jax's allocator settings (rlhf_jax/allocator.py) through GLIBC_TUNABLES; --peer-allocator
+default leaves glibc's.
 
 DPO (--work dpo): configs/dpo_quick.py's shape, 16 pairs of 40-token sequences (8 prompt tokens, 32
 response tokens, no padding), beta 0.05, clip 1.0 + AdamW 5e-5; ours is the jitted step a run trains with
@@ -201,6 +202,8 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pass-warmup", type=int, default=0,
+                        help="sampling: untimed calls each side makes at the start of every pass")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
     script, default_python, peer_work = PEERS[args.peer]
@@ -228,10 +231,14 @@ def main():
         our_seconds = []
 
         def our_rate():
+            for _ in range(args.pass_warmup):
+                timed(ours)
             our_seconds.append(statistics.median(timed(ours) for _ in range(args.repeats)))
             return generated / our_seconds[-1]
 
         def peer_rate():
+            if args.pass_warmup:
+                peer("sample", repeats=args.pass_warmup)
             return generated / statistics.median(peer("sample", repeats=args.repeats)["seconds"])
 
         rounds = alternate(args.passes, our_rate, peer_rate)
@@ -248,6 +255,7 @@ def main():
     emit({"workload": "jax_peer", "metric": "sampling: generated tokens per second; dpo, grpo: their own 'metric'",
           "config": {"model": args.model, "dtype": "float32", "prompt_len": args.prompt_len,
                      "new_tokens": args.new_tokens, "passes": args.passes, "repeats": args.repeats,
+                     "pass_warmup": args.pass_warmup,
                      "sampling": "temperature 1, no top-k/top-p, no early stop",
                      "peer": PEER_TITLES[args.peer],
                      "peer_allocator": args.peer_allocator},
