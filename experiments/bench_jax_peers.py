@@ -8,9 +8,9 @@ in a venv of its own (experiments/jax_peers/setup.sh) as a process that stays up
 compiled sampler stays warm as ours does. Before any timing, both sides' logits on the same openings are
 compared (max |diff| under 1e-3, the SmolLM2 parity tests' bound). Per batch size: one call each that
 compiles (reported apart), then --passes rounds alternating ours and the peer, each side's figure the
-median of --repeats calls (after --pass-warmup untimed calls of its own in that pass; default none). The
-peer gets rlhf_jax's allocator settings (rlhf_jax/allocator.py) through GLIBC_TUNABLES; --peer-allocator
-default leaves glibc's.
+median of --repeats calls (after --pass-warmup untimed calls of its own in that pass, DPO steps too;
+default none). The peer gets rlhf_jax's allocator settings (rlhf_jax/allocator.py) through GLIBC_TUNABLES;
+--peer-allocator default leaves glibc's.
 
 DPO (--work dpo): configs/dpo_quick.py's shape, 16 pairs of 40-token sequences (8 prompt tokens, 32
 response tokens, no padding), beta 0.05, clip 1.0 + AdamW 5e-5; ours is the jitted step a run trains with
@@ -130,11 +130,15 @@ def dpo_bench(peer: PeerProcess, args) -> dict:
     first_reference = timed(lambda: jax.block_until_ready(reference(batch)))
     state, (first,) = time_steps(train_step, state, [batch], 0)
     peer_first = peer("dpo_trainer", **peer_batch, beta=0.05, learning_rate=5e-5,
-                      total_steps=1 + args.passes * args.steps + 1)["first_step_seconds_incl_compile"]
+                      total_steps=1 + args.passes * (args.pass_warmup + args.steps) + 1
+                      )["first_step_seconds_incl_compile"]
     step_seconds, reference_seconds = [], []
 
     def ours():
         nonlocal state
+        if args.pass_warmup:
+            state, _ = time_steps(train_step, state, [batch] * args.pass_warmup, 0)
+            jax.block_until_ready(reference(batch))
         state, seconds = time_steps(train_step, state, [batch] * args.steps, 0)
         step_seconds.append(sum(seconds) / len(seconds))
         reference_seconds.append(statistics.median(timed(lambda: jax.block_until_ready(reference(batch)))
@@ -142,6 +146,8 @@ def dpo_bench(peer: PeerProcess, args) -> dict:
         return step_seconds[-1] + reference_seconds[-1]
 
     def theirs():
+        if args.pass_warmup:
+            peer("dpo", steps=args.pass_warmup)
         return peer("dpo", steps=args.steps)["seconds"] / args.steps
 
     rounds = alternate(args.passes, ours, theirs, lower_is_better=True)
@@ -203,7 +209,7 @@ def main():
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pass-warmup", type=int, default=0,
-                        help="sampling: untimed calls each side makes at the start of every pass")
+                        help="sampling, dpo: untimed calls / steps each side makes at the start of every pass")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
     script, default_python, peer_work = PEERS[args.peer]
