@@ -234,7 +234,7 @@ def test_sequence_logprob_matches_a_loop(rng):
 
 def test_sequence_logprob_equals_reading_a_log_softmax_to_the_bit(rng):
     """Read from the logits, log p is jax.nn.log_softmax's own arithmetic: the same value and gradient, bit for
-    bit, as the [B, T, V] log-softmax it no longer writes (a vocabulary wide enough for XLA's vector code)."""
+    bit, as the [B, T, V] log-softmax it no longer writes."""
     logits = jnp.asarray(5 * rng.normal(size=(3, 9, 515)), jnp.float32)
     ids = jnp.asarray(rng.integers(0, 515, size=(3, 9)))
     mask = jnp.asarray(rng.integers(0, 2, size=(3, 9)))
