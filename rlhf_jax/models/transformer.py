@@ -93,9 +93,12 @@ def apply_rope(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float) ->
 class KVCache:
     """Fixed-size key/value cache for decoding.
 
-    keys/values: one [B, S, K, Dh] array per layer, or (layers scanned) one [L, B, S, K, Dh] array.
-    key_mask_BxS: slot holds a real token. end: number of slots written so far (the next write goes to
-    slot ``end``).
+    keys: one [B, K, S, Dh] array per layer, values one [B, K, Dh, S] array per layer, or (layers scanned)
+    one [L, B, K, S, Dh] / [L, B, K, Dh, S] array. These are the layouts in which XLA:CPU's two attention
+    products read them (scores^T = keys q^T over Dh, out^T = values^T probs^T over S): stored token-major,
+    [B, S, K, Dh], every layer's whole cache was transposed into them again at every decoded token
+    (docs/performance.md). key_mask_BxS: slot holds a real token. end: number of slots written so far
+    (the next write goes to slot ``end``).
     """
 
     keys: tuple
@@ -105,13 +108,16 @@ class KVCache:
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
-        shape = (batch, max_len, cfg.kv_heads, cfg.dim_per_head)
-        if cfg.scan_layers:
-            zeros = jnp.zeros((cfg.num_layers, *shape), cfg.dtype)
-        else:
-            zeros = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
-        return cls(keys=zeros, values=zeros, key_mask_BxS=jnp.zeros((batch, max_len), bool),
-                   end=jnp.zeros((), jnp.int32))
+        keys_shape = (batch, cfg.kv_heads, max_len, cfg.dim_per_head)
+        values_shape = (batch, cfg.kv_heads, cfg.dim_per_head, max_len)
+
+        def zeros(shape):
+            if cfg.scan_layers:
+                return jnp.zeros((cfg.num_layers, *shape), cfg.dtype)
+            return tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
+
+        return cls(keys=zeros(keys_shape), values=zeros(values_shape),
+                   key_mask_BxS=jnp.zeros((batch, max_len), bool), end=jnp.zeros((), jnp.int32))
 
 
 class Attention(nnx.Module):
@@ -127,7 +133,7 @@ class Attention(nnx.Module):
         self.o_proj = dense(h * dh, d, ("heads", "embed"), cfg, rngs=rngs, use_bias=bias)
 
     def __call__(self, x_BxTxD, positions_BxT, allowed_BxTxS, layer_cache=None, cache_end=None):
-        """Returns (out_BxTxD, (keys_BxSxKxDh, values_BxSxKxDh) written into the cache, or None)."""
+        """Returns (out_BxTxD, (keys_BxKxSxDh, values_BxKxDhxS) written into the cache, or None)."""
         cfg = self.cfg
         b, t, _ = x_BxTxD.shape
         h, k, dh = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
@@ -137,21 +143,28 @@ class Attention(nnx.Module):
         if cfg.uses_rope:
             q_BxTxHxDh = apply_rope(q_BxTxHxDh, positions_BxT, cfg.rope_theta)
             k_BxTxKxDh = apply_rope(k_BxTxKxDh, positions_BxT, cfg.rope_theta)
-        new_cache = None
-        if layer_cache is not None:
-            cached_k, cached_v = layer_cache
-            k_BxSxKxDh = jax.lax.dynamic_update_slice(cached_k, k_BxTxKxDh.astype(cached_k.dtype), (0, cache_end, 0, 0))
-            v_BxSxKxDh = jax.lax.dynamic_update_slice(cached_v, v_BxTxKxDh.astype(cached_v.dtype), (0, cache_end, 0, 0))
-            new_cache = (k_BxSxKxDh, v_BxSxKxDh)
-        else:
-            k_BxSxKxDh, v_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
         q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh)
-        scores_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh,
-                                      preferred_element_type=jnp.float32) / jnp.sqrt(dh).astype(jnp.float32)
+        if layer_cache is None:
+            scores_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxTxKxDh,
+                                          preferred_element_type=jnp.float32)
+            probs_BxKxGxTxS = self._softmax(scores_BxKxGxTxS, allowed_BxTxS).astype(v_BxTxKxDh.dtype)
+            out_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", probs_BxKxGxTxS, v_BxTxKxDh)
+            return self.o_proj(out_BxTxKxGxDh.reshape(b, t, h * dh)), None
+        cached_k_BxKxSxDh, cached_v_BxKxDhxS = layer_cache
+        k_BxKxSxDh = jax.lax.dynamic_update_slice(
+            cached_k_BxKxSxDh, k_BxTxKxDh.transpose(0, 2, 1, 3).astype(cached_k_BxKxSxDh.dtype), (0, 0, cache_end, 0))
+        v_BxKxDhxS = jax.lax.dynamic_update_slice(
+            cached_v_BxKxDhxS, v_BxTxKxDh.transpose(0, 2, 3, 1).astype(cached_v_BxKxDhxS.dtype), (0, 0, 0, cache_end))
+        scores_BxKxGxTxS = jnp.einsum("btkgd,bksd->bkgts", q_BxTxKxGxDh, k_BxKxSxDh, preferred_element_type=jnp.float32)
+        probs_BxKxGxTxS = self._softmax(scores_BxKxGxTxS, allowed_BxTxS).astype(v_BxKxDhxS.dtype)
+        out_BxTxKxGxDh = jnp.einsum("bkgts,bkds->btkgd", probs_BxKxGxTxS, v_BxKxDhxS)
+        return self.o_proj(out_BxTxKxGxDh.reshape(b, t, h * dh)), (k_BxKxSxDh, v_BxKxDhxS)
+
+    def _softmax(self, scores_BxKxGxTxS, allowed_BxTxS):
+        """softmax over keys of scores / sqrt(Dh), disallowed keys masked out."""
+        scores_BxKxGxTxS = scores_BxKxGxTxS / jnp.sqrt(self.cfg.dim_per_head).astype(jnp.float32)
         scores_BxKxGxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min)
-        probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxSxKxDh.dtype)
-        out_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", probs_BxKxGxTxS, v_BxSxKxDh)
-        return self.o_proj(out_BxTxKxGxDh.reshape(b, t, h * dh)), new_cache
+        return jax.nn.softmax(scores_BxKxGxTxS, axis=-1)
 
 
 class MLP(nnx.Module):
@@ -215,7 +228,7 @@ def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
 def scan_blocks(blocks: Block, x_BxTxD, positions_BxT, allowed_BxTxS, cache: KVCache | None, remat: str):
     """The stacked blocks applied in order by one ``lax.scan``: a single block is traced and compiled, and
     with remat (training, no cache) each layer is recomputed in the backward pass from its input alone.
-    Returns (x_BxTxD, (keys_LxBxSxKxDh, values_LxBxSxKxDh) written, or None)."""
+    Returns (x_BxTxD, (keys_LxBxKxSxDh, values_LxBxKxDhxS) written, or None)."""
     graphdef, stacked = nnx.split(blocks)
     end = None if cache is None else cache.end
 
