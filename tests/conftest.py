@@ -11,6 +11,14 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# Every program the tests compile goes into the persistent compilation cache (rlhf_jax/compile_cache.py:
+# $RLHF_JAX_CACHE/xla, or RLHF_JAX_COMPILE_CACHE), however fast it compiled, where the CLI keeps only the slow
+# ones: the tests build the same tiny models' steps again and again. What a hit loads is the executable the
+# compiler built, so no result changes (tests/test_compile_cache.py checks the bits).
+from rlhf_jax import compile_cache  # noqa: E402
+
+compile_cache.enable(min_compile_seconds=0.0)
+
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 ONE_DEVICE = ["--config.mesh.shape={'data': 1, 'fsdp': 1, 'tensor': 1}"]
