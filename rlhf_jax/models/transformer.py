@@ -144,27 +144,21 @@ class Attention(nnx.Module):
             q_BxTxHxDh = apply_rope(q_BxTxHxDh, positions_BxT, cfg.rope_theta)
             k_BxTxKxDh = apply_rope(k_BxTxKxDh, positions_BxT, cfg.rope_theta)
         q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, h // k, dh)
-        if layer_cache is None:
-            scores_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxTxKxDh,
-                                          preferred_element_type=jnp.float32)
-            probs_BxKxGxTxS = self._softmax(scores_BxKxGxTxS, allowed_BxTxS).astype(v_BxTxKxDh.dtype)
-            out_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", probs_BxKxGxTxS, v_BxTxKxDh)
-            return self.o_proj(out_BxTxKxGxDh.reshape(b, t, h * dh)), None
-        cached_k_BxKxSxDh, cached_v_BxKxDhxS = layer_cache
-        k_BxKxSxDh = jax.lax.dynamic_update_slice(
-            cached_k_BxKxSxDh, k_BxTxKxDh.transpose(0, 2, 1, 3).astype(cached_k_BxKxSxDh.dtype), (0, 0, cache_end, 0))
-        v_BxKxDhxS = jax.lax.dynamic_update_slice(
-            cached_v_BxKxDhxS, v_BxTxKxDh.transpose(0, 2, 3, 1).astype(cached_v_BxKxDhxS.dtype), (0, 0, 0, cache_end))
-        scores_BxKxGxTxS = jnp.einsum("btkgd,bksd->bkgts", q_BxTxKxGxDh, k_BxKxSxDh, preferred_element_type=jnp.float32)
-        probs_BxKxGxTxS = self._softmax(scores_BxKxGxTxS, allowed_BxTxS).astype(v_BxKxDhxS.dtype)
-        out_BxTxKxGxDh = jnp.einsum("bkgts,bkds->btkgd", probs_BxKxGxTxS, v_BxKxDhxS)
-        return self.o_proj(out_BxTxKxGxDh.reshape(b, t, h * dh)), (k_BxKxSxDh, v_BxKxDhxS)
-
-    def _softmax(self, scores_BxKxGxTxS, allowed_BxTxS):
-        """softmax over keys of scores / sqrt(Dh), disallowed keys masked out."""
-        scores_BxKxGxTxS = scores_BxKxGxTxS / jnp.sqrt(self.cfg.dim_per_head).astype(jnp.float32)
+        if layer_cache is None:  # this call's own keys and values, token-major
+            keys, values, key_axes, value_axes, written = k_BxTxKxDh, v_BxTxKxDh, "bskd", "bskd", None
+        else:  # written into the cache, in its layouts: keys [B, K, S, Dh], values [B, K, Dh, S] (KVCache)
+            cached_k_BxKxSxDh, cached_v_BxKxDhxS = layer_cache
+            new_k_BxKxTxDh = k_BxTxKxDh.transpose(0, 2, 1, 3).astype(cached_k_BxKxSxDh.dtype)
+            new_v_BxKxDhxT = v_BxTxKxDh.transpose(0, 2, 3, 1).astype(cached_v_BxKxDhxS.dtype)
+            keys = jax.lax.dynamic_update_slice(cached_k_BxKxSxDh, new_k_BxKxTxDh, (0, 0, cache_end, 0))
+            values = jax.lax.dynamic_update_slice(cached_v_BxKxDhxS, new_v_BxKxDhxT, (0, 0, 0, cache_end))
+            key_axes, value_axes, written = "bksd", "bkds", (keys, values)
+        scores_BxKxGxTxS = jnp.einsum(f"btkgd,{key_axes}->bkgts", q_BxTxKxGxDh, keys,
+                                      preferred_element_type=jnp.float32) / jnp.sqrt(dh).astype(jnp.float32)
         scores_BxKxGxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxKxGxTxS, jnp.finfo(jnp.float32).min)
-        return jax.nn.softmax(scores_BxKxGxTxS, axis=-1)
+        probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(values.dtype)
+        out_BxTxKxGxDh = jnp.einsum(f"bkgts,{value_axes}->btkgd", probs_BxKxGxTxS, values)
+        return self.o_proj(out_BxTxKxGxDh.reshape(b, t, h * dh)), written
 
 
 class MLP(nnx.Module):
