@@ -1,7 +1,9 @@
 """Records are validated with file:line errors; tfds builders write array_record and read back without TF."""
 
 import json
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -70,6 +72,30 @@ def test_feedback_builders_round_trip_without_tensorflow(tmp_path, kind, dataset
     # a second build of the same file reuses the dataset
     again = builders.build(dataset, path, str(tmp_path / "data"))
     assert {s: len(again[s]) for s in again} == {s: len(source[s]) for s in source}
+
+
+BUILD_AT = """
+import sys, time
+from rlhf_jax.data import builders
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))
+source = builders.build("preferences", sys.argv[1], sys.argv[2])
+print(sum(len(source[split]) for split in source))
+"""
+
+
+def test_two_processes_building_one_dataset_at_once_both_read_it(tmp_path):
+    # Both start writing at the same moment into the same cache: without the lock, the second's rename of its
+    # finished incomplete.* directory onto the first's fails (directory not empty).
+    rows = [{**GOOD, "id": f"r{i}", "chosen": f"is wonderful, {i} times over."} for i in range(3000)]
+    path = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    start = f"{time.time() + 8:.3f}"  # both processes imported tfds by then
+    processes = [subprocess.Popen([sys.executable, "-c", BUILD_AT, path, str(tmp_path / "data"), start],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [process.communicate(timeout=120) for process in processes]
+    for process, (out, err) in zip(processes, results):
+        assert process.returncode == 0, err[-2000:]
+        assert out.split()[-1] == "3000"
+    assert len(list((tmp_path / "data").glob("preferences-*/*/*/dataset_info.json"))) == 1
 
 
 def test_splits_are_a_stable_hash():
