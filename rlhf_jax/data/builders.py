@@ -4,7 +4,7 @@ Each builder takes rows already validated by ``rlhf_jax.data.records`` (so a bad
 before anything is written) and keeps their deterministic splits. A dataset lives in
 ``DATA_ROOT/KIND-<sha256 of the source files>/``: a changed source file is a new dataset, never a
 stale one. tfds writes into an ``incomplete.*`` directory and renames it only when every split is
-written, so a reader never sees half a dataset; a file lock beside it (``KIND-<sha256>.lock``) lets one
+written, so a reader never sees half a dataset; a file lock in it (``.lock``) lets one
 process at a time write it, so runs sharing the cache at once (two configs, parallel tests) build it once.
 """
 
@@ -127,8 +127,8 @@ def build(kind: str, source: str | list[str], data_root: str, renderer: formats.
     rendering = f"-{renderer.identity}" if renderer.used else ""  # conversations: named by their rendering
     data_dir = os.path.join(data_root, f"{kind}-{records.file_digest(source)[:16]}{rendering}")
     tfds.disable_progress_bar()
-    os.makedirs(data_root, exist_ok=True)
-    with filelock.FileLock(data_dir + ".lock"):  # the second process waits, then finds it written
+    os.makedirs(data_dir, exist_ok=True)
+    with filelock.FileLock(os.path.join(data_dir, ".lock")):  # the second process waits, then finds it written
         builder = builder_class(rows=rows, data_dir=data_dir, file_format="array_record")
         builder.download_and_prepare()
     return builder.as_data_source()
