@@ -102,6 +102,7 @@ def test_config_show_lists_the_compare_section():
     assert "compare.seeds = 3  # seeds per arm" in text and "rl.iterations = 4" in text
 
 
+@pytest.mark.long
 def test_tiny_comparison_end_to_end(tmp_path, tiny_policy):
     exp, compare = load_run_config(os.path.join(CONFIGS, "tiny_compare.py"),
                                    [f"--config.rl.policy={tiny_policy}", f"--config.feedback.policy={tiny_policy}"])

@@ -113,6 +113,7 @@ def assert_close(rows, expected):
                 assert row[name] == pytest.approx(value, rel=1e-5, abs=1e-6), (row["step"], row["split"], name)
 
 
+@pytest.mark.long
 def test_supervised_run_two_processes_equal_one_and_resume_across_topologies(tmp_path):
     two = train(tmp_path / "two")
     one = train(tmp_path / "one", processes=1)
@@ -146,6 +147,7 @@ def rlhf_run(workdir, policy, processes, config="tiny_ppo.py"):
     return reward_model, ppo_rows, evaluation
 
 
+@pytest.mark.long
 def test_reward_model_and_ppo_two_processes_equal_one(tmp_path, tiny_policy):
     import shutil
 

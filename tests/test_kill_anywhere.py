@@ -9,6 +9,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from conftest import CONFIGS, tiny_rl
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
@@ -64,6 +65,7 @@ def outputs(workdir) -> dict:
             "samples": text("rl/samples.jsonl"), "report": [line for line in report if "seconds per" not in line]}
 
 
+@pytest.mark.long
 def test_sigkill_at_26_moments_over_the_stages_changes_no_output(tmp_path, tiny_policy, monkeypatch):
     # The kills are placed by the uninterrupted run's timeline, which only predicts the attempts' own if
     # every attempt compiles as it did: with the compilation cache, the later ones load and run ahead.

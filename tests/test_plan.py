@@ -43,6 +43,7 @@ def test_the_135m_plan_matches_the_bytes_a_real_8_device_run_holds(tmp_path, smo
     assert step.parameters == pytest.approx(134_515_008 * 4 / 8, rel=0.01)  # SmolLM2-135M's parameters, float32
 
 
+@pytest.mark.long
 def test_the_lora_plan_matches_a_real_lora_run_and_drops_adam_for_the_base(tmp_path, smollm2_dir):
     """With model.lora the plan counts the adapters and Adam's moments of the adapters alone, as the real run
     on 8 devices holds them."""

@@ -12,6 +12,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 from conftest import CONFIGS
 from test_distributed import MESH, launch, pids_running
 from test_kill_anywhere import outputs
@@ -66,6 +67,7 @@ def same_parameters(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.long
 def test_sigterm_to_one_of_two_processes_in_reward_model_ppo_and_grpo_resumes_exactly(tmp_path, tiny_policy,
                                                                                        monkeypatch):
     monkeypatch.setenv("RLHF_JAX_COMPILE_CACHE", "off")  # each run compiles, so a stage lasts as long in each
