@@ -1,5 +1,7 @@
 """Test set-up: 8 simulated CPU devices (before jax is imported), shared fixtures."""
 
+import ctypes
+import gc
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # an installed libtpu (the tpu extra) is for compiling only
@@ -18,6 +20,27 @@ jax.config.update("jax_default_matmul_precision", "highest")
 from rlhf_jax import compile_cache  # noqa: E402
 
 compile_cache.enable(min_compile_seconds=0.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _return_freed_memory():
+    """After each module, what it freed goes back to the system (glibc keeps freed heap pages otherwise, and a
+    worker of ``-n 2`` would carry every module's high-water mark beside the other's)."""
+    yield
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (macOS, musl): nothing to do
+        return None
+
+
+_LIBC = _libc()
 
 
 def pytest_collection_modifyitems(config, items):
