@@ -45,11 +45,25 @@ def keep_freed_memory() -> bool:
     """Apply ``SETTINGS`` (no mmap, no trimming, one arena) to glibc's malloc; True if all took effect."""
     if os.environ.get("RLHF_JAX_KEEP_FREED_MEMORY", "1") == "0":
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt): nothing to tune
+    mallopt = _glibc("mallopt")
+    if mallopt is None:  # not glibc (macOS, musl without mallopt): nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     applied = [bool(mallopt(parameter, value)) for parameter, value in SETTINGS]  # every one, even after a failure
     return all(applied)
+
+
+def return_freed_memory() -> bool:
+    """Give the heap's free pages back to the kernel (glibc's ``malloc_trim(0)``), where the settings above are
+    not applied: a process that runs one phase after another, such as the test suite between modules, keeps
+    otherwise every phase's high-water mark. True if glibc returned any memory."""
+    trim = _glibc("malloc_trim")
+    return bool(trim(0)) if trim is not None else False
+
+
+def _glibc(function: str):
+    """glibc's ``function``, or None where the C library has none."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), function)
+    except (OSError, AttributeError):
+        return None

@@ -1,6 +1,5 @@
 """Test set-up: 8 simulated CPU devices (before jax is imported), shared fixtures."""
 
-import ctypes
 import gc
 import os
 
@@ -17,7 +16,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # $RLHF_JAX_CACHE/xla, or RLHF_JAX_COMPILE_CACHE), however fast it compiled, where the CLI keeps only the slow
 # ones: the tests build the same tiny models' steps again and again. What a hit loads is the executable the
 # compiler built, so no result changes (tests/test_compile_cache.py checks the bits).
-from rlhf_jax import compile_cache  # noqa: E402
+from rlhf_jax import allocator, compile_cache  # noqa: E402
 
 compile_cache.enable(min_compile_seconds=0.0)
 
@@ -28,19 +27,7 @@ def _return_freed_memory():
     worker of ``-n 2`` would carry every module's high-water mark beside the other's)."""
     yield
     gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _libc():
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:  # not glibc (macOS, musl): nothing to do
-        return None
-
-
-_LIBC = _libc()
+    allocator.return_freed_memory()
 
 
 def pytest_collection_modifyitems(config, items):

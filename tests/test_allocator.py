@@ -59,3 +59,28 @@ def test_a_worker_threads_freed_block_is_reused_without_page_faults():
     assert min(default["faults"]) >= BLOCK_MIB // 2, default
     # Kept: the first round maps the heap; later rounds reuse it (a handful for Python's own allocations).
     assert max(kept["faults"][1:]) <= 5, kept
+
+
+# 200 MB of heap blocks (below glibc's mmap threshold) under one block allocated last, so that freeing them
+# leaves the free pages in the middle of the heap, where glibc's own trimming of the heap's top cannot reach.
+HELD_UNDER_A_PIN = """
+import gc, json
+from rlhf_jax.allocator import return_freed_memory
+def rss_mb():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1]) // 1024
+blocks = [b"x" * 10000 for _ in range(20000)]
+pin = b"y" * 10000
+del blocks
+gc.collect()
+freed = rss_mb()
+returned = return_freed_memory()
+print(json.dumps({"freed": freed, "returned": returned, "trimmed": rss_mb()}))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
+def test_freed_heap_pages_go_back_to_the_system():
+    result = subprocess.run([sys.executable, "-c", HELD_UNDER_A_PIN], capture_output=True, text=True, check=True)
+    memory = json.loads(result.stdout)
+    assert memory["returned"] is True
+    assert memory["freed"] - memory["trimmed"] >= 150, memory  # of the 200 MB freed
