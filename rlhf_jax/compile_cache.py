@@ -4,7 +4,8 @@ config (or any run that compiles the same program) loads them instead of compili
 JAX keys an entry on the program's HLO, its devices and shardings, the compile options and the jax,
 jaxlib and XLA versions, and what it loads is the executable the compiler built: no number changes,
 only the time to the first step. Programs that compile in under a second are not stored (JAX's
-threshold), and the least recently used entries are deleted above ``MAX_BYTES``.
+threshold; ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` moves it), and the least recently used entries
+are deleted above ``MAX_BYTES``.
 
 Where: ``$RLHF_JAX_COMPILE_CACHE``, else ``$RLHF_JAX_CACHE/xla`` (default ``~/.cache/rlhf_jax/xla``);
 ``RLHF_JAX_COMPILE_CACHE=off`` turns it off. The CLI turns it on for the commands that compile.
@@ -33,9 +34,10 @@ def directory() -> Path | None:
     return cache_dir().parent / "xla"
 
 
-def enable(path: str | os.PathLike | None = None, min_compile_seconds: float = 1.0) -> Path | None:
-    """Turn the cache on at ``path`` (default: ``directory()``) before the first compile; returns where it
-    is, or None where it is off."""
+def enable(path: str | os.PathLike | None = None, min_compile_seconds: float | None = None) -> Path | None:
+    """Turn the cache on at ``path`` (default: ``directory()``) before the first compile, keeping programs that
+    compiled in at least ``min_compile_seconds`` (None: JAX's setting); returns where it is, or None where it
+    is off."""
     import jax
 
     where = Path(path) if path is not None else directory()
@@ -43,6 +45,7 @@ def enable(path: str | os.PathLike | None = None, min_compile_seconds: float = 1
         return None
     where.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(where))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+    if min_compile_seconds is not None:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return where

@@ -6,16 +6,19 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # an installed libtpu (the tpu extra) is for compiling only
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every program compiled here or in the CLI runs the tests start goes into the compilation cache (below).
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import jax
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# Every program the tests compile goes into the persistent compilation cache (rlhf_jax/compile_cache.py:
-# $RLHF_JAX_CACHE/xla, or RLHF_JAX_COMPILE_CACHE), however fast it compiled, where the CLI keeps only the slow
-# ones: the tests build the same tiny models' steps again and again. What a hit loads is the executable the
-# compiler built, so no result changes (tests/test_compile_cache.py checks the bits).
+# Every program the tests compile, and the CLI runs they start, goes into the persistent compilation cache
+# (rlhf_jax/compile_cache.py: $RLHF_JAX_CACHE/xla, or RLHF_JAX_COMPILE_CACHE), however fast it compiled, where
+# a researcher's run keeps only the slow ones: the tests build the same tiny models' steps again and again.
+# What a hit loads is the executable the compiler built, so no result changes (tests/test_compile_cache.py
+# checks the bits). The kill and preemption tests turn it off for their runs.
 from rlhf_jax import allocator, compile_cache  # noqa: E402
 
 compile_cache.enable(min_compile_seconds=0.0)

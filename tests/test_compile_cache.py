@@ -54,3 +54,18 @@ def test_the_cli_turns_it_on_for_commands_that_compile_and_only_those(tmp_path):
     devices = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", "devices"], env=env, capture_output=True, text=True)
     assert devices.returncode == 0, devices.stderr[-2000:]
     assert (tmp_path / "xla").is_dir()
+
+
+def test_the_cli_keeps_the_programs_jax_s_threshold_lets_through(tmp_path):
+    """``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` moves the CLI's threshold: 0 keeps every program
+    ``rlhf-jax devices`` compiles, an hour keeps none."""
+    def entries(threshold):
+        where = tmp_path / threshold
+        env = {**os.environ, compile_cache.ENV: str(where), "JAX_PLATFORMS": "cpu",
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": threshold}
+        devices = subprocess.run([sys.executable, "-m", "rlhf_jax.cli", "devices"], env=env, capture_output=True,
+                                 text=True)
+        assert devices.returncode == 0, devices.stderr[-2000:]
+        return [p for p in where.iterdir() if p.name.endswith("-cache")]
+
+    assert entries("0") and not entries("3600")
