@@ -21,7 +21,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # checks the bits). The kill and preemption tests turn it off for their runs.
 from rlhf_jax import allocator, compile_cache  # noqa: E402
 
-compile_cache.enable(min_compile_seconds=0.0)
+compile_cache.enable()  # at the threshold of 0 set above
 
 
 @pytest.fixture(scope="module", autouse=True)
