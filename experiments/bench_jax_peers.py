@@ -64,7 +64,11 @@ class PeerProcess:
     """A peer script in its own venv, one JSON request and one JSON answer per line."""
 
     def __init__(self, python: str, script: str, model: str, allocator: str):
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.path.dirname(HERE)}  # rlhf_jax's scorer
+        # On our platform (a GPU's name in JAX_PLATFORMS is "cuda"), with rlhf_jax importable for its scorer; a
+        # peer's own packages come through its python (a venv, or a wrapper that sets its PYTHONPATH).
+        platform = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
+        env = {**os.environ, "JAX_PLATFORMS": platform,
+               "PYTHONPATH": os.pathsep.join(filter(None, (os.path.dirname(HERE), os.environ.get("PYTHONPATH"))))}
         env.pop("XLA_FLAGS", None)
         if allocator == "same":
             env["GLIBC_TUNABLES"] = TUNABLES
@@ -172,7 +176,7 @@ def grpo_bench(peer: PeerProcess, tokenizer, args) -> dict:
     one_step = args.peer == "easydel"  # its GRPOTrainer takes one optimizer step per rollout
     shape = {**{name: getattr(quick.rl, name) for name in GRPO_FIELDS},
              "minibatches": 1 if one_step else args.grpo_minibatches, **({"epochs": 1} if one_step else {})}
-    reward_source = model_dir(quick.model.source)
+    reward_source = model_dir(args.reward_model or quick.model.source)
     reward_model = scalar_reward_model(reward_source, max_length, **dict(quick.model.config))
     iteration, _ = online_iteration(model_dir(args.model), shape, reward_model, openings_n, prompt_len)
     first = iteration()
@@ -211,6 +215,7 @@ def main():
     parser.add_argument("--pass-warmup", type=int, default=0,
                         help="sampling, dpo: untimed calls / steps each side makes at the start of every pass")
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--reward-model", help="grpo: the reward model's trunk (default: grpo_quick.py's)")
     args = parser.parse_args()
     script, default_python, peer_work = PEERS[args.peer]
     args.work = args.work or list(peer_work)

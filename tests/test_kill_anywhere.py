@@ -82,6 +82,8 @@ def test_sigkill_at_26_moments_over_the_stages_changes_no_output(tmp_path, tiny_
     writes = sum(kill["orbax_write"] for kill in killed["kills"])
     print(f"\n{len(killed['kills'])} kills landed: {per_stage}; {writes} during an orbax write; "
           f"{killed['attempts']} attempts, {killed['seconds']} s")
+    for kill in killed["kills"]:  # shown with a failure: which kill left which attempt behind
+        print(json.dumps(kill))
     assert killed["code"] == 0, (tmp_path / "killed.log").read_text()[-3000:]
     assert len(killed["kills"]) >= 20
     assert all(per_stage.get(stage) for stage in ("start-up", "collect", "reward model training", "rl", "evaluation"))
