@@ -326,6 +326,20 @@ PREEMPTIBLE_COMMANDS = ("train", "eval", "run", "loop", "best-of-n")
 COMPILING_COMMANDS = (*MULTI_PROCESS_COMMANDS, "loop", "generate", "collect")
 
 
+# Commands that never load a tokenizer or a model: no need to ask transformers about torch first.
+NO_TRANSFORMERS_COMMANDS = ("launch", "devices", "config")
+
+
+def command_line() -> int:
+    """The ``rlhf-jax`` program (``main`` in a process of its own, so transformers may skip torch)."""
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    if command is not None and command not in NO_TRANSFORMERS_COMMANDS:
+        from rlhf_jax.without_torch import transformers_without_torch
+
+        transformers_without_torch()
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
     args.overrides = [u for u in unknown if u.startswith("--config.")]
@@ -369,4 +383,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_line())

@@ -15,7 +15,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "rlhf_jax")
 # and those below it, never from one above.
 FLOORS = [
     ("maths and plumbing", "config.core losses rl.maths rl.algorithms optim frontier files allocator distributed "
-                           "launch preemption train_state metrics plots scoring data.records data.formats labeling"),
+                           "launch preemption train_state metrics plots scoring data.records data.formats labeling "
+                           "without_torch"),
     ("configuration", "config"),
     ("offline assets, the mesh, compile targets", "assets compile_cache sharding targets"),
     ("models, data, sampling, checkpoints", "models data sampling feeding checkpoint"),
