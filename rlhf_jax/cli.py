@@ -331,22 +331,23 @@ NO_TRANSFORMERS_COMMANDS = ("launch", "devices", "config")
 
 
 def command_line() -> int:
-    """The ``rlhf-jax`` program (``main`` in a process of its own, so transformers may skip torch)."""
-    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
-    if command is not None and command not in NO_TRANSFORMERS_COMMANDS:
-        from rlhf_jax.without_torch import transformers_without_torch
-
-        transformers_without_torch()
-    return main()
+    """The ``rlhf-jax`` program: ``main`` in a process of its own, so transformers may skip torch."""
+    return main(without_torch=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, without_torch: bool = False) -> int:
+    """``without_torch``: have transformers skip torch (``rlhf_jax.without_torch``) before any module of ours
+    imports it; only for a process of its own, since it holds for the whole process."""
     args, unknown = build_parser().parse_known_args(argv)
     args.overrides = [u for u in unknown if u.startswith("--config.")]
     rest = [u for u in unknown if not u.startswith("--config.")]
     if rest or (args.overrides and args.command not in ("config", "train", "eval", "export", "run", "loop", "plan",
                                                                       "best-of-n")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
+    if without_torch and args.command not in NO_TRANSFORMERS_COMMANDS:
+        from rlhf_jax.without_torch import transformers_without_torch
+
+        transformers_without_torch()
     from rlhf_jax import compile_cache, distributed, preemption
     from rlhf_jax.allocator import keep_freed_memory
     from rlhf_jax.assets import AssetError
