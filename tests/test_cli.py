@@ -51,3 +51,11 @@ def test_the_command_line_has_transformers_skip_torch_and_leaves_it_importable(t
 
     assert torch_after_a_tokenizer(prime=False) == ["True", "2.0"]  # what the program avoids
     assert torch_after_a_tokenizer(prime=True) == ["False", "2.0"]
+
+    # the program itself primes: `rlhf-jax generate`, as its console script calls it, loads no torch
+    program = ("import sys\nfrom rlhf_jax.cli import command_line\nsys.argv[0] = 'rlhf-jax'\n"
+               "code = command_line()\nprint('torch loaded:', 'torch' in sys.modules, code)")
+    result = subprocess.run([sys.executable, "-c", program, "generate", "--model", tiny_policy, "--prompt", "Hello",
+                             "--max-new-tokens", "2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "torch loaded: False 0"
