@@ -7,6 +7,10 @@ only the time to the first step. Programs that compile in under a second are not
 threshold; ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` moves it), and the least recently used entries
 are deleted above ``MAX_BYTES``.
 
+A run killed while JAX writes an entry leaves it cut short, and JAX never replaces an entry it finds on disk:
+every later run would warn that it cannot read it and compile again. ``enable`` first drops such entries
+(``drop_cut_entries``), and the next compile writes them whole.
+
 Where: ``$RLHF_JAX_COMPILE_CACHE``, else ``$RLHF_JAX_CACHE/xla`` (default ``~/.cache/rlhf_jax/xla``);
 ``RLHF_JAX_COMPILE_CACHE=off`` turns it off. The CLI turns it on for the commands that compile.
 XLA:CPU compiles for the host's instruction set: give machines with different CPUs different
@@ -44,8 +48,51 @@ def enable(path: str | os.PathLike | None = None, min_compile_seconds: float | N
     if where is None:
         return None
     where.mkdir(parents=True, exist_ok=True)
+    drop_cut_entries(where)
     jax.config.update("jax_compilation_cache_dir", str(where))
     if min_compile_seconds is not None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return where
+
+
+def drop_cut_entries(where: Path, lock_seconds: float = 10.0) -> list[str]:
+    """Delete the entries of the cache at ``where`` that a killed run left cut short; returns their names.
+
+    With a size limit (``enable`` sets one) JAX writes an entry's ``-cache`` file, then its ``-atime`` file,
+    both under ``.lockfile``. So under that lock, an entry without ``-atime`` was cut short or was written by a
+    JAX without a limit: it is kept if it decompresses whole. Nothing is dropped where this JAX names its
+    files otherwise, or where another process holds the lock for ``lock_seconds``."""
+    import sys
+
+    import filelock
+
+    try:
+        from jax._src import compilation_cache, lru_cache
+    except ImportError:
+        return []
+    entry, stamp = getattr(lru_cache, "_CACHE_SUFFIX", None), getattr(lru_cache, "_ATIME_SUFFIX", None)
+    if not entry or not stamp:
+        return []
+
+    def whole(path: Path) -> bool:
+        try:
+            compilation_cache.decompress_executable(path.read_bytes())
+            return True
+        except FileNotFoundError:
+            return True  # gone meanwhile: nothing to drop
+        except Exception:  # each decompressor raises its own error on a stream cut short
+            return False
+
+    try:
+        with filelock.FileLock(where / ".lockfile", timeout=lock_seconds):
+            cut = [p for p in where.glob(f"*{entry}")
+                   if not p.with_name(p.name[:-len(entry)] + stamp).exists() and not whole(p)]
+            for path in cut:
+                path.unlink(missing_ok=True)
+    except filelock.Timeout:
+        return []
+    if cut:
+        print(f"rlhf-jax: compilation cache {where}: dropped {len(cut)} "
+              f"entr{'y' if len(cut) == 1 else 'ies'} a killed run left cut short", file=sys.stderr)
+    return [p.name for p in cut]

@@ -69,3 +69,37 @@ def test_the_cli_keeps_the_programs_jax_s_threshold_lets_through(tmp_path):
         return [p for p in where.iterdir() if p.name.endswith("-cache")]
 
     assert entries("0") and not entries("3600")
+
+
+KILLED_IN_A_WRITE = """
+import os, signal, sys
+from jax._src import path
+paths = type(path.Path(sys.argv[1]))  # the class JAX's cache writes its files with
+write_bytes = paths.write_bytes
+def half_then_killed(file, data):  # the moment a SIGKILL can land: half an entry on disk
+    if file.name.endswith("-cache"):
+        write_bytes(file, data[:len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write_bytes(file, data)
+paths.write_bytes = half_then_killed
+""" + PROGRAM
+
+
+def test_an_entry_a_kill_cut_short_is_dropped_and_written_whole_again(tmp_path):
+    """JAX never replaces an entry it finds on disk, so a run killed mid-write would leave every later run
+    warning and compiling again; ``enable`` drops the cut entry, and the next run writes it whole."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_A_WRITE, str(tmp_path / "xla")], capture_output=True)
+    assert killed.returncode == -9
+    assert [p.stat().st_size > 0 for p in (tmp_path / "xla").glob("*-cache")] == [True]  # the half entry
+    after = subprocess.run([sys.executable, "-c", PROGRAM, str(tmp_path / "xla")], capture_output=True, text=True,
+                           check=True)
+    assert "dropped 1 entry a killed run left cut short" in after.stderr
+    assert "Error reading persistent compilation cache entry" not in after.stderr, after.stderr[-2000:]
+    again = run(tmp_path / "xla")
+    assert again["hits"] >= 1 and again["bits"] == json.loads(after.stdout.strip().splitlines()[-1])["bits"]
+    # an entry without its -atime file that is whole (a JAX without a size limit writes none) is kept
+    entries = sorted(p.name for p in (tmp_path / "xla").glob("*-cache"))
+    for stamp in (tmp_path / "xla").glob("*-atime"):
+        stamp.unlink()
+    assert compile_cache.drop_cut_entries(tmp_path / "xla") == []
+    assert sorted(p.name for p in (tmp_path / "xla").glob("*-cache")) == entries
