@@ -105,7 +105,9 @@ def test_collect_cli(tmp_path, tiny_policy):
 
 def test_grouped_loss_equals_the_pairwise_loss_on_the_same_pairs():
     """Scoring each prompt's responses once and comparing all their pairs gives the pairwise loss."""
+    import jax
     import jax.numpy as jnp
+    from flax import nnx
 
     from rlhf_jax.config import ModelConfig
     from rlhf_jax.models import build_model, load_tokenizer
@@ -120,8 +122,9 @@ def test_grouped_loss_equals_the_pairwise_loss_on_the_same_pairs():
     assert grouped["ids"].shape == (3, 3, 16) and grouped["pair_weights"].sum() == len(pairs)
     flat = reward.tokenize_pairs(examples, tokenizer, 16)
     as_jax = lambda arrays: {k: jnp.asarray(v) for k, v in arrays.items()}  # noqa: E731
-    loss_g, metrics_g = reward.grouped(model, as_jax(grouped), None)
-    loss_p, metrics_p = reward.pairwise(model, as_jax(flat), None)
+    graphdef, state = nnx.split(model)  # jitted: eager calls would compile each operation of the model
+    loss_g, metrics_g = jax.jit(lambda s, b: reward.grouped(nnx.merge(graphdef, s), b, None))(state, as_jax(grouped))
+    loss_p, metrics_p = jax.jit(lambda s, b: reward.pairwise(nnx.merge(graphdef, s), b, None))(state, as_jax(flat))
     np.testing.assert_allclose(float(loss_g), float(loss_p), rtol=1e-5)
     assert float(metrics_g["correct_sum"]) == float(metrics_p["correct_sum"])
     assert float(metrics_g["count"]) == float(metrics_p["count"]) == len(pairs)
