@@ -67,9 +67,13 @@ def outputs(workdir) -> dict:
 
 @pytest.mark.long
 def test_sigkill_at_26_moments_over_the_stages_changes_no_output(tmp_path, tiny_policy, monkeypatch):
-    # The kills are placed by the uninterrupted run's timeline, which only predicts the attempts' own if
-    # every attempt compiles as it did: with the compilation cache, the later ones load and run ahead.
-    monkeypatch.setenv("RLHF_JAX_COMPILE_CACHE", "off")
+    # The kills are placed by the uninterrupted run's timeline, which only predicts the attempts' own if every
+    # attempt compiles as it did. A first run fills a compilation cache of the test's own, and the uninterrupted
+    # run and every attempt load their programs from it, as a rerun of a researcher's does (a program only a
+    # resumed attempt compiles is written there, and an entry a kill cuts short is dropped by the next attempt).
+    monkeypatch.setenv("RLHF_JAX_COMPILE_CACHE", str(tmp_path / "xla"))
+    warm = attempt(command(tmp_path / "warm", tiny_policy), None, str(tmp_path / "warm"), str(tmp_path / "warm.log"))
+    assert warm.code == 0, (tmp_path / "warm.log").read_text()[-3000:]
     straight = attempt(command(tmp_path / "straight", tiny_policy), None, str(tmp_path / "straight"),
                        str(tmp_path / "straight.log"))
     assert straight.code == 0, (tmp_path / "straight.log").read_text()[-3000:]
