@@ -18,7 +18,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # (rlhf_jax/compile_cache.py: $RLHF_JAX_CACHE/xla, or RLHF_JAX_COMPILE_CACHE), however fast it compiled, where
 # a researcher's run keeps only the slow ones: the tests build the same tiny models' steps again and again.
 # What a hit loads is the executable the compiler built, so no result changes (tests/test_compile_cache.py
-# checks the bits). The kill and preemption tests turn it off for their runs.
+# checks the bits). The kill test gives its runs a cache of their own, filled by a first run.
 from rlhf_jax import allocator, compile_cache  # noqa: E402
 
 compile_cache.enable()  # at the threshold of 0 set above
