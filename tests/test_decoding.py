@@ -1,7 +1,5 @@
 """KV-cache decoding equals recomputing the whole sequence; the sampler's filters, EOS and PRNG."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,19 +17,14 @@ def tiny(family):
                                    max_position_embeddings=64), seed=3)
 
 
-def compiled(model):
-    """The model's forward and cached decode as jitted programs: one compile per shape, where eager calls
-    compile each of the model's operations again at every new length."""
-    graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda s, ids, mask: nnx.merge(graphdef, s)(ids, mask))
-    decode = jax.jit(lambda s, ids, mask, cache: nnx.merge(graphdef, s).decode(ids, mask, cache))
-    return functools.partial(forward, state), functools.partial(decode, state)
+# Jitted: eager calls would compile each of the model's operations again at every new length.
+forward = nnx.jit(lambda model, ids, mask: model(ids, mask))
+decode = nnx.jit(lambda model, ids, mask, cache: model.decode(ids, mask, cache))
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_cached_decoding_equals_full_recompute(family):
     model = tiny(family)
-    forward, decode = compiled(model)
     rng = np.random.default_rng(0)
     prompt = rng.integers(1, 50, size=(3, 6))
     prompt_mask = np.ones_like(prompt)
@@ -40,15 +33,15 @@ def test_cached_decoding_equals_full_recompute(family):
     steps = 5
     new_tokens = rng.integers(1, 50, size=(3, steps))
     cache = KVCache.empty(model.config, 3, 6 + steps)
-    logits, cache = decode(prompt, prompt_mask, cache)
-    full = forward(prompt, prompt_mask)
+    logits, cache = decode(model, prompt, prompt_mask, cache)
+    full = forward(model, prompt, prompt_mask)
     real = prompt_mask.astype(bool)
     assert np.abs(np.asarray(logits) - np.asarray(full))[real].max() <= 1e-5
     for t in range(steps):
-        step_logits, cache = decode(new_tokens[:, t:t + 1], np.ones((3, 1), np.int32), cache)
+        step_logits, cache = decode(model, new_tokens[:, t:t + 1], np.ones((3, 1), np.int32), cache)
         ids = np.concatenate([prompt, new_tokens[:, :t + 1]], axis=1)
         mask = np.concatenate([prompt_mask, np.ones((3, t + 1), np.int32)], axis=1)
-        recomputed = np.asarray(forward(ids, mask))[:, -1]
+        recomputed = np.asarray(forward(model, ids, mask))[:, -1]
         assert np.abs(np.asarray(step_logits)[:, 0] - recomputed).max() <= 1e-5, f"step {t}"
 
 
@@ -79,12 +72,12 @@ def test_categorical_draws_exactly_jax_random_categorical():
 
 
 def test_left_padding_does_not_change_a_row():
-    forward, _ = compiled(tiny("llama"))
+    model = tiny("llama")
     ids = np.array([[7, 8, 9, 10]])
     padded = np.array([[0, 0, 7, 8, 9, 10]])
     mask = np.array([[0, 0, 1, 1, 1, 1]])
-    alone = np.asarray(forward(ids, np.ones_like(ids)))[0]
-    in_pad = np.asarray(forward(padded, mask))[0, 2:]
+    alone = np.asarray(forward(model, ids, np.ones_like(ids)))[0]
+    in_pad = np.asarray(forward(model, padded, mask))[0, 2:]
     assert np.abs(alone - in_pad).max() <= 1e-5
 
 
@@ -93,10 +86,9 @@ def test_greedy_generation_equals_argmax_of_full_recompute():
     prompt = np.array([[0, 0, 3, 4, 5], [6, 7, 8, 9, 10]])
     mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     out = generate(model, prompt, mask, jax.random.key(0), SamplingConfig(max_new_tokens=6, greedy=True))
-    forward, _ = compiled(model)
     ids, full_mask = prompt, mask
     for _ in range(6):
-        nxt = np.argmax(np.asarray(forward(ids, full_mask))[:, -1], axis=-1)
+        nxt = np.argmax(np.asarray(forward(model, ids, full_mask))[:, -1], axis=-1)
         ids = np.concatenate([ids, nxt[:, None]], 1)
         full_mask = np.concatenate([full_mask, np.ones((2, 1), int)], 1)
     np.testing.assert_array_equal(np.asarray(out.tokens_BxN), ids[:, 5:])

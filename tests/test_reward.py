@@ -105,7 +105,6 @@ def test_collect_cli(tmp_path, tiny_policy):
 
 def test_grouped_loss_equals_the_pairwise_loss_on_the_same_pairs():
     """Scoring each prompt's responses once and comparing all their pairs gives the pairwise loss."""
-    import jax
     import jax.numpy as jnp
     from flax import nnx
 
@@ -122,9 +121,9 @@ def test_grouped_loss_equals_the_pairwise_loss_on_the_same_pairs():
     assert grouped["ids"].shape == (3, 3, 16) and grouped["pair_weights"].sum() == len(pairs)
     flat = reward.tokenize_pairs(examples, tokenizer, 16)
     as_jax = lambda arrays: {k: jnp.asarray(v) for k, v in arrays.items()}  # noqa: E731
-    graphdef, state = nnx.split(model)  # jitted: eager calls would compile each operation of the model
-    loss_g, metrics_g = jax.jit(lambda s, b: reward.grouped(nnx.merge(graphdef, s), b, None))(state, as_jax(grouped))
-    loss_p, metrics_p = jax.jit(lambda s, b: reward.pairwise(nnx.merge(graphdef, s), b, None))(state, as_jax(flat))
+    # jitted: eager calls would compile each operation of the model
+    loss_g, metrics_g = nnx.jit(lambda m, b: reward.grouped(m, b, None))(model, as_jax(grouped))
+    loss_p, metrics_p = nnx.jit(lambda m, b: reward.pairwise(m, b, None))(model, as_jax(flat))
     np.testing.assert_allclose(float(loss_g), float(loss_p), rtol=1e-5)
     assert float(metrics_g["correct_sum"]) == float(metrics_p["correct_sum"])
     assert float(metrics_g["count"]) == float(metrics_p["count"]) == len(pairs)
