@@ -345,9 +345,9 @@ def main(argv: list[str] | None = None, without_torch: bool = False) -> int:
                                                                       "best-of-n")):
         build_parser().error(f"unrecognized arguments: {' '.join(rest or args.overrides)}")
     if without_torch and args.command not in NO_TRANSFORMERS_COMMANDS:
-        from rlhf_jax.without_torch import transformers_without_torch
+        from rlhf_jax.without_torch import libraries_without_torch
 
-        transformers_without_torch()
+        libraries_without_torch()
     from rlhf_jax import compile_cache, distributed, preemption
     from rlhf_jax.allocator import keep_freed_memory
     from rlhf_jax.assets import AssetError

@@ -37,20 +37,23 @@ def test_assets_list():
         assert name in result.stdout
 
 
-def test_the_command_line_has_transformers_skip_torch_and_leaves_it_importable(tiny_policy):
-    """Where torch is installed (here, the test extra), transformers imports it with the first tokenizer; the
-    ``rlhf-jax`` program has it decide that torch is absent first, and code of the user's can still import it."""
-    def torch_after_a_tokenizer(prime: bool) -> list[str]:
-        script = ("import sys\nfrom rlhf_jax.without_torch import transformers_without_torch\n"
-                  + ("transformers_without_torch()\n" if prime else "")
-                  + "from rlhf_jax.models import load_tokenizer\nload_tokenizer(sys.argv[1])\n"
-                  "loaded = 'torch' in sys.modules\nimport torch\nprint(loaded, torch.ones(2).sum().item())")
+def test_the_command_line_has_transformers_and_tensorboardx_skip_torch_and_leaves_it_importable(tiny_policy):
+    """Where torch is installed (here, the test extra), transformers imports it with the first tokenizer and
+    tensorboardX with its writer; the ``rlhf-jax`` program has both decide that torch is absent first, and code
+    of the user's can still import it."""
+    def torch_after(prime: bool, code: str) -> list[str]:
+        script = ("import sys\nfrom rlhf_jax.without_torch import libraries_without_torch\n"
+                  + ("libraries_without_torch()\n" if prime else "") + code
+                  + "loaded = 'torch' in sys.modules\nimport torch\nprint(loaded, torch.ones(2).sum().item())")
         result = subprocess.run([sys.executable, "-c", script, tiny_policy], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout.split()
 
-    assert torch_after_a_tokenizer(prime=False) == ["True", "2.0"]  # what the program avoids
-    assert torch_after_a_tokenizer(prime=True) == ["False", "2.0"]
+    tokenizer = "from rlhf_jax.models import load_tokenizer\nload_tokenizer(sys.argv[1])\n"
+    writer = "from tensorboardX import SummaryWriter\n"  # as rlhf_jax.metrics imports it
+    for code in (tokenizer, writer):
+        assert torch_after(prime=False, code=code) == ["True", "2.0"]  # what the program avoids
+        assert torch_after(prime=True, code=code) == ["False", "2.0"]
 
     # the program itself primes: `rlhf-jax generate`, as its console script calls it, loads no torch
     program = ("import sys\nfrom rlhf_jax.cli import command_line\nsys.argv[0] = 'rlhf-jax'\n"

@@ -103,3 +103,46 @@ def test_an_entry_a_kill_cut_short_is_dropped_and_written_whole_again(tmp_path):
         stamp.unlink()
     assert compile_cache.drop_cut_entries(tmp_path / "xla") == []
     assert sorted(p.name for p in (tmp_path / "xla").glob("*-cache")) == entries
+
+
+ONE_OF_TWO_PROCESSES = """
+import json, sys
+import jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from rlhf_jax import compile_cache, distributed
+where, coordinator, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
+hits = []
+jax.monitoring.register_event_listener(lambda name, **_: hits.append(name) if name.endswith("cache_hits") else None)
+compile_cache.enable(where, min_compile_seconds=0.0)
+distributed.initialize(distributed.ProcessSetup(coordinator, 2, index))
+mesh = Mesh(jax.devices(), ("data",))
+rows = NamedSharding(mesh, PartitionSpec("data"))
+x = jax.make_array_from_callback((64, 64), rows, lambda at: jnp.linspace(-3.0, 3.0, 4096).reshape(64, 64)[at])
+step = jax.jit(lambda a: jnp.tanh(a @ a.T).sum() + jnp.sin(a).sum(), out_shardings=NamedSharding(mesh, PartitionSpec()))
+before = len(hits)
+y = step(x)
+print(json.dumps({"hits": len(hits) - before, "bits": jax.device_get(y).tobytes().hex()}))
+"""
+
+
+def test_every_process_of_a_multi_process_run_loads_what_process_0_wrote(tmp_path):
+    """Only process 0 writes entries. On CPU, JAX's key held each process's own topology, so process 1 missed
+    every entry, in every run; ``key_cpu_programs_by_host`` gives both the same key for the same program."""
+    from rlhf_jax.launch import free_port
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+
+    def both():
+        coordinator = f"127.0.0.1:{free_port()}"
+        children = [subprocess.Popen([sys.executable, "-c", ONE_OF_TWO_PROCESSES, str(tmp_path / "xla"), coordinator,
+                                      str(index)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                    for index in (0, 1)]
+        outs = [child.communicate(timeout=300) for child in children]
+        assert [child.returncode for child in children] == [0, 0], [err[-2000:] for _, err in outs]
+        return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+
+    first = both()
+    assert first[0]["hits"] == 0
+    second = both()
+    assert [view["hits"] for view in second] == [1, 1]  # the sharded step, loaded in both processes
+    assert len({view["bits"] for view in first + second}) == 1

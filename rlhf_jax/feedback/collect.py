@@ -19,6 +19,8 @@ from rlhf_jax.feedback.language import comment_ratings, comment_scorer
 from rlhf_jax.files import write_jsonl
 from rlhf_jax.sampling import SamplingConfig, decode_responses, generate, left_pad
 
+PROMPT_CHUNK = 256
+
 
 def sentiment_prompts(
     count: int | None, prompt_tokens: int, tokenizer, split: str = "train", seed: int = 0
@@ -28,12 +30,13 @@ def sentiment_prompts(
     rows = [r for r in records.read_rotten_tomatoes(str(assets.asset_path("rotten-tomatoes"))) if r["split"] == split]
     order = np.random.default_rng(seed).permutation(len(rows))
     prompts = []
-    for index in order:
-        ids = tokenizer(rows[index]["text"], add_special_tokens=False)["input_ids"]
-        if len(ids) > prompt_tokens:  # something left to continue
-            prompts.append(tokenizer.decode(ids[:prompt_tokens]))
-        if len(prompts) == count:
-            return prompts
+    for start in range(0, len(order), PROMPT_CHUNK):  # a chunk at a time, in the seeded order, each text alone
+        chunk = [rows[index]["text"] for index in order[start:start + PROMPT_CHUNK]]
+        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+            if len(ids) > prompt_tokens:  # something left to continue
+                prompts.append(tokenizer.decode(ids[:prompt_tokens]))
+            if len(prompts) == count:
+                return prompts
     if count is None and prompts:
         return prompts
     raise ValueError(f"only {len(prompts)} {split} snippets are longer than {prompt_tokens} tokens")
