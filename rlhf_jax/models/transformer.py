@@ -50,6 +50,17 @@ def embedding(num: int, features: int, axes: tuple, cfg: ModelConfig, *, rngs: n
                      embedding_init=nnx.with_partitioning(nnx.initializers.normal(INIT_STD), axes), rngs=rngs)
 
 
+def look_up(table: nnx.Embed, ids, rows_axis: str | None):
+    """``table``'s rows at ``ids``, read from the table whole along its width, as FSDP gathers a weight before
+    its use: the rows then come out split as ``ids`` are. Left split along the width, they would come out
+    split that way, and XLA could only re-split them along the batch by replicating them on every device."""
+    if table.num_embeddings == 1:
+        return table(ids)
+    (whole,) = table.promote_dtype((constrain(table.embedding[...], (rows_axis, None)),), dtype=table.dtype,
+                                   inexact=False)  # as nnx.Embed promotes
+    return jnp.take(whole, ids, axis=0)
+
+
 def norm(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     """RMSNorm (llama) or LayerNorm (gpt2, bert) over the hidden axis."""
     ones = nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",))
@@ -295,12 +306,12 @@ class Transformer(nnx.Module):
             key_slot_S = jnp.arange(key_mask_BxS.shape[1])
             allowed_BxTxS = allowed_BxTxS & (key_slot_S[None, None, :] <= query_slot_T[None, :, None])
 
-        x_BxTxD = self.token_embed(input_ids_BxT)
+        x_BxTxD = look_up(self.token_embed, input_ids_BxT, "vocab")
         if self.position_embed is not None:
-            x_BxTxD = x_BxTxD + self.position_embed(positions_BxT)
+            x_BxTxD = x_BxTxD + look_up(self.position_embed, positions_BxT, "positions")
         if self.token_type_embed is not None:
             types_BxT = jnp.zeros_like(input_ids_BxT) if token_type_ids_BxT is None else token_type_ids_BxT
-            x_BxTxD = x_BxTxD + self.token_type_embed(types_BxT)
+            x_BxTxD = x_BxTxD + look_up(self.token_type_embed, types_BxT, None)
         if self.embed_norm is not None:
             x_BxTxD = self.embed_norm(x_BxTxD)
         x_BxTxD = constrain(x_BxTxD, RESIDUAL)
