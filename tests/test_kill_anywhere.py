@@ -26,9 +26,10 @@ def command(workdir, policy):
 
 
 def moments(timeline, total, rng) -> list[Moment]:
-    """Two kills in the start-up, one at a uniform moment of each stage of ``timeline`` (the uninterrupted
-    run's (stage, start) pairs), 15 at uniform moments of the whole run and two in the first orbax writes
-    seen (from the reward model's training on), in the order they come."""
+    """Two kills in the start-up, one at a uniform moment of the first half of each stage of ``timeline`` (the
+    uninterrupted run's (stage, start) pairs: an attempt whose stage runs a little faster than that run's still
+    takes it there, where the evaluation lasts 2 s), 15 at uniform moments of the whole run and two in the
+    first orbax writes seen (from the reward model's training on), in the order they come."""
     starts = {}
     for stage, start in timeline:
         starts.setdefault(stage, start)
@@ -41,7 +42,7 @@ def moments(timeline, total, rng) -> list[Moment]:
                 return stage, t - start
         return stages[-1][0], t - stages[-1][1]
 
-    times = [rng.uniform(start, end) for (_, start), end in zip(stages, ends)]
+    times = [rng.uniform(start, (start + end) / 2) for (_, start), end in zip(stages, ends)]
     times += [rng.uniform(stages[0][1], total) for _ in range(15)]
     timed = [(t, Moment(*at(t))) for t in times]
     timed += [(starts["reward model training"], Moment(ORBAX_WRITE, 0.0))] * 2  # the first writes come there
