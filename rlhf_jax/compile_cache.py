@@ -147,5 +147,6 @@ def host_cpu() -> str:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return f"{platform.machine()} {platform.processor()}"
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)  # the last processor's, as all match
+    fields = {name.strip(): value for name, value in (line.split(":", 1) for line in lines if ":" in line)}
+    # the last processor's fields, as all match; the names are padded with tabs ("model name\t: ...")
     return " | ".join(fields.get(name, "").strip() for name in ("model name", "flags", "Features", "CPU part"))

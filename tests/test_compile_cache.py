@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from rlhf_jax import compile_cache
 
 PROGRAM = """
@@ -146,3 +148,16 @@ def test_every_process_of_a_multi_process_run_loads_what_process_0_wrote(tmp_pat
     second = both()
     assert [view["hits"] for view in second] == [1, 1]  # the sharded step, loaded in both processes
     assert len({view["bits"] for view in first + second}) == 1
+
+
+def test_the_key_of_a_multi_process_cpu_program_holds_the_host_cpu():
+    """What replaces the topology in the key must tell hosts with other CPUs apart: /proc/cpuinfo's model and
+    flags, where Linux gives them."""
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo here")
+    parts = [part for part in compile_cache.host_cpu().split(" | ") if part]
+    assert parts and all(part in cpuinfo.read_text() for part in parts)
+    assert any(len(part.split()) > 10 for part in parts)  # the instruction-set flags, not only a model name
