@@ -1,5 +1,9 @@
 """On 8 simulated devices, a 2x4 (fsdp x tensor) mesh: parameters are sharded and outputs unchanged."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -85,10 +89,6 @@ def test_sharded_steps_compile_without_replicating_activations():
     partitioner warns where it can only re-split a tensor by replicating it whole on every device: the rows,
     when the tables were read split along their width (token, position and type embeddings: llama, gpt2 and
     bert)."""
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", COMPILE_SHARDED_GRADIENTS], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
