@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 FORMS = ("best_of_n", "rl")
 
@@ -59,5 +58,7 @@ def mean_interval(values, confidence: float = 0.95) -> dict:
     values = np.asarray(values, np.float64)
     if len(values) < 2:
         return {"mean": float(values.mean()), "half_width": None, "seeds": len(values)}
+    from scipy import stats  # here, not at the top: scipy.stats takes a second to import, every run imports this
+
     half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
     return {"mean": float(values.mean()), "half_width": float(half), "seeds": len(values)}

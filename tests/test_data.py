@@ -154,3 +154,29 @@ def test_causal_tokenization_masks_the_prompt(smollm2_dir):
     text_len = len(tokenizer(" great fun", add_special_tokens=False)["input_ids"]) + 1  # + EOS
     assert arrays["loss_mask"][0].tolist() == [0] * prompt_len + [1] * text_len + [0] * (12 - prompt_len - text_len)
     assert arrays["input_ids"][0, prompt_len + text_len - 1] == tokenizer.eos_token_id
+
+
+def test_a_tokenizer_is_parsed_once_per_source_and_each_caller_gets_its_own(tmp_path, smollm2_dir):
+    """``load_tokenizer`` parses a source's files once per process while they stand unchanged (every stage of a
+    run loads the policy's); what a caller changes stays its own, and files rewritten in place load again."""
+    import shutil
+
+    from rlhf_jax.models import load_tokenizer, pretrained
+
+    where = tmp_path / "tokenizer"
+    shutil.copytree(smollm2_dir, where, ignore=shutil.ignore_patterns("*.safetensors"))
+    pretrained._load_tokenizer.cache_clear()
+    first, second = load_tokenizer(str(where)), load_tokenizer(str(where))
+    assert pretrained._load_tokenizer.cache_info().misses == 1 and first is not second
+    second.padding_side = "left"
+    assert first.padding_side == "right"
+    text = "a fine film"
+    assert first(text, padding="max_length", max_length=8)["input_ids"][0] != first.pad_token_id
+    assert second(text, padding="max_length", max_length=8)["input_ids"][0] == second.pad_token_id
+    assert first(text)["input_ids"] == second(text)["input_ids"]
+
+    first.add_tokens(["<a-new-token>"])
+    assert len(first) == len(second) + 1 == len(load_tokenizer(str(where))) + 1
+    first.save_pretrained(where)
+    again = load_tokenizer(str(where))
+    assert pretrained._load_tokenizer.cache_info().misses == 2 and len(again) == len(second) + 1

@@ -6,6 +6,8 @@ A source is a local transformers directory (config.json + *.safetensors + tokeni
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import os
@@ -141,10 +143,27 @@ def pad_token_id(tokenizer) -> int:
 
 
 def load_tokenizer(name_or_path: str):
-    """The transformers tokenizer of a directory, a GGUF file or an asset."""
+    """The transformers tokenizer of a directory, a GGUF file or an asset.
+
+    Parsed once per process for each source as its files stand (a run's stages all load the policy's, and
+    transformers parses the whole tokenizer.json in Python, more than once, for each load); each call gets a
+    deep copy of that, so what a caller changes (``padding_side``, added tokens) stays its own."""
+    path = resolve_source(name_or_path)
+    return copy.deepcopy(_load_tokenizer(path, _files_stamp(path)))
+
+
+def _files_stamp(path: str) -> tuple:
+    """(name, size, mtime) of a file, or of each file in a directory: a tokenizer rewritten in place is
+    loaded again."""
+    names = sorted(os.listdir(path)) if os.path.isdir(path) else [""]
+    stats = ((name, os.stat(os.path.join(path, name) if name else path)) for name in names)
+    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(path: str, stamp: tuple):
     import transformers
 
-    path = resolve_source(name_or_path)
     if path.endswith(".gguf"):
         return gguf_tokenizer.load(path)
     return transformers.AutoTokenizer.from_pretrained(path)
