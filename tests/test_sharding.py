@@ -68,8 +68,9 @@ COMPILE_SHARDED_GRADIENTS = """
 import jax, numpy as np
 from flax import nnx
 from rlhf_jax import sharding
-from rlhf_jax.config import MeshConfig, ModelConfig
+from rlhf_jax.config import MeshConfig, ModelConfig, RLConfig
 from rlhf_jax.models import build_model
+from rlhf_jax.rl import online
 layout = sharding.Layout.of(MeshConfig(shape=(("data", 2), ("fsdp", 2), ("tensor", 2))))
 ids = np.zeros((8, 12), np.int32)
 for family, head in (("llama", "causal_lm"), ("bert", "scalar"), ("gpt2", "causal_lm")):
@@ -81,6 +82,19 @@ for family, head in (("llama", "causal_lm"), ("bert", "scalar"), ("gpt2", "causa
                           in_shardings=(params, layout.batch, layout.batch), out_shardings=params)
     gradient.lower(state, ids, np.ones_like(ids)).compile()
     print("compiled", family)
+rl = RLConfig(rollout_prompts=16, response_tokens=6, epochs=2, minibatches=2)  # the tiny PPO run's update
+with nnx.use_eager_sharding(False):  # as the RL runs build it
+    graphdef, params = nnx.split(online.ActorCritic(build_model(cfg.replace(family="llama", hidden_size=32), seed=1),
+                                                    rngs=nnx.Rngs(0)))
+programs = online.Programs(graphdef, None, rl, online.sampling_config(rl, 1, 0))
+state = online.PolicyState.create(params, programs.tx, rl)
+update = online.jit_functions(programs, online.state_shardings(state, programs.tx, layout), None, layout).update
+rows, length = 16, 8 + 6
+per_token = ("response_mask_BxN", "logp_BxN", "ref_logp_BxN", "values_BxN", "entropy_BxN", "sampler_logp_BxN")
+experience = online.Rollout(ids_BxT=np.zeros((rows, length), np.int32), mask_BxT=np.ones((rows, length), np.int32),
+                            **{name: np.zeros((rows, 6), np.float32) for name in per_token})
+update.lower(state, experience, np.zeros((rows,), np.float32)).compile()
+print("compiled", "ppo-update")
 """
 
 
@@ -88,9 +102,11 @@ def test_sharded_steps_compile_without_replicating_activations():
     """On a data x fsdp x tensor mesh the embedding lookups' rows come out split along the batch. XLA's SPMD
     partitioner warns where it can only re-split a tensor by replicating it whole on every device: the rows,
     when the tables were read split along their width (token, position and type embeddings: llama, gpt2 and
-    bert)."""
+    bert); in PPO's update (the tiny run's shapes), the response positions' hidden states, when the value
+    head's kernel was split along the width."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", COMPILE_SHARDED_GRADIENTS], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["compiled", "llama", "compiled", "bert", "compiled", "gpt2"]
+    assert result.stdout.split() == ["compiled", "llama", "compiled", "bert", "compiled", "gpt2", "compiled",
+                                     "ppo-update"]
     assert "Involuntary full rematerialization" not in result.stderr, result.stderr[-3000:]

@@ -56,8 +56,11 @@ class ActorCritic(nnx.Module):
         self.policy = policy
         self.value_model = nnx.data(value_model)
         cfg = policy.config
+        # Its [D, 1] kernel whole on every device, as the norms' [D] scales are ("norm"): split along D as the
+        # trunk's weights are ("embed"), it drew the response positions' hidden states (a slice of the
+        # batch-split residual stream) into a split along D, which XLA could only reach by replicating them.
         self.value_head = nnx.data(None if value_model is not None else dense(
-            cfg.hidden_size, 1, ("embed", None), cfg, rngs=rngs, kernel_init=nnx.initializers.zeros_init()))
+            cfg.hidden_size, 1, ("norm", None), cfg, rngs=rngs, kernel_init=nnx.initializers.zeros_init()))
         if value_model is not None:
             value_model.head.score.kernel[...] = jnp.zeros_like(value_model.head.score.kernel[...])
 
