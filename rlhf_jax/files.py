@@ -1,5 +1,5 @@
 """Files written atomically (a temporary file, flushed, then renamed over the target): a reader, or a
-run resumed after a crash, never sees half a file."""
+run resumed after a crash, never sees half a file; and the stamp that tells a file rewritten in place."""
 
 from __future__ import annotations
 
@@ -26,3 +26,11 @@ def write_json(path: str, value, mode: int = 0o644) -> str:
 def write_jsonl(rows, path: str) -> str:
     """One JSON object per line."""
     return write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def stamp(path: str) -> tuple:
+    """(name, size, mtime) of a file, or of each file in a directory: the key of something parsed from
+    ``path`` once per process, which changes when the files are rewritten in place."""
+    names = sorted(os.listdir(path)) if os.path.isdir(path) else [""]
+    stats = ((name, os.stat(os.path.join(path, name) if name else path)) for name in names)
+    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)

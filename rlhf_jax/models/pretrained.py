@@ -17,7 +17,7 @@ import tempfile
 
 from safetensors.numpy import save_file
 
-from rlhf_jax import assets
+from rlhf_jax import assets, files
 from rlhf_jax.config.model import ModelConfig
 from rlhf_jax.models import convert, gguf_tokenizer, weight_files
 from rlhf_jax.models.convert import CheckpointError
@@ -149,15 +149,7 @@ def load_tokenizer(name_or_path: str):
     transformers parses the whole tokenizer.json in Python, more than once, for each load); each call gets a
     deep copy of that, so what a caller changes (``padding_side``, added tokens) stays its own."""
     path = resolve_source(name_or_path)
-    return copy.deepcopy(_load_tokenizer(path, _files_stamp(path)))
-
-
-def _files_stamp(path: str) -> tuple:
-    """(name, size, mtime) of a file, or of each file in a directory: a tokenizer rewritten in place is
-    loaded again."""
-    names = sorted(os.listdir(path)) if os.path.isdir(path) else [""]
-    stats = ((name, os.stat(os.path.join(path, name) if name else path)) for name in names)
-    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
+    return copy.deepcopy(_load_tokenizer(path, files.stamp(path)))
 
 
 @functools.lru_cache(maxsize=8)
