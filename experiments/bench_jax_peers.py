@@ -63,13 +63,15 @@ PEERS = {  # name: (its script in experiments/jax_peers/, its venv's python as s
 class PeerProcess:
     """A peer script in its own venv, one JSON request and one JSON answer per line."""
 
-    def __init__(self, python: str, script: str, model: str, allocator: str):
+    def __init__(self, python: str, script: str, model: str, allocator: str, xla_flags: str | None = None):
         # On our platform (a GPU's name in JAX_PLATFORMS is "cuda"), with rlhf_jax importable for its scorer; a
         # peer's own packages come through its python (a venv, or a wrapper that sets its PYTHONPATH).
         platform = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
         env = {**os.environ, "JAX_PLATFORMS": platform,
                "PYTHONPATH": os.pathsep.join(filter(None, (os.path.dirname(HERE), os.environ.get("PYTHONPATH"))))}
-        env.pop("XLA_FLAGS", None)
+        env.pop("XLA_FLAGS", None)  # ours (a simulated device count, say) are not the peer's
+        if xla_flags:
+            env["XLA_FLAGS"] = xla_flags
         if allocator == "same":
             env["GLIBC_TUNABLES"] = TUNABLES
         self.process = subprocess.Popen([python, script, model], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

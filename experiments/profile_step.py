@@ -20,8 +20,13 @@ names the JAX operation each op came from (``op_name``), so each op's time is pu
 Host phases (PPO: rollout, decode + score, update) come from ``jax.profiler.TraceAnnotation``s. Prints a
 table and one JSON line; the raw trace (Perfetto JSON, open at ui.perfetto.dev) stays in --out.
 
+``dpo --peer tunix|easydel`` profiles the peer's DPO trainer instead, at bench_jax_peers' DPO shape, in the
+peer's own venv (experiments/jax_peers/setup.sh): its process dumps its HLO and traces its steps, and the
+same headings sum them. The peer computes its reference's log-probs inside each step; ``dpo
+--with-reference`` adds our one reference forward of the batch to each of our steps, the like-for-like work.
+
     python experiments/profile_step.py reward|sft|dpo|ppo|generate [--steps 3] [--batch 64] [--top 12]
-        [--out /tmp/profile_<workload>]
+        [--out /tmp/profile_<workload>] [--peer tunix|easydel] [--with-reference]
 """
 
 from __future__ import annotations
@@ -48,10 +53,16 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=3, help="traced steps (PPO: iterations), after warm-up")
     parser.add_argument("--out", default=None, help="trace and HLO folder (default /tmp/profile_<workload>)")
     parser.add_argument("--top", type=int, default=12, help="rows of the per-primitive table")
-    return parser.parse_args()
+    parser.add_argument("--peer", choices=["tunix", "easydel"], help="dpo: profile this JAX peer's DPO trainer")
+    parser.add_argument("--with-reference", action="store_true",
+                        help="dpo: each of our steps also runs one reference forward of the batch")
+    args = parser.parse_args()
+    if (args.peer or args.with_reference) and args.workload != "dpo":
+        parser.error("--peer and --with-reference profile the dpo workload only")
+    return args
 
 
-def workload(name: str, batch: int):
+def workload(name: str, batch: int, with_reference: bool = False):
     """() -> None running one step (PPO: iteration; generate: call) of the bench's workload, compiled."""
     import jax
 
@@ -79,6 +90,8 @@ def workload(name: str, batch: int):
         tokenizer, state, step = compiled_train_step(model_dir("smollm2-135m-instruct"), "causal_lm", "dpo", 5e-5, 8)
         batch, _ = dpo_batch(tokenizer, 16)
         batches = [{**batch, "ref_chosen": np.zeros(16, np.float32), "ref_rejected": np.zeros(16, np.float32)}]
+        if with_reference:
+            return reference_then(step, state, batches[0])
     else:
         from bench_sft import sft_batches
 
@@ -94,6 +107,49 @@ def workload(name: str, batch: int):
 
     one_step()
     return one_step
+
+
+def reference_then(step, state, batch):
+    """() -> None running one reference forward of ``batch`` (a frozen copy of the policy, jitted on its own as
+    bench_jax_peers times it) and then one DPO step on it, compiled."""
+    import jax
+    from bench_lib import model_dir
+    from flax import nnx
+
+    from rlhf_jax.models import from_pretrained
+    from rlhf_jax.rl.preference import pair_logprobs
+
+    graphdef, params = nnx.split(from_pretrained(model_dir("smollm2-135m-instruct"), dtype="float32"))
+    forward = jax.jit(lambda params, pairs: pair_logprobs(nnx.merge(graphdef, params), pairs))
+    cursor = {"state": state}
+
+    def one_step():
+        ref_chosen, ref_rejected = forward(params, batch)
+        cursor["state"], metrics = step(cursor["state"], {**batch, "ref_chosen": ref_chosen,
+                                                          "ref_rejected": ref_rejected})
+        jax.block_until_ready(metrics)
+
+    one_step()
+    return one_step
+
+
+def profile_peer(peer_name: str, steps: int, trace_dir: str, xla_flags: str) -> float:
+    """Wall seconds of ``steps`` DPO steps of the peer's trainer at bench_jax_peers' shape, traced into
+    ``trace_dir`` by the peer's own process (its HLO dumped by ``xla_flags``), after one warm step."""
+    from bench_jax_peers import PEERS, PeerProcess, dpo_batch
+    from bench_lib import HERE, model_dir
+
+    from rlhf_jax.models import load_tokenizer
+
+    script, python, _ = PEERS[peer_name]
+    source = model_dir("smollm2-135m-instruct")
+    peer = PeerProcess(python, os.path.join(HERE, "jax_peers", script), source, "same", xla_flags)
+    _, peer_batch = dpo_batch(load_tokenizer(source), 16)
+    peer("dpo_trainer", **peer_batch, beta=0.05, learning_rate=5e-5, total_steps=1 + 1 + steps + 1)
+    peer("dpo", steps=1)
+    seconds = peer("profile", trace_dir=trace_dir, inner={"op": "dpo", "steps": steps})["profiled_seconds"]
+    peer.close()
+    return seconds
 
 
 def op_names(hlo_dir: str) -> dict[tuple[str, str], str]:
@@ -193,21 +249,24 @@ def main():
     args = parse_args()
     out = args.out or f"/tmp/profile_{args.workload}"
     shutil.rmtree(out, ignore_errors=True)
-    hlo_dir = os.path.join(out, "hlo")
-    # Before jax starts: dump every optimised module as text, to name each op in the trace.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_dump_to={hlo_dir} --xla_dump_hlo_as_text --xla_dump_hlo_pass_re=^$").strip()
+    hlo_dir, trace_dir = os.path.join(out, "hlo"), os.path.join(out, "trace")
+    # Before jax starts (ours or the peer's): dump every optimised module as text, to name each op in the trace.
+    dump = f"--xla_dump_to={hlo_dir} --xla_dump_hlo_as_text --xla_dump_hlo_pass_re=^$"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + dump).strip()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import jax
 
-    step = workload(args.workload, args.batch)
-    trace_dir = os.path.join(out, "trace")
-    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        wall = time.perf_counter() - start
-    result = {"workload": args.workload, "steps": args.steps, "trace": trace_dir,
+    if args.peer:
+        wall = profile_peer(args.peer, args.steps, trace_dir, dump)
+    else:
+        step = workload(args.workload, args.batch, args.with_reference)
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            wall = time.perf_counter() - start
+    result = {"workload": args.workload, "peer": args.peer or "rlhf_jax", "with_reference": args.with_reference,
+              "steps": args.steps, "trace": trace_dir,
               **summarise(trace_dir, hlo_dir, args.steps, wall, args.top)}
     print_table(result)
     print(json.dumps(result))

@@ -1,5 +1,6 @@
 """The peers' side of bench_jax_peers.PeerProcess: one JSON request per stdin line -> the peer's method of the
-request's "op" -> one JSON answer per stdout line ({"error": ...} where the method raised)."""
+request's "op" -> one JSON answer per stdout line ({"error": ...} where the method raised). The op "profile"
+runs its request's "inner" request under ``jax.profiler`` (experiments/profile_step.py --peer)."""
 
 import json
 import sys
@@ -12,10 +13,22 @@ def serve(peer) -> None:
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            answer = getattr(peer, request["op"])(request)
+            answer = profiled(peer, request) if request["op"] == "profile" else getattr(peer, request["op"])(request)
         except Exception as error:  # the bench reports it
             answer = {"error": f"{type(error).__name__}: {error}"}
         print(json.dumps(answer), flush=True)
+
+
+def profiled(peer, request) -> dict:
+    """The answer to ``request["inner"]``, run under a ``jax.profiler`` trace written to ``request["trace_dir"]``
+    (Perfetto JSON too), with the wall seconds it took under the profiler."""
+    import jax
+
+    with jax.profiler.trace(request["trace_dir"], create_perfetto_trace=True):
+        start = time.perf_counter()
+        answer = getattr(peer, request["inner"]["op"])(request["inner"])
+        seconds = time.perf_counter() - start
+    return {**answer, "profiled_seconds": seconds}
 
 
 class TimedSampler:
