@@ -102,7 +102,7 @@ def test_bad_lora_configs_name_the_field():
         LoraConfig(rank=0)
     with pytest.raises(ConfigError, match="lora.quantize"):
         LoraConfig(quantize="fp3")
-    with pytest.raises(ConfigError, match="lora.modules"):
+    with pytest.raises(ConfigError, match=r"lora.modules.*matches none.*\(layers/0/attn/k_proj, "):
         lora.apply(build_model(CFG), LoraConfig(modules=r".*nothing_here"))
     with pytest.raises(ConfigError, match="rl.lora"):
         LoraConfig.of({"rnak": 4}, "rl")

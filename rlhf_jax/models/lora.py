@@ -55,7 +55,7 @@ def apply(model: Model, cfg: LoraConfig, seed: int = 0) -> Model:
             backbone.cfg = mcfg
         adapted.cfg = mcfg
     if not nnx.state(adapted, nnx.LoRAParam):
-        paths = sorted("/".join(map(str, p)) for p, m in backbone.iter_modules() if isinstance(m, nnx.Linear))
+        paths = sorted("/".join(map(str, p)) for p, m in nnx.iter_modules(backbone) if isinstance(m, nnx.Linear))
         raise ConfigError(f"config field 'lora.modules': {cfg.modules!r} matches none of the backbone's "
                           f"projections ({', '.join(paths[:4])}, ...)")
     model.backbone = adapted
@@ -90,7 +90,7 @@ def _stacked_adapters(backbone, cfg: LoraConfig, rngs: nnx.Rngs) -> None:
     output axes; qwix then finds each layer's slice on the projection inside the scan."""
     import re
 
-    for path, module in backbone.layers.iter_modules():
+    for path, module in nnx.iter_modules(backbone.layers):
         name = "/".join(map(str, ("layers", *path)))
         if not isinstance(module, nnx.Linear) or not re.fullmatch(cfg.modules, name):
             continue
@@ -152,7 +152,7 @@ def adapters_off(params: nnx.State) -> nnx.State:
 
 def adapted_projections(model: Model):
     """(module path, projection) of each projection that carries adapters."""
-    return [(path, module) for path, module in model.iter_modules() if hasattr(module, "kernel_lora_a")]
+    return [(path, module) for path, module in nnx.iter_modules(model) if hasattr(module, "kernel_lora_a")]
 
 
 def base_kernel(projection) -> jax.Array:
