@@ -45,8 +45,11 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(sizes), names)
 
 
-def mesh_axes(rules: dict, logical: str | None, mesh: Mesh) -> tuple[str, ...]:
-    """The mesh axes (of size > 1) that a logical axis maps to under the rules."""
+def mesh_axes(rules: dict, logical: str | tuple | None, mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes (of size > 1) that a logical axis maps to under the rules; for a tuple of logical names
+    (one dimension split over several), their mesh axes in order, each once."""
+    if isinstance(logical, tuple):
+        return tuple(dict.fromkeys(axis for name in logical for axis in mesh_axes(rules, name, mesh)))
     targets = rules.get(logical) if logical is not None else None
     targets = () if targets is None else (targets if isinstance(targets, tuple) else (targets,))
     return tuple(axis for axis in targets if mesh.shape[axis] > 1)

@@ -51,13 +51,16 @@ def embedding(num: int, features: int, axes: tuple, cfg: ModelConfig, *, rngs: n
 
 
 def look_up(table: nnx.Embed, ids, rows_axis: str | None):
-    """``table``'s rows at ``ids``, read from the table whole along its width, as FSDP gathers a weight before
-    its use: the rows then come out split as ``ids`` are. Left split along the width, they would come out
-    split that way, and XLA could only re-split them along the batch by replicating them on every device."""
+    """``table``'s rows at ``ids``, the table split along its rows, over ``rows_axis``'s mesh axes and the
+    width's FSDP axes, and whole along its width. Each device keeps its share of the table (moved from the
+    width split by one all-to-all), and XLA looks rows up as a local gather of the rows a device holds plus
+    a sum over those axes: exact, one term nonzero. The rows then come out split as ``ids`` are. Left split
+    along the width, they would come out split that way, and XLA could only re-split them along the batch
+    by replicating them on every device; read whole, the table would be on every device (docs/distributed.md)."""
     if table.num_embeddings == 1:
         return table(ids)
-    (whole,) = table.promote_dtype((constrain(table.embedding[...], (rows_axis, None)),), dtype=table.dtype,
-                                   inexact=False)  # as nnx.Embed promotes
+    (whole,) = table.promote_dtype((constrain(table.embedding[...], ((rows_axis, "embed"), None)),),
+                                   dtype=table.dtype, inexact=False)  # as nnx.Embed promotes
     return jnp.take(whole, ids, axis=0)
 
 
