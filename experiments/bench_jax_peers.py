@@ -120,17 +120,19 @@ def dpo_batch(tokenizer, pairs: int, prompt_len: int = 8, response_len: int = 32
     return ours, peer
 
 
-def dpo_bench(peer: PeerProcess, args) -> dict:
+def reference_forward(model: str):
+    """pairs -> (log pi_ref(chosen), log pi_ref(rejected)): a frozen float32 copy of ``model``, jitted on its own."""
     from rlhf_jax.rl.preference import pair_logprobs
 
+    graphdef, params = nnx.split(from_pretrained(model_dir(model), dtype="float32"))
+    forward = jax.jit(lambda params, pairs: pair_logprobs(nnx.merge(graphdef, params), pairs))
+    return lambda pairs: forward(params, pairs)
+
+
+def dpo_bench(peer: PeerProcess, args) -> dict:
     tokenizer, state, train_step = compiled_train_step(args.model, "causal_lm", "dpo", 5e-5, 10**6)
     batch, peer_batch = dpo_batch(tokenizer, 16)
-    graphdef, params = nnx.split(from_pretrained(model_dir(args.model), dtype="float32"))
-    forward = jax.jit(lambda params, pairs: pair_logprobs(nnx.merge(graphdef, params), pairs))
-
-    def reference(pairs):
-        return forward(params, pairs)
-
+    reference = reference_forward(args.model)
     ref_chosen, ref_rejected = reference(batch)
     batch = {**batch, "ref_chosen": np.asarray(ref_chosen), "ref_rejected": np.asarray(ref_rejected)}
     first_reference = timed(lambda: jax.block_until_ready(reference(batch)))

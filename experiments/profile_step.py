@@ -113,18 +113,13 @@ def reference_then(step, state, batch):
     """() -> None running one reference forward of ``batch`` (a frozen copy of the policy, jitted on its own as
     bench_jax_peers times it) and then one DPO step on it, compiled."""
     import jax
-    from bench_lib import model_dir
-    from flax import nnx
+    from bench_jax_peers import reference_forward
 
-    from rlhf_jax.models import from_pretrained
-    from rlhf_jax.rl.preference import pair_logprobs
-
-    graphdef, params = nnx.split(from_pretrained(model_dir("smollm2-135m-instruct"), dtype="float32"))
-    forward = jax.jit(lambda params, pairs: pair_logprobs(nnx.merge(graphdef, params), pairs))
+    reference = reference_forward("smollm2-135m-instruct")
     cursor = {"state": state}
 
     def one_step():
-        ref_chosen, ref_rejected = forward(params, batch)
+        ref_chosen, ref_rejected = reference(batch)
         cursor["state"], metrics = step(cursor["state"], {**batch, "ref_chosen": ref_chosen,
                                                           "ref_rejected": ref_rejected})
         jax.block_until_ready(metrics)

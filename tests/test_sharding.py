@@ -64,7 +64,7 @@ def test_bad_mesh_config_names_the_field():
 
 
 
-COMPILE_SHARDED_GRADIENTS = """
+GRADIENT_ON_A_2x2x2_MESH = """
 import jax, numpy as np
 from flax import nnx
 from rlhf_jax import sharding
@@ -73,14 +73,18 @@ from rlhf_jax.models import build_model
 from rlhf_jax.rl import online
 layout = sharding.Layout.of(MeshConfig(shape=(("data", 2), ("fsdp", 2), ("tensor", 2))))
 ids = np.zeros((8, 12), np.int32)
-for family, head in (("llama", "causal_lm"), ("bert", "scalar"), ("gpt2", "causal_lm")):
-    cfg = ModelConfig(family=family, head=head, vocab_size=128, hidden_size=64, num_heads=4, num_kv_heads=4,
+def compiled_gradient(family, head, vocab_size):
+    cfg = ModelConfig(family=family, head=head, vocab_size=vocab_size, hidden_size=64, num_heads=4, num_kv_heads=4,
                       intermediate_size=128, max_position_embeddings=32)
     graphdef, state = nnx.split(build_model(cfg, seed=1))
     params = layout.shardings(state)
     gradient = layout.jit(jax.grad(lambda s, ids, mask: nnx.merge(graphdef, s)(ids, mask).sum()),
                           in_shardings=(params, layout.batch, layout.batch), out_shardings=params)
-    gradient.lower(state, ids, np.ones_like(ids)).compile()
+    return gradient.lower(state, ids, np.ones_like(ids)).compile()
+"""
+COMPILE_SHARDED_GRADIENTS = GRADIENT_ON_A_2x2x2_MESH + """
+for family, head in (("llama", "causal_lm"), ("bert", "scalar"), ("gpt2", "causal_lm")):
+    compiled_gradient(family, head, 128)
     print("compiled", family)
 rl = RLConfig(rollout_prompts=16, response_tokens=6, epochs=2, minibatches=2)  # the tiny PPO run's update
 with nnx.use_eager_sharding(False):  # as the RL runs build it
@@ -113,21 +117,8 @@ def test_sharded_steps_compile_without_replicating_activations():
     assert "Involuntary full rematerialization" not in result.stderr, result.stderr[-3000:]
 
 
-COMPILE_A_LARGE_VOCABULARY = """
-import jax, numpy as np
-from flax import nnx
-from rlhf_jax import sharding
-from rlhf_jax.config import MeshConfig, ModelConfig
-from rlhf_jax.models import build_model
-layout = sharding.Layout.of(MeshConfig(shape=(("data", 2), ("fsdp", 2), ("tensor", 2))))
-ids = np.zeros((8, 12), np.int32)
-cfg = ModelConfig(family="llama", head="scalar", vocab_size=8192, hidden_size=64, num_heads=4, num_kv_heads=4,
-                  intermediate_size=128, max_position_embeddings=32)
-graphdef, state = nnx.split(build_model(cfg, seed=1))
-params = layout.shardings(state)
-gradient = layout.jit(jax.grad(lambda s, ids, mask: nnx.merge(graphdef, s)(ids, mask).sum()),
-                      in_shardings=(params, layout.batch, layout.batch), out_shardings=params)
-print(gradient.lower(state, ids, np.ones_like(ids)).compile().memory_analysis().temp_size_in_bytes)
+COMPILE_A_LARGE_VOCABULARY = GRADIENT_ON_A_2x2x2_MESH + """
+print(compiled_gradient("llama", "scalar", 8192).memory_analysis().temp_size_in_bytes)
 """
 
 

@@ -59,9 +59,9 @@ def look_up(table: nnx.Embed, ids, rows_axis: str | None):
     by replicating them on every device; read whole, the table would be on every device (docs/distributed.md)."""
     if table.num_embeddings == 1:
         return table(ids)
-    (whole,) = table.promote_dtype((constrain(table.embedding[...], ((rows_axis, "embed"), None)),),
-                                   dtype=table.dtype, inexact=False)  # as nnx.Embed promotes
-    return jnp.take(whole, ids, axis=0)
+    (rows_split,) = table.promote_dtype((constrain(table.embedding[...], ((rows_axis, "embed"), None)),),
+                                        dtype=table.dtype, inexact=False)  # as nnx.Embed promotes
+    return jnp.take(rows_split, ids, axis=0)
 
 
 def norm(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
