@@ -17,7 +17,8 @@ response tokens, no padding), beta 0.05, clip 1.0 + AdamW 5e-5; ours is the jitt
 (bench_lib.compiled_train_step), tunix's its DPOTrainer.train over --steps copies of the batch. tunix
 computes the frozen reference's log-probs inside every step; a run of ours computes them once, before
 training, so ours is given both ways: the step alone, and the step plus one reference forward of the
-batch (the peer's per-step work).
+batch (the peer's per-step work). --dpo-response-positions: our LM head, in the step and the reference
+forward, at the 32 response positions alone (data.max_response_length = 32), not all 40.
 
 GRPO (--work grpo): an iteration of configs/grpo_quick.py's shape, 8 openings of 8 tokens x 4 samples of
 exactly 24 tokens, beta 0.03 times the k3 KL estimate, each sequence's tokens averaged then the sequences,
@@ -105,10 +106,11 @@ def logits_gap(model, peer: PeerProcess, prompts, out_path: str) -> float:
     return float(np.max(np.abs(ours - np.load(out_path))))
 
 
-def dpo_batch(tokenizer, pairs: int, prompt_len: int = 8, response_len: int = 32):
+def dpo_batch(tokenizer, pairs: int, prompt_len: int = 8, response_len: int = 32, positions: bool = False):
     """(ours, the peer's) one DPO batch of review tokens: the first ``prompt_len`` + ``response_len`` tokens
     of 2 x ``pairs`` snippets; pair i shares snippet i's opening, chosen continues it, rejected is pairs + i's
-    continuation."""
+    continuation. ``positions``: ours carries the responses' positions, as data.max_response_length =
+    ``response_len`` tokenises them, so that our LM head runs at those positions alone."""
     rows = np.asarray(fixed_length_prompts(tokenizer, 2 * pairs, prompt_len + response_len), np.int32)
     prompt, chosen, rejected = rows[:pairs, :prompt_len], rows[:pairs, prompt_len:], rows[pairs:, prompt_len:]
     full = {"chosen": np.concatenate([prompt, chosen], 1), "rejected": np.concatenate([prompt, rejected], 1)}
@@ -116,6 +118,9 @@ def dpo_batch(tokenizer, pairs: int, prompt_len: int = 8, response_len: int = 32
     ours = {"weights": np.ones(pairs, np.float32)}
     for side, ids in full.items():
         ours.update({f"{side}_ids": ids, f"{side}_mask": np.ones_like(ids), f"{side}_loss_mask": loss_mask})
+        if positions:
+            ours[f"{side}_positions"] = np.tile(np.arange(prompt_len, prompt_len + response_len, dtype=np.int32),
+                                                (pairs, 1))
     peer = {"prompt_ids": prompt.tolist(), "chosen_ids": chosen.tolist(), "rejected_ids": rejected.tolist()}
     return ours, peer
 
@@ -131,7 +136,7 @@ def reference_forward(model: str):
 
 def dpo_bench(peer: PeerProcess, args) -> dict:
     tokenizer, state, train_step = compiled_train_step(args.model, "causal_lm", "dpo", 5e-5, 10**6)
-    batch, peer_batch = dpo_batch(tokenizer, 16)
+    batch, peer_batch = dpo_batch(tokenizer, 16, positions=args.dpo_response_positions)
     reference = reference_forward(args.model)
     ref_chosen, ref_rejected = reference(batch)
     batch = {**batch, "ref_chosen": np.asarray(ref_chosen), "ref_rejected": np.asarray(ref_rejected)}
@@ -211,6 +216,9 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--steps", type=int, default=4, help="DPO steps per side per pass")
     parser.add_argument("--iterations", type=int, default=3, help="GRPO iterations per side per pass")
+    parser.add_argument("--dpo-response-positions", action="store_true",
+                        help="dpo: our LM head at the 32 response positions alone, as data.max_response_length=32 "
+                             "gives (default: at all 40, configs/dpo_quick.py as it is)")
     parser.add_argument("--grpo-minibatches", type=int, choices=(1, 2), default=1)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=24)
@@ -270,7 +278,7 @@ def main():
     emit({"workload": "jax_peer", "metric": "sampling: generated tokens per second; dpo, grpo: their own 'metric'",
           "config": {"model": args.model, "dtype": "float32", "prompt_len": args.prompt_len,
                      "new_tokens": args.new_tokens, "passes": args.passes, "repeats": args.repeats,
-                     "pass_warmup": args.pass_warmup,
+                     "pass_warmup": args.pass_warmup, "dpo_response_positions": args.dpo_response_positions,
                      "sampling": "temperature 1, no top-k/top-p, no early stop",
                      "peer": PEER_TITLES[args.peer],
                      "peer_allocator": args.peer_allocator},

@@ -170,21 +170,35 @@ REFERENCE_FREE_LOSSES = ("simpo", "orpo")  # on the policy's alone, length-norma
 OFFLINE_LOSSES = PREFERENCE_LOSSES + ("kto",) + REFERENCE_FREE_LOSSES + ("kto_unpaired",)
 
 
+def _log_normaliser(logits_BxNxV: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(M_BxNx1 = max_v z_v, held constant under differentiation; log sum_v exp(z_v - M)_BxN), so that
+    log p(x) = (z_x - M) - log sum_v exp(z_v - M): jax.nn.log_softmax's own operations, to the bit."""
+    max_BxNx1 = jax.lax.stop_gradient(jnp.max(logits_BxNxV, axis=-1, keepdims=True))
+    return max_BxNx1, jnp.log(jnp.sum(jnp.exp(logits_BxNxV - max_BxNx1), axis=-1))
+
+
 def sequence_logprob(logits_BxTxV: jax.Array, input_ids_BxT: jax.Array, loss_mask_BxT: jax.Array) -> jax.Array:
     """log pi(response | prompt) = sum_t m_t log p(x_t | x_<t): the logits z at t - 1 predict token t, and
     ``loss_mask`` marks the response's tokens. Returns [B] in float32.
 
-    With M = max_v z_v (held constant under differentiation), log p(x) = (z_x - M) - log sum_v exp(z_v - M):
-    jax.nn.log_softmax's own operations, to the bit, but on the one entry read per position rather than on
-    all V. No [B, T, V] log-softmax is written, nor a copy of the logits without the last position, and
-    the backward adds the one-hot to the softmax where read-after-log_softmax scatters into zeros first.
+    log p(x) as ``_log_normaliser`` has it, on the one entry read per position rather than on all V. No
+    [B, T, V] log-softmax is written, nor a copy of the logits without the last position, and the backward
+    adds the one-hot to the softmax where read-after-log_softmax scatters into zeros first.
     """
     logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-    max_BxTx1 = jax.lax.stop_gradient(jnp.max(logits_BxTxV, axis=-1, keepdims=True))
-    log_sum_BxT = jnp.log(jnp.sum(jnp.exp(logits_BxTxV - max_BxTx1), axis=-1))
+    max_BxTx1, log_sum_BxT = _log_normaliser(logits_BxTxV)
     next_logit_BxT = jnp.take_along_axis(logits_BxTxV[:, :-1], input_ids_BxT[:, 1:, None], axis=-1)[..., 0]
     token_logp_BxT = (next_logit_BxT - max_BxTx1[:, :-1, 0]) - log_sum_BxT[:, :-1]
     return jnp.sum(token_logp_BxT * loss_mask_BxT[:, 1:], axis=1)
+
+
+def scored_logprob(logits_BxRxV: jax.Array, targets_BxR: jax.Array, scored_BxR: jax.Array) -> jax.Array:
+    """``sequence_logprob`` on logits already aligned with their targets: sum_r s_r log p(y_r), where the
+    logits at r predict y_r (the LM head run at the response's positions alone). Returns [B] in float32."""
+    logits_BxRxV = logits_BxRxV.astype(jnp.float32)
+    max_BxRx1, log_sum_BxR = _log_normaliser(logits_BxRxV)
+    target_logit_BxR = jnp.take_along_axis(logits_BxRxV, targets_BxR[..., None], axis=-1)[..., 0]
+    return jnp.sum(((target_logit_BxR - max_BxRx1[..., 0]) - log_sum_BxR) * scored_BxR, axis=1)
 
 
 def preference_loss(pi_chosen_B, pi_rejected_B, ref_chosen_B, ref_rejected_B, beta: float, kind: str = "dpo",

@@ -64,6 +64,9 @@ class DataConfig:
     text_field: str = field("text", "the example field holding the text")
     label_field: str = field("label", "the example field holding the class label")
     prompt_field: str | None = field(None, "causal LM: the field of a prompt the loss skips")
+    max_response_length: int | None = field(None, "offline preference tasks: response tokens kept (EOS "
+                                                  "included; the rest cut), and the LM head run at those "
+                                                  "positions alone; None: whole, head at every position")
     labels: tuple[int, ...] | None = field(None, "keep only examples with these labels (e.g. (1,): fresh reviews)")
     max_train_examples: int | None = field(None, "keep the first N training examples; None: all")
     max_eval_examples: int | None = field(None, "keep the first N examples of each held-out split; None: all")
@@ -71,7 +74,10 @@ class DataConfig:
 
     def __post_init__(self):
         require(self.max_length >= 4, "data.max_length", f"must be >= 4, got {self.max_length}")
-        for name in ("max_train_examples", "max_eval_examples"):
+        require(self.max_response_length is None or self.max_response_length < self.max_length,
+                "data.max_response_length", f"must be < data.max_length ({self.max_length}): the prompt takes "
+                f"at least one position, got {self.max_response_length}")
+        for name in ("max_train_examples", "max_eval_examples", "max_response_length"):
             value = getattr(self, name)
             require(value is None or value > 0, f"data.{name}", f"must be positive or None, got {value}")
 
@@ -332,6 +338,9 @@ class ExperimentConfig:
         head = TASK_HEADS[self.train.task]
         require(self.model.head == head, "model.head", f"task {self.train.task!r} needs head {head!r}, "
                 f"got {self.model.head!r}")
+        require(self.data.max_response_length is None or self.train.task in OFFLINE_LOSSES,
+                "data.max_response_length", f"applies to the offline preference tasks {OFFLINE_LOSSES}, "
+                f"not {self.train.task!r}")
 
 
 SECTIONS = {"model": ModelSpec, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig,

@@ -60,7 +60,11 @@ def tokenize_causal_lm(examples: list[dict], tokenizer, max_length: int, data) -
     return _tokenize_causal(tokenizer, texts, max_length, prompts)
 
 
-def _tokenize_causal(tokenizer, texts, max_length, prompts):
+def _tokenize_causal(tokenizer, texts, max_length, prompts, max_response: int | None = None):
+    """prompt + text (+ EOS) per row, right-padded to ``max_length``: input_ids, attention_mask and a
+    loss_mask on the text's tokens ([N, max_length] int32). With ``max_response`` R, the text is cut to R
+    tokens (EOS included) and ``response_positions`` ([N, R] int32) lists where its scored tokens sit
+    (those at positions >= 1, which a logit predicts), then 0s."""
     eos = tokenizer.eos_token_id
     pad = pad_token_id(tokenizer)
     n = len(texts)
@@ -71,12 +75,19 @@ def _tokenize_causal(tokenizer, texts, max_length, prompts):
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else [[] for _ in texts]
     for row, (prompt, text) in enumerate(zip(prompt_ids, text_ids)):
         closed = eos is None or eos in text  # a chat template's response closes its own turn
-        target = text + ([] if closed else [eos])
+        target = (text + ([] if closed else [eos]))[:max_response]
         sequence = (prompt + target)[:max_length]
         ids[row, :len(sequence)] = sequence
         mask[row, :len(sequence)] = 1
         loss_mask[row, len(prompt):len(sequence)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask}
+    arrays = {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask}
+    if max_response is not None:
+        positions = np.zeros((n, max_response), np.int32)
+        for row in range(n):
+            scored = np.flatnonzero(loss_mask[row, 1:]) + 1
+            positions[row, :len(scored)] = scored
+        arrays["response_positions"] = positions
+    return arrays
 
 
 class Batches:

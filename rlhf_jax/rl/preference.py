@@ -30,45 +30,70 @@ from rlhf_jax.distributed import is_main_process
 from rlhf_jax.feeding import Feed
 
 SIDES = ("chosen", "rejected")
+# a side's columns ({side}_{part}) and the ``_tokenize_causal`` arrays they hold; positions only with
+# data.max_response_length
+COLUMNS = {"ids": "input_ids", "mask": "attention_mask", "loss_mask": "loss_mask", "positions": "response_positions"}
+
+
+def _max_response(data) -> int | None:
+    return None if data is None else data.max_response_length
 
 
 def tokenize_preference_sequences(examples: list[dict], tokenizer, max_length: int, data=None) -> dict[str, np.ndarray]:
-    """Pairs -> {chosen,rejected}_{ids,mask,loss_mask} ([B, L] int32) and weights."""
+    """Pairs -> {chosen,rejected}_{ids,mask,loss_mask} ([B, L] int32) and weights; with
+    data.max_response_length R, {chosen,rejected}_positions too ([B, R] int32, ``_tokenize_causal``)."""
     if not examples:
         raise DataError("no preference pairs to tokenize")
     prompts = [e["prompt"] for e in examples]
     arrays = {"weights": np.ones(len(examples), np.float32)}
     for side in SIDES:
-        encoded = _tokenize_causal(tokenizer, [e[side] for e in examples], max_length, prompts)
-        arrays.update({f"{side}_ids": encoded["input_ids"], f"{side}_mask": encoded["attention_mask"],
-                       f"{side}_loss_mask": encoded["loss_mask"]})
+        encoded = _tokenize_causal(tokenizer, [e[side] for e in examples], max_length, prompts, _max_response(data))
+        arrays.update({f"{side}_{part}": encoded[name] for part, name in COLUMNS.items() if name in encoded})
     return arrays
 
 
 def tokenize_unpaired(examples: list[dict], tokenizer, max_length: int, data=None) -> dict[str, np.ndarray]:
-    """Unpaired examples (prompt, response, label) -> response_{ids,mask,loss_mask} ([B, L] int32), desirable
-    (1.0 for label True) and weights."""
+    """Unpaired examples (prompt, response, label) -> response_{ids,mask,loss_mask} ([B, L] int32; with
+    data.max_response_length R, response_positions [B, R]), desirable (1.0 for label True) and weights."""
     if not examples:
         raise DataError("no unpaired examples to tokenize")
     encoded = _tokenize_causal(tokenizer, [e["response"] for e in examples], max_length,
-                               [e["prompt"] for e in examples])
-    return {"response_ids": encoded["input_ids"], "response_mask": encoded["attention_mask"],
-            "response_loss_mask": encoded["loss_mask"],
+                               [e["prompt"] for e in examples], _max_response(data))
+    return {**{f"response_{part}": encoded[name] for part, name in COLUMNS.items() if name in encoded},
             "desirable": np.asarray([float(e["label"]) for e in examples], np.float32),
             "weights": np.ones(len(examples), np.float32)}
 
 
+def sequence_logprobs(model, ids_BxT, mask_BxT, loss_mask_BxT, positions_BxR=None):
+    """log pi(response | prompt) ([B]). Without positions, the LM head runs at every position and
+    ``losses.sequence_logprob`` reads the response's; with them (``_tokenize_causal``'s response_positions),
+    the head runs only at the R positions before the response's tokens, and 0s score nothing: the same sum,
+    with the head's products and softmax over R positions instead of T."""
+    if positions_BxR is None:
+        return losses.sequence_logprob(model(ids_BxT, mask_BxT), ids_BxT, loss_mask_BxT)
+    hidden_BxTxD = model.hidden_states(ids_BxT, mask_BxT)
+    scored_BxR = (positions_BxR > 0).astype(jnp.int32)
+    before_BxR = jnp.maximum(positions_BxR - 1, 0)
+    hidden_BxRxD = jnp.take_along_axis(hidden_BxTxD, before_BxR[..., None], axis=1)
+    logits_BxRxV = model.head(hidden_BxRxD, scored_BxR, model.backbone.token_embed)
+    return losses.scored_logprob(logits_BxRxV, jnp.take_along_axis(ids_BxT, positions_BxR, axis=1), scored_BxR)
+
+
+def _side(batch, side: str):
+    """``sequence_logprobs``' arguments from a batch's columns of ``side``."""
+    return tuple(batch.get(f"{side}_{part}") for part in COLUMNS)
+
+
 def response_logprobs(model, batch):
     """log pi(response | prompt) of unpaired examples ([B])."""
-    return losses.sequence_logprob(model(batch["response_ids"], batch["response_mask"]), batch["response_ids"],
-                                   batch["response_loss_mask"])
+    return sequence_logprobs(model, *_side(batch, "response"))
 
 
 def pair_logprobs(model, batch):
     """(log pi(chosen | prompt), log pi(rejected | prompt)), [B] each, in one forward of 2B sequences."""
-    ids, mask, loss_mask = (jnp.concatenate([batch[f"chosen_{part}"], batch[f"rejected_{part}"]])
-                            for part in ("ids", "mask", "loss_mask"))
-    logp_2B = losses.sequence_logprob(model(ids, mask), ids, loss_mask)
+    chosen, rejected = _side(batch, "chosen"), _side(batch, "rejected")
+    both = [None if c is None else jnp.concatenate([c, r]) for c, r in zip(chosen, rejected, strict=True)]
+    logp_2B = sequence_logprobs(model, *both)
     half = batch["chosen_ids"].shape[0]
     return logp_2B[:half], logp_2B[half:]
 
