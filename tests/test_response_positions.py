@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlhf_jax.config import ConfigError, ModelConfig, experiment_from_dict
+from rlhf_jax import sharding
+from rlhf_jax.config import ConfigError, MeshConfig, ModelConfig, experiment_from_dict
 from rlhf_jax.data.pipeline import _tokenize_causal
 from rlhf_jax.models import build_model
 from rlhf_jax.rl import preference
@@ -43,15 +44,18 @@ def tiny_model():
                                    num_kv_heads=2, intermediate_size=64, max_position_embeddings=32), seed=1)
 
 
+def data_config(task: str, max_response):
+    return experiment_from_dict({"model": {"source": "x", "head": "causal_lm"}, "train": {"task": task},
+                                 "data": {"max_length": 12, "max_response_length": max_response}}).data
+
+
 def pairs_batch(max_response):
     rng = np.random.default_rng(0)
     words = "a bb ccc dddd eeeee ffffff ggggggg".split()
     examples = [{"prompt": " ".join(rng.choice(words, rng.integers(1, 5))),
                  "chosen": " ".join(rng.choice(words, rng.integers(1, 6))),
-                 "rejected": " ".join(rng.choice(words, rng.integers(1, 6)))} for _ in range(6)]
-    data = experiment_from_dict({"model": {"source": "x", "head": "causal_lm"}, "train": {"task": "dpo"},
-                                 "data": {"max_length": 12, "max_response_length": max_response}}).data
-    arrays = preference.tokenize_preference_sequences(examples, WordTokenizer(), 12, data)
+                 "rejected": " ".join(rng.choice(words, rng.integers(1, 6)))} for _ in range(7)]
+    arrays = preference.tokenize_preference_sequences(examples, WordTokenizer(), 12, data_config("dpo", max_response))
     arrays = {name: np.concatenate([a, np.zeros_like(a[:1])]) for name, a in arrays.items()}  # a padding row
     return {name: jnp.asarray(a) for name, a in arrays.items()}
 
@@ -61,10 +65,10 @@ def test_scoring_the_response_positions_alone_gives_the_same_log_probs_and_gradi
     terms as the head at every position, and the gradient of a weighted sum of the log-probs is the same."""
     graphdef, params = nnx.split(tiny_model())
     whole, scored = pairs_batch(None), pairs_batch(6)
-    assert scored["chosen_positions"].shape == (7, 6)
+    assert scored["chosen_positions"].shape == (8, 6)
     for side in preference.SIDES:
         np.testing.assert_array_equal(whole[f"{side}_ids"], scored[f"{side}_ids"])
-    weights = jnp.asarray(np.random.default_rng(1).normal(size=7), jnp.float32)
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=8), jnp.float32)
 
     def log_probs_and_gradient(batch):
         def weighted(params):
@@ -92,6 +96,40 @@ def test_a_shorter_bound_scores_the_cut_responses():
     for got, want in zip(preference.pair_logprobs(model, scored), preference.pair_logprobs(model, cut), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
     assert int(jnp.max(jnp.sum(scored["chosen_loss_mask"], axis=1))) == 2
+
+
+def test_unpaired_examples_score_their_response_positions_too():
+    examples = [{"prompt": "p q", "response": "a bb ccc", "label": True},
+                {"prompt": "p", "response": "dddd a", "label": False}]
+    arrays = {r: preference.tokenize_unpaired(examples, WordTokenizer(), 12, data_config("kto_unpaired", r))
+              for r in (None, 4)}
+    np.testing.assert_array_equal(arrays[4]["response_positions"], [[2, 3, 4, 5], [1, 2, 3, 0]])
+    model = tiny_model()
+    np.testing.assert_allclose(preference.response_logprobs(model, arrays[4]),
+                               preference.response_logprobs(model, arrays[None]), rtol=1e-6)
+
+
+def test_sharded_equals_unsharded():
+    """On 8 devices, fsdp 2 x tensor 4: the gather of the hidden states along the sequence, with the batch
+    split, gives the one-device log-probs and gradient."""
+    assert jax.device_count() == 8
+    model, batch = tiny_model(), pairs_batch(6)
+    graphdef, params = nnx.split(model)
+
+    def value_and_grad(params, batch):
+        return jax.value_and_grad(lambda p: jnp.sum(jnp.stack(preference.pair_logprobs(nnx.merge(graphdef, p),
+                                                                                       batch))))(params)
+
+    expected = jax.jit(value_and_grad)(params, batch)
+    layout = sharding.Layout.of(MeshConfig(shape=(("data", 1), ("fsdp", 2), ("tensor", 4))))
+    layout.place(model)
+    _, sharded = nnx.split(model)
+    batch = jax.device_put(batch, layout.batch)
+    assert not batch["chosen_positions"].sharding.is_fully_replicated
+    assert sum(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sharded)) > 4
+    got = jax.jit(value_and_grad)(sharded, batch)
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("data,train,message", [
