@@ -283,17 +283,19 @@ def test_ppo_remat_changes_no_number_and_bfloat16_stays_close(tiny_policy):
     assert np.abs(bf16_change - plain_change).max() < 0.04 * np.abs(plain_change).max()
 
 
-@pytest.mark.parametrize("task", ["dpo", "ipo", "kto", "simpo"])
-def test_preference_optimisation_end_to_end(tmp_path, tiny_policy, task):
+@pytest.mark.parametrize("task,overrides", [("dpo", ()), ("ipo", ()), ("kto", ()), ("simpo", ()),
+                                            ("dpo", ("--config.data.max_response_length=5",))])
+def test_preference_optimisation_end_to_end(tmp_path, tiny_policy, task, overrides):
     """The tiny policy trained on the tiny feedback's pairs by DPO / IPO / KTO / SimPO, then evaluated as PPO
     is. Before the first step the policy is its own reference, so every pair's log-ratios are equal: the
     stored reference log-probs must be those of exactly these rows, and DPO's loss is then log 2 (IPO's
-    1 / (2 beta)^2, KTO's 1/2), with zero margin. SimPO has no reference: its loss must only fall."""
+    1 / (2 beta)^2, KTO's 1/2), with zero margin. SimPO has no reference: its loss must only fall. With
+    data.max_response_length (6 sampled tokens and EOS, cut to 5), the LM head at the responses alone: the same."""
     import math
 
     cli("run", "--config", os.path.join(CONFIGS, "tiny_dpo.py"), "--workdir", str(tmp_path),
         f"--config.model.source={tiny_policy}", f"--config.feedback.policy={tiny_policy}",
-        f"--config.rl.policy={tiny_policy}", f"--config.train.task={task}")
+        f"--config.rl.policy={tiny_policy}", f"--config.train.task={task}", *overrides)
     rows = read_metrics(str(tmp_path / "policy_training"))
     start = next(r for r in rows if r["split"] == "validation" and r["step"] == 0)
     expected = {"dpo": math.log(2), "ipo": (1 / (2 * 0.1)) ** 2, "kto": 0.5, "simpo": start["loss"]}[task]
